@@ -1,0 +1,171 @@
+"""Typed settings: defaults <- TOML file <- command line, each value checked with a clear message."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line naming the key, the value and what is allowed."""
+
+
+def _endpoints(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1")
+    return tuple(value)
+
+
+def _modules(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a list of module names, pkg.mod or pkg.mod:obj")
+    return tuple(value)
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"an integer >= {low}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"an integer >= {low}") from None
+        if isinstance(value, float) and value != number:
+            raise ValueError(f"an integer >= {low}")
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}")
+        return number
+
+    return parse
+
+
+def _seconds(allow_zero: bool) -> Callable[[Any], float]:
+    allowed = "a number of seconds >= 0 (0 = off)" if allow_zero else "a number of seconds > 0"
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(allowed)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(allowed) from None
+        if number != number or number < 0 or (number == 0 and not allow_zero) or number == float("inf"):
+            raise ValueError(allowed)
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError("true or false")
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None) -> Any:
+    """A settings field: its default, its parser/validator, its help text.
+
+    `flag` names a command-line switch that turns a default-true setting off.
+    """
+    return field(default=default, metadata={"parse": parse, "help": help, "flag": flag})
+
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every operator setting, with its default. Keys in the TOML file are these names."""
+
+    listen: tuple[str, ...] = _setting(
+        ("tcp:5354:interface=127.0.0.1",), _endpoints,
+        "endpoint to listen on (any Twisted endpoint string); repeat for several",
+    )
+    methods: tuple[str, ...] = _setting(
+        (), _modules, "module whose @method functions to serve (pkg.mod or pkg.mod:obj); repeatable"
+    )
+    max_connections: int = _setting(1024, _integer(1), "maximum open connections, all listeners together")
+    max_connections_per_peer: int = _setting(0, _integer(0), "maximum open connections per peer address (0 = no limit)")
+    max_frame_bytes: int = _setting(4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted, in bytes")
+    idle_timeout: float = _setting(300.0, _seconds(True), "close a connection that sends no frame for this long (0 = never)")
+    call_timeout: float = _setting(30.0, _seconds(False), "a call running longer is stopped and answered -32001")
+    queue_size: int = _setting(10000, _integer(0), "calls that may wait for a worker; more are refused with -32000")
+    workers: int = _setting(1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)")
+    max_inflight: int = _setting(128, _integer(1), "calls pending per connection before it is no longer read")
+    max_batch: int = _setting(100, _integer(1), "largest JSON-RPC batch accepted")
+    shutdown_grace: float = _setting(10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish")
+    byteorder: str = _setting("big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little")
+    monkey_patch: bool = _setting(True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name)))
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+# A switch such as --no-monkey-patch is also accepted as its own key: no_monkey_patch = true.
+_NEGATED = {f.metadata["flag"].replace("-", "_"): f.name for f in fields(Settings) if f.metadata["flag"]}
+
+
+def _check(key: str, value: Any) -> Any:
+    try:
+        return _FIELDS[key].metadata["parse"](value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for {key}: {value!r} (allowed: {exc})") from None
+
+
+def option_fields() -> list:
+    """The settings fields, for building command-line options from them."""
+    return list(fields(Settings))
+
+
+def _normalise(source: str, raw: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in _NEGATED:
+            values[_NEGATED[name]] = not _check(_NEGATED[name], value)
+        elif name in _FIELDS:
+            values[name] = _check(name, value)
+        else:
+            allowed = ", ".join(sorted(_FIELDS))
+            raise ConfigError(f"unknown setting {key!r} in {source} (allowed: {allowed})")
+    return values
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read and check the settings in a TOML file (an [rpcd] table, or top-level keys)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("rpcd"), dict):
+        data = data["rpcd"]
+    return _normalise(f"config file {path}", data)
+
+
+def build(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults, then the file, then the command line: the last word wins."""
+    values = load_file(config_file) if config_file else {}
+    values.update(_normalise("command line", overrides or {}))
+    return replace(Settings(), **values)

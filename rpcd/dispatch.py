@@ -1,0 +1,309 @@
+"""The task queue: worker greenlets run calls with a timeout, cancel on request, drain on shutdown.
+
+Calls arrive as decoded `Request`s with a *sink* (the connection) that receives their
+`Response` and any streamed items. Workers are started on demand up to `max_workers` and
+kept warm; the queue holds at most `queue_size` calls that no worker has taken yet, and a
+call that does not fit is refused at once with -32000, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import gevent
+from gevent import Timeout, getcurrent
+from gevent.event import AsyncResult
+from gevent.queue import Queue
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from rpcd.methods import Method, Registry
+from rpcd.wire import (
+    CALL_TIMEOUT,
+    INTERNAL_ERROR,
+    SERVER_BUSY,
+    SHUTTING_DOWN,
+    Request,
+    Response,
+    RPCError,
+)
+
+# Not a JSON-RPC standard code: the final answer of a call the client cancelled.
+CANCELLED = -32006
+
+log = Logger()
+
+
+class Sink(Protocol):
+    """Where a call's results go: the connection that asked for it."""
+
+    def deliver(self, call: Call, response: Response) -> None: ...
+
+    def stream(self, call: Call, item: Any) -> None: ...
+
+
+class CallCancelled(BaseException):
+    """Thrown into a worker to stop its call. A BaseException so `except Exception` can't eat it."""
+
+    def __init__(self, call: Call, response: Response | None) -> None:
+        super().__init__()
+        self.call = call
+        self.response = response
+
+
+class Call:
+    """One accepted request on its way through the queue."""
+
+    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "context")
+
+    def __init__(self, request: Request, method: Method, sink: Sink) -> None:
+        self.request = request
+        self.method = method
+        self.sink = sink
+        self.worker: gevent.Greenlet | None = None
+        self.done = False
+        self.accepted_at = time.perf_counter()
+        self.context: Any = None  # the sink's own bookkeeping (batch slot, legacy order)
+
+
+class Dispatcher:
+    """Runs calls in worker greenlets; the limits are attributes, as the settings give them."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_workers: int = 1000,
+        queue_size: int = 10000,
+        call_timeout: float = 30.0,
+        on_complete: Callable[[Call, Response, float], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_workers = max_workers
+        self.queue_size = queue_size
+        self.call_timeout = call_timeout
+        self.on_complete = on_complete
+        self._queue: Queue = Queue()
+        self._workers = 0
+        self._idle = 0
+        self._busy = 0
+        self._active: set[Call] = set()
+        self._closing = False
+        self._drained: Deferred | None = None
+        self.calls_total = 0
+        self.refused_busy = 0
+
+    # -- state an operator sees (rpc.stats) --------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- accepting work ----------------------------------------------------------------------
+
+    def submit(self, request: Request, sink: Sink) -> Call:
+        """Queue `request`; raise RPCError if it names no method or cannot be held."""
+        if self._closing:
+            raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
+        method = self.registry.get(request.method)
+        # Waiting calls that an idle or not-yet-started worker will take do not count
+        # against the queue: capacity is queue_size plus the workers not busy.
+        waiting = self._queue.qsize()
+        if waiting >= self.queue_size + self.max_workers - self._busy:
+            self.refused_busy += 1
+            raise RPCError(
+                SERVER_BUSY,
+                f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
+            )
+        call = Call(request, method, sink)
+        self._active.add(call)
+        self.calls_total += 1
+        self._queue.put(call)
+        if waiting >= self._idle and self._workers < self.max_workers:
+            self._workers += 1
+            gevent.spawn(self._work)
+        return call
+
+    def cancel(self, call: Call, response: Response | None = None) -> bool:
+        """Stop `call`: drop it if queued, kill it if running. `response` (if any) is delivered.
+
+        Returns False if the call had already finished.
+        """
+        if call.done:
+            return False
+        worker = call.worker
+        if worker is None:
+            self._finish(call, response, 0.0)
+        else:
+            # Thrown from the hub, and only if the worker is still on this call by then.
+            gevent.get_hub().loop.run_callback(self._throw, worker, call, response)
+        return True
+
+    def _throw(self, worker: gevent.Greenlet, call: Call, response: Response | None) -> None:
+        if call.worker is worker and not call.done:
+            worker.throw(CallCancelled(call, response))
+
+    # -- the workers -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        queue = self._queue
+        while True:
+            self._idle += 1
+            try:
+                call = queue.get()
+            finally:
+                self._idle -= 1
+            if call is None:
+                self._workers -= 1
+                return
+            if call.done:
+                continue
+            self._busy += 1
+            try:
+                self._run(call)
+            finally:
+                self._busy -= 1
+
+    def _run(self, call: Call) -> None:
+        request = call.request
+        started = time.perf_counter()
+        call.worker = getcurrent()
+        timeout = Timeout(self.call_timeout)
+        timeout.start()
+        try:
+            try:
+                result = self._invoke(call.method, request.params)
+                if isinstance(result, Deferred):
+                    result = _wait_deferred(result)
+                elif inspect.isgenerator(result):
+                    timeout.cancel()  # a stream lasts until it ends or the client stops it
+                    result = self._stream(call, result)
+                response = Response(request, result)
+            finally:
+                timeout.close()
+        except CallCancelled as cancelled:
+            if cancelled.call is not call:
+                raise
+            response = cancelled.response
+        except Timeout as fired:
+            if fired is not timeout:
+                response = self._failed(call, fired)
+            else:
+                response = Response(
+                    request,
+                    error=RPCError(
+                        CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
+                    ),
+                )
+        except RPCError as error:
+            response = Response(request, error=error)
+        except Exception as exc:
+            response = self._failed(call, exc)
+        finally:
+            call.worker = None
+        self._finish(call, response, time.perf_counter() - started)
+
+    @staticmethod
+    def _invoke(method: Method, params: tuple | dict) -> Any:
+        try:
+            if type(params) is tuple:
+                result = method.func(*params)
+            else:
+                result = method.func(**params)
+        except TypeError as exc:
+            # Raised by the call itself (no deeper frame): the params do not fit the signature.
+            if exc.__traceback__.tb_next is None:
+                raise method.bind_error(params) from None
+            raise
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        return result
+
+    @staticmethod
+    def _stream(call: Call, generator: Any) -> Any:
+        try:
+            while True:
+                call.sink.stream(call, next(generator))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            generator.close()
+
+    @staticmethod
+    def _failed(call: Call, exc: BaseException) -> Response:
+        log.failure(
+            "method {method} raised {exc_type}", Failure(exc), LogLevel.error,
+            method=call.request.method, exc_type=type(exc).__name__,
+        )
+        error = RPCError(
+            INTERNAL_ERROR, f"internal error: {call.request.method} raised {type(exc).__name__}",
+            {"type": type(exc).__name__},
+        )
+        return Response(call.request, error=error)
+
+    def _finish(self, call: Call, response: Response | None, duration: float) -> None:
+        call.done = True
+        self._active.discard(call)
+        if response is not None:
+            call.sink.deliver(call, response)
+            if self.on_complete is not None:
+                self.on_complete(call, response, duration)
+        if self._drained is not None and not self._active:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    # -- shutting down -----------------------------------------------------------------------
+
+    def drain(self, grace: float, clock: Any) -> Deferred:
+        """Refuse new calls; fire when every accepted call has finished, or after `grace`
+        seconds, when what remains is answered with -32005."""
+        self._closing = True
+        if not self._active:
+            return succeed(None)
+        drained = self._drained = Deferred()
+        expiry = clock.callLater(grace, self._expire)
+        drained.addBoth(_cancel_delayed, expiry)
+        return drained
+
+    def _expire(self) -> None:
+        for call in list(self._active):
+            error = RPCError(SHUTTING_DOWN, "shutting down: the call did not finish within the shutdown grace")
+            self.cancel(call, Response(call.request, error=error))
+
+    def stop_workers(self) -> None:
+        """Let idle workers exit (busy ones finish their call first)."""
+        for _ in range(self._workers):
+            self._queue.put(None)
+
+
+def _wait_deferred(deferred: Deferred) -> Any:
+    """Block this greenlet until `deferred` fires; a failure raises its exception here."""
+    result = AsyncResult()
+    deferred.addCallbacks(result.set, lambda failure: result.set_exception(failure.value))
+    return result.get()
+
+
+def _cancel_delayed(passthrough: Any, delayed: Any) -> Any:
+    if delayed.active():
+        delayed.cancel()
+    return passthrough

@@ -1,0 +1,121 @@
+"""Method registry: the `@method` decorator, loading user modules, binding params, introspection."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rpcd.wire import INVALID_PARAMS, METHOD_NOT_FOUND, RPCError
+
+_MARK = "__rpcd_method__"
+RESERVED_PREFIX = "rpc."
+
+
+def method(name_or_func: Any = None) -> Any:
+    """Mark a function as an RPC method: `@method`, `@method()` or `@method("math.add")`."""
+
+    def mark(func: Callable, name: str | None) -> Callable:
+        setattr(func, _MARK, name or func.__name__)
+        return func
+
+    if callable(name_or_func):
+        return mark(name_or_func, None)
+    return lambda func: mark(func, name_or_func)
+
+
+class LoadError(Exception):
+    """A methods module could not be loaded; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One callable method and what introspection tells about it."""
+
+    name: str
+    func: Callable
+    signature: inspect.Signature | None
+
+    def bind_error(self, params: tuple | dict) -> RPCError:
+        """Explain why `params` do not fit this method (named parameter, if Python says)."""
+        try:
+            if isinstance(params, dict):
+                self.signature.bind(**params)
+            else:
+                self.signature.bind(*params)
+        except TypeError as exc:
+            return RPCError(INVALID_PARAMS, f"invalid params for {self.name}: {exc}")
+        except AttributeError:
+            pass
+        return RPCError(INVALID_PARAMS, f"invalid params for {self.name}")
+
+    def describe(self) -> dict:
+        doc = inspect.getdoc(self.func) or ""
+        signature = f"{self.name}{self.signature}" if self.signature is not None else f"{self.name}(...)"
+        return {"name": self.name, "signature": signature, "doc": doc}
+
+
+def _signature(func: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+
+
+class Registry:
+    """Names to methods. Built at start-up, read-only while serving."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, Method] = {}
+
+    def add(self, name: str, func: Callable, *, builtin: bool = False) -> None:
+        if name.startswith(RESERVED_PREFIX) and not builtin:
+            raise LoadError(f"method name {name!r} is reserved: names beginning with 'rpc.' are the server's")
+        if name in self._methods:
+            raise LoadError(f"method {name!r} is defined twice")
+        self._methods[name] = Method(name, func, _signature(func))
+
+    def get(self, name: str) -> Method:
+        try:
+            return self._methods[name]
+        except KeyError:
+            raise RPCError(METHOD_NOT_FOUND, f"method not found: {name}", {"method": name}) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._methods
+
+    def __iter__(self) -> Iterator[Method]:
+        return iter(sorted(self._methods.values(), key=lambda m: m.name))
+
+    def load(self, spec: str) -> int:
+        """Add the methods of `pkg.mod` (its @method functions) or `pkg.mod:obj` (public methods).
+
+        Returns how many methods were added.
+        """
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise LoadError(f"cannot import methods module {module_name!r}: {exc}") from exc
+        before = len(self._methods)
+        if attr:
+            try:
+                target = getattr(module, attr)
+            except AttributeError:
+                raise LoadError(f"methods module {module_name!r} has no attribute {attr!r}") from None
+            if inspect.isclass(target):
+                target = target()
+            for name, member in inspect.getmembers(target, callable):
+                if not name.startswith("_"):
+                    self.add(getattr(member, _MARK, name), member)
+        else:
+            for _, member in inspect.getmembers(module, callable):
+                name = getattr(member, _MARK, None)
+                if name is not None and getattr(member, "__module__", None) == module.__name__:
+                    self.add(name, member)
+        added = len(self._methods) - before
+        if added == 0:
+            raise LoadError(f"methods module {spec!r} exposes no methods (mark them with @rpcd.method)")
+        return added

@@ -1,0 +1,117 @@
+"""The gevent-hosted reactor: Twisted's EPollReactor whose blocking wait yields to gevent's hub.
+
+One OS thread runs both loops. The reactor lives in the main greenlet; whenever it has
+nothing ready it waits on its epoll descriptor *through* the hub, so every greenlet that is
+ready (the method calls) runs meanwhile. Everything else is stock Twisted.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import warnings
+
+import gevent
+import gevent.monkey
+from gevent import get_hub
+from gevent.hub import Waiter
+
+_EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
+
+
+def monkey_patch() -> None:
+    """Apply gevent's monkey-patching, quietly, before Twisted's reactor exists.
+
+    `twistd` has imported `ssl` before any plugin can run; no SSL object exists yet, so the
+    patch is sound and gevent's warning about it is noise an operator should not see.
+    """
+    if gevent.monkey.is_module_patched("socket"):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gevent.monkey.MonkeyPatchWarning)
+        gevent.monkey.patch_all()
+
+
+def _import_epollreactor():
+    # Aggressive patching removes select.epoll; Twisted's epollreactor looks it up at import,
+    # so lend it the original for the import and take it back afterwards.
+    removed = {}
+    for name in _EPOLL_EVENTS:
+        if not hasattr(select, name):
+            removed[name] = gevent.monkey.get_original("select", name)
+            setattr(select, name, removed[name])
+    try:
+        from twisted.internet import epollreactor
+    finally:
+        for name in removed:
+            delattr(select, name)
+    return epollreactor
+
+
+_epollreactor = _import_epollreactor()
+
+
+class GeventReactor(_epollreactor.EPollReactor):
+    """EPollReactor whose wait is a gevent wait, so greenlets run while the reactor idles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hub = get_hub()
+        self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
+        self._pending_callbacks = self._hub.loop._callbacks
+
+    def doPoll(self, timeout: float | None) -> None:
+        poller = self._poller
+        # Poll first: under load events are already waiting and no hub round-trip is needed.
+        events = poller.poll(0, len(self._selectables))
+        if events:
+            if self._pending_callbacks:
+                gevent.sleep(0)  # greenlets are ready: let them run before more I/O
+        elif timeout != 0:
+            self._wait(timeout)
+            events = poller.poll(0, len(self._selectables))
+        elif self._pending_callbacks:
+            gevent.sleep(0)
+        drdw = self._doReadOrWrite
+        selectables = self._selectables
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                drdw(selectable, fd, event)
+
+    doIteration = doPoll
+
+    def _wait(self, timeout: float | None) -> None:
+        """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
+        waiter = Waiter(self._hub)
+        watcher = self._watcher
+        timer = None
+        watcher.start(waiter.switch, None)
+        try:
+            if timeout is not None and timeout >= 0:
+                timer = self._hub.loop.timer(timeout)
+                timer.start(waiter.switch, None)
+            waiter.get()
+        finally:
+            watcher.stop()
+            if timer is not None:
+                timer.close()
+
+
+def install(patch: bool = True) -> GeventReactor:
+    """Install the gevent-hosted reactor as Twisted's global reactor (patching first)."""
+    if patch:
+        monkey_patch()
+    from twisted.internet.main import installReactor
+
+    reactor = GeventReactor()
+    installReactor(reactor)
+    return reactor
+
+
+def installed() -> bool:
+    """Whether a Twisted reactor has been installed already."""
+    return "twisted.internet.reactor" in sys.modules
+
+
+__all__ = ["GeventReactor", "install", "installed", "monkey_patch"]

@@ -1,0 +1,105 @@
+"""Builds the running daemon: listeners, dispatcher and connection factory, and graceful shutdown."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from rpcd.builtins import add_builtins
+from rpcd.config import Settings
+from rpcd.dispatch import Dispatcher
+from rpcd.methods import Registry
+from rpcd.protocol import ConnectionLimits, RPCFactory
+
+log = Logger()
+
+# After the drain, how long connections get to flush their last replies before the reactor stops.
+CLOSE_TIMEOUT = 5.0
+
+
+def build_registry(settings: Settings, stats: Any) -> Registry:
+    """The built-ins plus every methods module the settings name (raises LoadError)."""
+    registry = Registry()
+    add_builtins(registry, stats)
+    for spec in settings.methods:
+        registry.load(spec)
+    return registry
+
+
+class RPCService(MultiService):
+    """The daemon: its listeners are child services; stopping drains calls before closing."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.settings = settings
+        self.reactor = reactor
+        self.started_at = time.time()
+        self.registry = registry if registry is not None else build_registry(settings, self.stats)
+        self.dispatcher = Dispatcher(
+            self.registry,
+            max_workers=settings.workers,
+            queue_size=settings.queue_size,
+            call_timeout=settings.call_timeout,
+        )
+        limits = ConnectionLimits(
+            max_connections=settings.max_connections,
+            max_connections_per_peer=settings.max_connections_per_peer,
+            max_frame_bytes=settings.max_frame_bytes,
+            idle_timeout=settings.idle_timeout,
+            max_inflight=settings.max_inflight,
+            max_batch=settings.max_batch,
+            byteorder=settings.byteorder,
+        )
+        self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
+        for endpoint in settings.listen:
+            listener = strports.service(endpoint, self.factory, reactor=reactor)
+            listener._raiseSynchronously = True  # a port we cannot bind stops start-up
+            listener.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "rpcd serving {count} methods on {listen}",
+            count=sum(1 for _ in self.registry), listen=", ".join(self.settings.listen),
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        log.info("rpcd stopping: listeners closed, draining {n} calls", n=self.dispatcher.in_flight)
+        yield super().stopService()
+        yield self.dispatcher.drain(self.settings.shutdown_grace, self.reactor)
+        self.dispatcher.stop_workers()
+        closed = self.factory.close_all()
+        timer = self.reactor.callLater(CLOSE_TIMEOUT, closed.cancel)
+        try:
+            yield closed
+        except defer.CancelledError:
+            log.warn("rpcd stopping: {n} connections did not close in time", n=len(self.factory.connections))
+        else:
+            timer.cancel()
+        log.info("rpcd stopped")
+
+    def stats(self) -> dict:
+        dispatcher, factory = self.dispatcher, self.factory
+        return {
+            "uptime": round(time.time() - self.started_at, 3),
+            "connections": {
+                "open": len(factory.connections),
+                "accepted": factory.accepted,
+                "refused": dict(factory.refused),
+            },
+            "calls": {
+                "total": dispatcher.calls_total,
+                "in_flight": dispatcher.in_flight,
+                "queued": dispatcher.queued,
+                "refused_busy": dispatcher.refused_busy,
+            },
+            "workers": {"started": dispatcher.workers, "busy": dispatcher.busy},
+        }
