@@ -81,6 +81,15 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     doIteration = doPoll
 
+    # Twisted re-raises a stopping signal at exit; a daemon that drained cleanly exits 0.
+    def sigInt(self, number: int, frame: object = None) -> None:
+        super().sigInt(number, frame)
+        self._exitSignal = None
+
+    def sigTerm(self, number: int, frame: object = None) -> None:
+        super().sigTerm(number, frame)
+        self._exitSignal = None
+
     def _wait(self, timeout: float | None) -> None:
         """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
         waiter = Waiter(self._hub)
