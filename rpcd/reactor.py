@@ -59,6 +59,7 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
         self._pending_callbacks = self._hub.loop._callbacks
+        self._waiter: Waiter | None = None
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -92,7 +93,7 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     def _wait(self, timeout: float | None) -> None:
         """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
-        waiter = Waiter(self._hub)
+        waiter = self._waiter = Waiter(self._hub)
         watcher = self._watcher
         timer = None
         watcher.start(waiter.switch, None)
@@ -102,9 +103,25 @@ class GeventReactor(_epollreactor.EPollReactor):
                 timer.start(waiter.switch, None)
             waiter.get()
         finally:
+            self._waiter = None
             watcher.stop()
             if timer is not None:
                 timer.close()
+
+    # While the reactor waits, only greenlets run; a timer they schedule may be due before
+    # the wait ends, so cut the wait short and let the reactor recompute its timeout.
+    def callLater(self, delay, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        self._wake_if_waiting()
+        return call
+
+    def _moveCallLaterSooner(self, delayed_call):
+        super()._moveCallLaterSooner(delayed_call)
+        self._wake_if_waiting()
+
+    def _wake_if_waiting(self) -> None:
+        if self._waiter is not None:
+            self._hub.loop.run_callback(self._waiter.switch, None)
 
 
 def install(patch: bool = True) -> GeventReactor:

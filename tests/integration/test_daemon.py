@@ -59,3 +59,13 @@ def test_sigterm_drains_in_flight_calls(start_daemon):
     assert {r["id"] for r in replies} == ids and all(r["result"] == 1.0 for r in replies)
     assert d.proc.wait(15) == 0
     assert time.monotonic() - started < 6
+
+
+def test_deferred_from_reactor_timer_while_idle(start_daemon):
+    # The method schedules reactor.callLater from a worker while the reactor is waiting:
+    # the reactor must notice the new timer instead of sleeping through it.
+    d = start_daemon()
+    c = d.client(timeout=5)
+    started = time.monotonic()
+    assert c.call("deferred_value", 7)["result"] == 7
+    assert time.monotonic() - started < 2
