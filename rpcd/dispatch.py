@@ -32,9 +32,6 @@ from rpcd.wire import (
     RPCError,
 )
 
-# Not a JSON-RPC standard code: the final answer of a call the client cancelled.
-CANCELLED = -32006
-
 log = Logger()
 
 
