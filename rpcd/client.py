@@ -343,7 +343,8 @@ class _Connection:
 _DEFAULT: Any = object()
 
 
-def _params(args: tuple, kwargs: dict) -> Any:
+def make_params(args: tuple, kwargs: dict) -> Any:
+    """JSON-RPC params from a call's arguments: a list, an object, or None for none."""
     if args and kwargs:
         raise TypeError("JSON-RPC params are either positional or named, not both")
     if kwargs:
@@ -351,7 +352,8 @@ def _params(args: tuple, kwargs: dict) -> Any:
     return list(args) if args else None
 
 
-def _request(method: str, params: Any, call_id: int | None = None) -> dict:
+def make_request(method: str, params: Any, call_id: int | None = None) -> dict:
+    """A JSON-RPC 2.0 request object; a notification when `call_id` is None."""
     request: dict = {"jsonrpc": "2.0", "method": method}
     if params is not None:
         request["params"] = params
@@ -422,13 +424,13 @@ class Client:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
         slot = self._new_slot()
-        self._send([slot], orjson.dumps(_request(method, _params(args, kwargs), slot.id)))
+        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
         self._wait_done(slot, _deadline(timeout), method, timeout)
         return slot.value()
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs it and sends no reply."""
-        self._send([], orjson.dumps(_request(method, _params(args, kwargs))))
+        self._send([], orjson.dumps(make_request(method, make_params(args, kwargs))))
 
     def batch(self, timeout: Any = _DEFAULT) -> Batch:
         """A context manager collecting calls and notifications, sent as one batch on exit."""
@@ -444,7 +446,7 @@ class Client:
         """
         slot = self._new_slot()
         slot.items = collections.deque()
-        self._send([slot], orjson.dumps(_request(method, _params(args, kwargs), slot.id)))
+        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
         return Stream(self, slot, method, _timeout)
 
     def close(self) -> None:
@@ -515,7 +517,7 @@ class Client:
         with self._lock:
             was_pending = conn.pending.pop(slot.id, None) is not None
         if was_pending and not conn.broken:
-            body = orjson.dumps(_request(CANCEL_METHOD, {"id": slot.id}))
+            body = orjson.dumps(make_request(CANCEL_METHOD, {"id": slot.id}))
             try:
                 with self._send_lock:
                     conn.sock.sendall(self._prefix.pack(len(body)) + body)
@@ -714,13 +716,13 @@ class Batch:
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> BatchCall:
         slot = self._client._new_slot()
-        self._requests.append(_request(method, _params(args, kwargs), slot.id))
+        self._requests.append(make_request(method, make_params(args, kwargs), slot.id))
         entry = BatchCall(method, slot)
         self._calls.append(entry)
         return entry
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
-        self._requests.append(_request(method, _params(args, kwargs)))
+        self._requests.append(make_request(method, make_params(args, kwargs)))
 
     def __enter__(self) -> Batch:
         return self
