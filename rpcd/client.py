@@ -769,7 +769,7 @@ class Stream:
             raise StopIteration
         if not slot.ready() and not self._client._wait(slot, _deadline(self._timeout)):
             self.close()
-            raise TimeoutError(f"no item from {self._method} within {self._timeout:g} s")
+            raise TimeoutError(f"nothing from {self._method} within {self._timeout:g} s")
         if slot.items:
             return slot.items.popleft()
         self._finished = True
