@@ -760,6 +760,11 @@ class Stream:
         self._finished = False
         self.result: Any = None
 
+    @property
+    def id(self) -> int:
+        """The call's id, as `rpc.cancel` takes it."""
+        return self._slot.id
+
     def __iter__(self) -> Iterator[Any]:
         return self
 
