@@ -542,6 +542,8 @@ class Client:
                     break
                 remaining = _remaining(deadline)
                 if remaining == 0:
+                    # We may have been woken to take over reading: pass that on.
+                    self._wake_next_reader(conn)
                     return False
                 conn.waiting[slot] = None
                 try:
@@ -549,6 +551,8 @@ class Client:
                 finally:
                     del conn.waiting[slot]
             else:
+                if not conn.reading:
+                    self._wake_next_reader(conn)
                 return True
         try:
             while not slot.ready() and not conn.broken:
@@ -565,9 +569,11 @@ class Client:
 
     @staticmethod
     def _wake_next_reader(conn: _Connection) -> None:
+        """Wake one caller still waiting for its reply to take over reading (lock held)."""
         for other in conn.waiting:
-            other.cond.notify()
-            return
+            if not other.ready():  # a ready one was woken already and will not read
+                other.cond.notify()
+                return
 
     def _read(self, conn: _Connection) -> None:
         """Read once (the socket is readable) and hand out every complete frame."""

@@ -65,7 +65,7 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """start_daemon(*extra_args, methods=..., port=...) -> a running Daemon; stopped after the test."""
+    """start_daemon(*extra_args, methods=..., port=...) -> a running Daemon, stopped after."""
     started: list[Daemon] = []
 
     def start(

@@ -223,7 +223,8 @@ GREENLETS = textwrap.dedent("""
     gevent.joinall(calls + adds, raise_error=True)
     print(json.dumps({
         "sleeps": [g.value for g in calls], "adds": [g.value for g in adds],
-        "in_flight": stats["calls"]["in_flight"], "new_connections": stats["connections"]["accepted"] - accepted,
+        "in_flight": stats["calls"]["in_flight"],
+        "new_connections": stats["connections"]["accepted"] - accepted,
     }))
 """)
 
