@@ -59,6 +59,8 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
         self._pending_callbacks = self._hub.loop._callbacks
+        self._waiter: Waiter | None = None  # set while the reactor is blocked in _wait
+        self._wait_until: float | None = None
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -90,18 +92,34 @@ class GeventReactor(_epollreactor.EPollReactor):
         super().sigTerm(number, frame)
         self._exitSignal = None
 
+    def callLater(self, delay, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        # Scheduled by a greenlet while the reactor waits with a later deadline (a method
+        # returning a Deferred fired by a timer): wake the reactor to take the new deadline.
+        if self._waiter is not None and (self._wait_until is None or call.time < self._wait_until):
+            self._hub.loop.run_callback(self._wake, self._waiter)
+        return call
+
+    def _wake(self, waiter: Waiter) -> None:
+        # One switch per wait, whichever of the epoll watcher, timer or callLater comes first.
+        if self._waiter is waiter:
+            self._waiter = None
+            waiter.switch(None)
+
     def _wait(self, timeout: float | None) -> None:
         """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
-        waiter = Waiter(self._hub)
+        waiter = self._waiter = Waiter(self._hub)
         watcher = self._watcher
         timer = None
-        watcher.start(waiter.switch, None)
+        watcher.start(self._wake, waiter)
         try:
             if timeout is not None and timeout >= 0:
+                self._wait_until = self.seconds() + timeout
                 timer = self._hub.loop.timer(timeout)
-                timer.start(waiter.switch, None)
+                timer.start(self._wake, waiter)
             waiter.get()
         finally:
+            self._waiter = self._wait_until = None
             watcher.stop()
             if timer is not None:
                 timer.close()

@@ -59,3 +59,10 @@ def test_sigterm_drains_in_flight_calls(start_daemon):
     assert {r["id"] for r in replies} == ids and all(r["result"] == 1.0 for r in replies)
     assert d.proc.wait(15) == 0
     assert time.monotonic() - started < 6
+
+
+def test_method_returning_a_timer_deferred(start_daemon):
+    # reactor.callLater from a worker greenlet while the reactor waits must wake the reactor,
+    # or the Deferred only fires when some other event comes along (here: the call timeout).
+    d = start_daemon("--call-timeout", "2")
+    assert d.client().call("deferred_value", [1, 2])["result"] == [1, 2]
