@@ -217,14 +217,15 @@ class Endpoint:
 
 
 def _split_endpoint(text: str) -> list[str]:
-    parts, current, chars = [], [], iter(text)
+    parts, current, chars, bracketed = [], [], iter(text), False
     for char in chars:
         if char == "\\":
             current.append(next(chars, ""))
-        elif char == ":":
+        elif char == ":" and not bracketed:
             parts.append("".join(current))
             current = []
         else:
+            bracketed = (bracketed or char == "[") and char != "]"
             current.append(char)
     parts.append("".join(current))
     return parts
