@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,18 @@ def test_stats_shape(client):
     add = stats["methods"]["add"]
     assert add["count"] >= 1 and 0 < add["p50_ms"] <= add["p99_ms"] <= add["max_ms"]
     assert set(stats["workers"]) >= {"busy"}
+
+
+def test_ssl_endpoint(start_daemon, tmp_path):
+    import twisted.test
+
+    pem = Path(twisted.test.__file__).with_name("server.pem")  # self-signed, for "localhost"
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    (ca / "server.pem").write_bytes(pem.read_bytes())
+    port = free_port()
+    start_daemon("--listen", f"ssl:{port}:privateKey={pem}:interface=127.0.0.1")
+    c = Client(f"ssl:127.0.0.1:{port}:caCertsDir={ca}:hostname=localhost")
+    assert c.call("add", 1, 2) == 3
+    with pytest.raises(ConnectFailed, match="TLS"):
+        Client(f"ssl:127.0.0.1:{port}").call("ping")  # the system's CAs do not know it
