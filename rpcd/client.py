@@ -13,6 +13,7 @@ Nothing here imports Twisted, gevent or the server's modules; `rpcd.wire` is onl
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import os
 import select
@@ -512,18 +513,28 @@ class Client:
                 self._break(conn, lost)
             raise lost from exc
 
-    def _cancel(self, slot: _Slot) -> None:
-        """Forget `slot` and ask the server to stop its call (best effort: a notification)."""
+    def _cancel(self, slot: _Slot, blocking: bool = True) -> None:
+        """Forget `slot` and ask the server to stop its call (best effort: a notification).
+
+        `blocking=False` (from a finalizer, which may run while this thread holds a lock)
+        gives up rather than wait for a lock.
+        """
         conn = slot.conn
-        with self._lock:
+        if not self._lock.acquire(blocking):
+            return
+        try:
             was_pending = conn.pending.pop(slot.id, None) is not None
-        if was_pending and not conn.broken:
-            body = orjson.dumps(make_request(CANCEL_METHOD, {"id": slot.id}))
-            try:
-                with self._send_lock:
-                    conn.sock.sendall(self._prefix.pack(len(body)) + body)
-            except OSError:
-                pass  # the connection is going anyway; whoever reads next finds it broken
+        finally:
+            self._lock.release()
+        if not was_pending or conn.broken or not self._send_lock.acquire(blocking):
+            return
+        body = orjson.dumps(make_request(CANCEL_METHOD, {"id": slot.id}))
+        try:
+            conn.sock.sendall(self._prefix.pack(len(body)) + body)
+        except OSError:
+            pass  # the connection is going anyway; whoever reads next finds it broken
+        finally:
+            self._send_lock.release()
 
     # -- waiting and reading -----------------------------------------------------------------
 
@@ -625,7 +636,7 @@ class Client:
         if self._conn is conn:
             self._conn = None
         for slot in conn.pending.values():
-            slot.error = error
+            slot.error = copy.copy(error)  # one instance per caller: each raise sets its traceback
             slot.done = True
             slot.cond.notify()
         conn.pending.clear()
@@ -788,12 +799,12 @@ class Stream:
         self.result = slot.value()
         raise StopIteration
 
-    def close(self) -> None:
+    def close(self, blocking: bool = True) -> None:
         """Stop the stream; if it is still running, cancel the call on the server."""
         if not self._finished:
             self._finished = True
             if not self._slot.done:
-                self._client._cancel(self._slot)
+                self._client._cancel(self._slot, blocking)
 
     def __enter__(self) -> Stream:
         return self
@@ -803,7 +814,7 @@ class Stream:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self.close(blocking=False)
         except Exception:
             pass
 
