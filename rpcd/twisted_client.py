@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.basic import Int32StringReceiver
@@ -81,7 +81,7 @@ class RPCConnection(Int32StringReceiver):
 
     def _call(self, method: str, params: Any, on_item: Callable[[Any], None] | None) -> Deferred:
         if self._lost is not None:
-            raise ConnectionLost(f"connection lost: {self._lost.getErrorMessage()}")
+            return fail(ConnectionLost(f"connection lost: {self._lost.getErrorMessage()}"))
         call_id = next(self._ids)
         d = Deferred(lambda _: self._cancel(call_id))
         self._pending[call_id] = d

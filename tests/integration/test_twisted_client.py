@@ -90,8 +90,7 @@ class TwistedClientTests(unittest.TestCase):
         d = self.conn.callRemote("sleep", 0.5)
         self.conn.transport.abortConnection()
         yield self.assertFailure(d, ConnectionLost)
-        with self.assertRaises(ConnectionLost):
-            self.conn.callRemote("ping")
+        yield self.assertFailure(self.conn.callRemote("ping"), ConnectionLost)
 
     @defer.inlineCallbacks
     def test_connect_failure(self):
