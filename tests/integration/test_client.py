@@ -218,8 +218,8 @@ GREENLETS = textwrap.dedent("""
     c = Client(f"tcp:127.0.0.1:{sys.argv[1]}", timeout=20)
     accepted = c.call("rpc.stats")["connections"]["accepted"]
     ran = []
-    gevent.spawn(ran.append, True)
-    c.call("sleep", 0.1)  # the wait for the reply yields to the hub: the other greenlet runs
+    gevent.spawn_later(0.05, ran.append, True)
+    c.call("sleep", 0.3)  # the wait for the reply yields to the hub: the timer fires meanwhile
     cooperative = ran == [True]
     calls = [gevent.spawn(c.call, "sleep", 1.0) for _ in range(200)]
     adds = [gevent.spawn(c.call, "add", i, i) for i in range(200)]
