@@ -309,9 +309,9 @@ class _Slot:
 
     __slots__ = ("id", "cond", "done", "result", "error", "items", "conn")
 
-    def __init__(self, call_id: int, lock: Any) -> None:
+    def __init__(self, call_id: int) -> None:
         self.id = call_id
-        self.cond = threading.Condition(lock)
+        self.cond: threading.Condition | None = None  # made when its caller first has to wait
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -320,6 +320,10 @@ class _Slot:
 
     def ready(self) -> bool:
         return self.done or bool(self.items)
+
+    def wake(self) -> None:
+        if self.cond is not None:
+            self.cond.notify()
 
     def value(self) -> Any:
         if self.error is not None:
@@ -462,7 +466,7 @@ class Client:
     # -- sending -----------------------------------------------------------------------------
 
     def _new_slot(self) -> _Slot:
-        return _Slot(next(self._ids), self._lock)
+        return _Slot(next(self._ids))
 
     def _connection(self) -> _Connection:
         conn = self._conn
@@ -557,6 +561,8 @@ class Client:
                     # We may have been woken to take over reading: pass that on.
                     self._wake_next_reader(conn)
                     return False
+                if slot.cond is None:
+                    slot.cond = threading.Condition(self._lock)
                 conn.waiting[slot] = None
                 try:
                     slot.cond.wait(remaining)
@@ -638,7 +644,7 @@ class Client:
         for slot in conn.pending.values():
             slot.error = copy.copy(error)  # one instance per caller: each raise sets its traceback
             slot.done = True
-            slot.cond.notify()
+            slot.wake()
         conn.pending.clear()
         try:
             conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in poll on it
@@ -660,7 +666,7 @@ class Client:
                 slot = conn.pending.get(params.get("id"))
                 if slot is not None and slot.items is not None:
                     slot.items.append(params.get("item"))
-                    slot.cond.notify()
+                    slot.wake()
             return
         call_id = message.get("id")
         if call_id is None:
@@ -677,7 +683,7 @@ class Client:
         else:
             slot.result = message.get("result")
         slot.done = True
-        slot.cond.notify()
+        slot.wake()
 
 
 class Proxy:
