@@ -22,8 +22,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from rpcd.methods import Method, Registry
+from rpcd.stats import CallStats
 from rpcd.wire import (
     CALL_TIMEOUT,
+    CANCELLED,
     INTERNAL_ERROR,
     SERVER_BUSY,
     SHUTTING_DOWN,
@@ -31,9 +33,6 @@ from rpcd.wire import (
     Response,
     RPCError,
 )
-
-# Not a JSON-RPC standard code: the final answer of a call the client cancelled.
-CANCELLED = -32006
 
 log = Logger()
 
@@ -96,6 +95,7 @@ class Dispatcher:
         self._drained: Deferred | None = None
         self.calls_total = 0
         self.refused_busy = 0
+        self.stats = CallStats()
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
 
@@ -124,13 +124,19 @@ class Dispatcher:
     def submit(self, request: Request, sink: Sink) -> Call:
         """Queue `request`; raise RPCError if it names no method or cannot be held."""
         if self._closing:
+            self.stats.refused(SHUTTING_DOWN)
             raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
-        method = self.registry.get(request.method)
+        try:
+            method = self.registry.get(request.method)
+        except RPCError as error:
+            self.stats.refused(error.code)
+            raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy.
         waiting = self._queue.qsize()
         if waiting >= self.queue_size + self.max_workers - self._busy:
             self.refused_busy += 1
+            self.stats.refused(SERVER_BUSY)
             raise RPCError(
                 SERVER_BUSY,
                 f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
@@ -264,6 +270,9 @@ class Dispatcher:
     def _finish(self, call: Call, response: Response | None, duration: float) -> None:
         call.done = True
         self._active.discard(call)
+        # Latency as the client sees it: from acceptance (queue wait included) to the reply.
+        error = CANCELLED if response is None else response.error and response.error.code
+        self.stats.record(call.method.name, time.perf_counter() - call.accepted_at, error)
         if response is not None:
             call.sink.deliver(call, response)
             if self.on_complete is not None:

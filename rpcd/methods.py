@@ -53,8 +53,45 @@ class Method:
 
     def describe(self) -> dict:
         doc = inspect.getdoc(self.func) or ""
-        signature = f"{self.name}{self.signature}" if self.signature is not None else f"{self.name}(...)"
+        signature = format_signature(self.name, self.signature)
         return {"name": self.name, "signature": signature, "doc": doc}
+
+
+def format_signature(name: str, signature: inspect.Signature | None) -> str:
+    """`name(a, b=1, *rest) -> int` as a caller reads it: annotations without quotes, and a
+    parameter whose default is a private sentinel shown as optional: `ping([value])`."""
+    if signature is None:
+        return f"{name}(...)"
+    empty = inspect.Parameter.empty
+    parts = []
+    for param in signature.parameters.values():
+        text = str(param.replace(annotation=empty, default=empty))
+        annotation = _annotation(param.annotation)
+        if annotation:
+            text += f": {annotation}"
+        if param.default is not empty:
+            default = repr(param.default)
+            if default.startswith("<"):
+                text = f"[{text}]"
+            else:
+                text += f" = {default}" if annotation else f"={default}"
+        parts.append(text)
+    text = f"{name}({', '.join(parts)})"
+    returns = _annotation(signature.return_annotation)
+    return f"{text} -> {returns}" if returns else text
+
+
+def _annotation(annotation: Any) -> str:
+    """The annotation as text; "" when absent or `Any` (which tells a caller nothing)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return ""
+    if annotation in ("Any", "typing.Any"):
+        return ""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__qualname__
+    return inspect.formatannotation(annotation)
 
 
 def _signature(func: Callable) -> inspect.Signature | None:

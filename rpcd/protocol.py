@@ -19,8 +19,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
 from rpcd import wire
-from rpcd.dispatch import CANCELLED, Call, Dispatcher
+from rpcd.dispatch import Call, Dispatcher
 from rpcd.wire import (
+    CANCELLED,
     FRAME_TOO_LARGE,
     INVALID_PARAMS,
     INVALID_REQUEST,

@@ -59,7 +59,8 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
         self._pending_callbacks = self._hub.loop._callbacks
-        self._waiter: Waiter | None = None
+        self._waiter: Waiter | None = None  # set while the reactor is blocked in _wait
+        self._wait_until: float | None = None
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -91,37 +92,37 @@ class GeventReactor(_epollreactor.EPollReactor):
         super().sigTerm(number, frame)
         self._exitSignal = None
 
+    def callLater(self, delay, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        # Scheduled by a greenlet while the reactor waits with a later deadline (a method
+        # returning a Deferred fired by a timer): wake the reactor to take the new deadline.
+        if self._waiter is not None and (self._wait_until is None or call.time < self._wait_until):
+            self._hub.loop.run_callback(self._wake, self._waiter)
+        return call
+
+    def _wake(self, waiter: Waiter) -> None:
+        # One switch per wait, whichever of the epoll watcher, timer or callLater comes first.
+        if self._waiter is waiter:
+            self._waiter = None
+            waiter.switch(None)
+
     def _wait(self, timeout: float | None) -> None:
         """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
         waiter = self._waiter = Waiter(self._hub)
         watcher = self._watcher
         timer = None
-        watcher.start(waiter.switch, None)
+        watcher.start(self._wake, waiter)
         try:
             if timeout is not None and timeout >= 0:
+                self._wait_until = self.seconds() + timeout
                 timer = self._hub.loop.timer(timeout)
-                timer.start(waiter.switch, None)
+                timer.start(self._wake, waiter)
             waiter.get()
         finally:
-            self._waiter = None
+            self._waiter = self._wait_until = None
             watcher.stop()
             if timer is not None:
                 timer.close()
-
-    # While the reactor waits, only greenlets run; a timer they schedule may be due before
-    # the wait ends, so cut the wait short and let the reactor recompute its timeout.
-    def callLater(self, delay, callable, *args, **kw):
-        call = super().callLater(delay, callable, *args, **kw)
-        self._wake_if_waiting()
-        return call
-
-    def _moveCallLaterSooner(self, delayed_call):
-        super()._moveCallLaterSooner(delayed_call)
-        self._wake_if_waiting()
-
-    def _wake_if_waiting(self) -> None:
-        if self._waiter is not None:
-            self._hub.loop.run_callback(self._waiter.switch, None)
 
 
 def install(patch: bool = True) -> GeventReactor:

@@ -88,6 +88,7 @@ class RPCService(MultiService):
 
     def stats(self) -> dict:
         dispatcher, factory = self.dispatcher, self.factory
+        calls = dispatcher.stats.summary()
         return {
             "uptime": round(time.time() - self.started_at, 3),
             "connections": {
@@ -100,6 +101,8 @@ class RPCService(MultiService):
                 "in_flight": dispatcher.in_flight,
                 "queued": dispatcher.queued,
                 "refused_busy": dispatcher.refused_busy,
+                "errors": calls["errors"],
             },
+            "methods": calls["methods"],
             "workers": {"started": dispatcher.workers, "busy": dispatcher.busy},
         }

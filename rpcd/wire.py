@@ -25,6 +25,8 @@ TOO_MANY_CONNECTIONS = -32002
 NOT_AUTHENTICATED = -32003
 FRAME_TOO_LARGE = -32004
 SHUTTING_DOWN = -32005
+# Not a JSON-RPC standard code: the final answer of a call the client cancelled.
+CANCELLED = -32006
 
 ERROR_NAMES = {
     PARSE_ERROR: "parse error",
@@ -38,6 +40,7 @@ ERROR_NAMES = {
     NOT_AUTHENTICATED: "not authenticated",
     FRAME_TOO_LARGE: "frame too large",
     SHUTTING_DOWN: "shutting down",
+    CANCELLED: "call cancelled",
 }
 
 # Method name of the notifications that carry a streaming call's items.

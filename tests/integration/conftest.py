@@ -65,11 +65,14 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """start_daemon(*extra_args, methods=...) -> a running Daemon; stopped after the test."""
+    """start_daemon(*extra_args, methods=..., port=...) -> a running Daemon, stopped after."""
     started: list[Daemon] = []
 
-    def start(*args: str, methods: str | None = "tests.integration.methods", listen: bool = True) -> Daemon:
-        port = free_port()
+    def start(
+        *args: str, methods: str | None = "tests.integration.methods", listen: bool = True,
+        port: int | None = None,
+    ) -> Daemon:
+        port = port or free_port()
         argv = list(args)
         if listen:
             argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]

@@ -55,3 +55,16 @@ def ticker(n, delay=0.0):
             time.sleep(delay)
         yield i
     return n
+
+
+@method
+def fakelog(lines=10, level="info", grep=None, follow=False):
+    """Stands in for getlog (same parameters): returns them; with follow, streams them."""
+    params = {"lines": lines, "level": level, "grep": grep, "follow": follow}
+    return _repeat(params) if follow else params
+
+
+def _repeat(item):
+    while True:
+        yield item
+        time.sleep(0.05)

@@ -1,0 +1,826 @@
+"""Blocking client: calls, notifications, batches, proxies and streams over one shared connection.
+
+A `Client` is safe to share between threads and, under gevent's monkey-patching, between
+greenlets. Calls are multiplexed on one socket by id: a caller sends its request under a
+lock, then waits for its reply. There is no reader thread: whichever waiting caller finds
+nobody reading becomes the reader, hands every reply it reads to its owner, and passes the
+job on when its own reply is in. Locks, sockets and `select` are looked up at call time, so
+a client built after `gevent.monkey.patch_all()` is cooperative.
+
+Nothing here imports Twisted, gevent or the server's modules; `rpcd.wire` is only the codes.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import itertools
+import os
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from rpcd.wire import (
+    CALL_TIMEOUT,
+    CANCELLED,
+    FRAME_TOO_LARGE,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_AUTHENTICATED,
+    PARSE_ERROR,
+    SERVER_BUSY,
+    SHUTTING_DOWN,
+    STREAM_METHOD,
+    TOO_MANY_CONNECTIONS,
+)
+
+DEFAULT_ENDPOINT = "tcp:127.0.0.1:5354"
+CANCEL_METHOD = "rpc.cancel"
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class RemoteError(Exception):
+    """The server answered a call with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, message, data)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code})"
+
+    @staticmethod
+    def from_object(error: Any) -> RemoteError:
+        """The exception for a JSON-RPC error object, of the subclass its code names."""
+        if not isinstance(error, dict):
+            return RemoteError(INTERNAL_ERROR, f"malformed error from the server: {error!r}")
+        code = error.get("code")
+        cls = ERRORS.get(code, RemoteError) if type(code) is int else RemoteError
+        return cls(code, str(error.get("message", "")), error.get("data"))
+
+
+class ParseError(RemoteError):
+    """-32700: the server could not parse what it received."""
+
+
+class InvalidRequest(RemoteError):
+    """-32600: not a valid JSON-RPC request (e.g. a batch larger than the server's max_batch)."""
+
+
+class MethodNotFound(RemoteError):
+    """-32601: no method of that name."""
+
+
+class InvalidParams(RemoteError):
+    """-32602: the arguments do not fit the method's signature."""
+
+
+class InternalError(RemoteError):
+    """-32603: the method raised; `data["type"]` names the exception class."""
+
+
+class ServerBusy(RemoteError):
+    """-32000: the server's task queue is full; try again later."""
+
+
+class CallTimeout(RemoteError):
+    """-32001: the call ran past the server's call_timeout and was stopped."""
+
+
+class TooManyConnections(RemoteError):
+    """-32002: the server refused the connection (its connection limit is reached)."""
+
+
+class NotAuthenticated(RemoteError):
+    """-32003: the connection must authenticate first."""
+
+
+class FrameTooLarge(RemoteError):
+    """-32004: a request exceeded the server's max_frame_bytes; the server closed the connection."""
+
+
+class ShuttingDown(RemoteError):
+    """-32005: the server is stopping and takes no new calls (or the call outlived the grace)."""
+
+
+class CallCancelled(RemoteError):
+    """-32006: the call was cancelled (by `rpc.cancel`)."""
+
+
+ERRORS: dict[int, type[RemoteError]] = {
+    PARSE_ERROR: ParseError,
+    INVALID_REQUEST: InvalidRequest,
+    METHOD_NOT_FOUND: MethodNotFound,
+    INVALID_PARAMS: InvalidParams,
+    INTERNAL_ERROR: InternalError,
+    SERVER_BUSY: ServerBusy,
+    CALL_TIMEOUT: CallTimeout,
+    TOO_MANY_CONNECTIONS: TooManyConnections,
+    NOT_AUTHENTICATED: NotAuthenticated,
+    FRAME_TOO_LARGE: FrameTooLarge,
+    SHUTTING_DOWN: ShuttingDown,
+    CANCELLED: CallCancelled,
+}
+
+
+class ConnectFailed(ConnectionError):
+    """The client could not connect; `reason` says why in a few words ("connection refused")."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(f"cannot connect to {endpoint}: {reason}")
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+class ConnectionLost(ConnectionError):
+    """The connection broke while calls were pending; the next call reconnects."""
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A parsed client endpoint string: `tcp:HOST:PORT`, `unix:PATH` or `ssl:HOST:PORT`.
+
+    The syntax is Twisted's: colon-separated, positional or `key=value`, `\\:` for a literal
+    colon (`tcp:\\:\\:1:5354`); `[::1]` is also accepted as a host.
+    """
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+    _KEYS = {
+        "tcp": ("host", "port"),
+        "unix": ("path",),
+        "ssl": ("host", "port"),
+    }
+    _OPTIONS = {
+        "tcp": {"timeout", "bindAddress"},
+        "unix": {"timeout", "checkPID"},
+        "ssl": {"timeout", "bindAddress", "caCertsDir", "certKey", "privateKey", "hostname"},
+    }
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        kind, _, rest = text.partition(":")
+        kind = kind.lower()
+        if kind not in cls._KEYS or not rest:
+            raise ValueError(
+                f"bad endpoint {text!r}: expected tcp:HOST:PORT, unix:PATH or ssl:HOST:PORT"
+            )
+        names = cls._KEYS[kind]
+        values: dict[str, str] = {}
+        options: dict[str, str] = {}
+        positional = 0
+        for part in _split_endpoint(rest):
+            key, eq, value = part.partition("=")
+            if eq and (key in names or key in cls._OPTIONS[kind]):
+                (values if key in names else options)[key] = value
+            elif eq and kind != "unix":
+                raise ValueError(f"bad endpoint {text!r}: unknown option {key!r}")
+            elif positional < len(names):
+                values[names[positional]] = part
+                positional += 1
+            else:
+                raise ValueError(f"bad endpoint {text!r}: too many fields")
+        if kind == "unix":
+            if not values.get("path"):
+                raise ValueError(f"bad endpoint {text!r}: no path")
+            return cls(kind, path=values["path"], options=options, text=text)
+        host = values.get("host", "")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            port = int(values.get("port", ""))
+        except ValueError:
+            raise ValueError(f"bad endpoint {text!r}: the port must be a number") from None
+        if not host:
+            raise ValueError(f"bad endpoint {text!r}: no host")
+        return cls(kind, host=host, port=port, options=options, text=text)
+
+
+def _split_endpoint(text: str) -> list[str]:
+    parts, current, chars, bracketed = [], [], iter(text), False
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":" and not bracketed:
+            parts.append("".join(current))
+            current = []
+        else:
+            bracketed = (bracketed or char == "[") and char != "]"
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
+    """Connect to `endpoint`; raise ConnectFailed saying why not."""
+    timeout = float(endpoint.options.get("timeout", timeout or 0)) or None
+    try:
+        if endpoint.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(endpoint.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        bind = endpoint.options.get("bindAddress")
+        sock = socket.create_connection(
+            (endpoint.host, endpoint.port), timeout, (bind, 0) if bind else None
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if endpoint.kind == "ssl":
+            try:
+                sock = _tls_context(endpoint).wrap_socket(
+                    sock, server_hostname=endpoint.options.get("hostname", endpoint.host)
+                )
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+    except ssl.SSLError as exc:
+        raise ConnectFailed(endpoint.text, f"TLS handshake failed: {exc.reason or exc}") from exc
+    except OSError as exc:
+        raise ConnectFailed(endpoint.text, _reason(exc)) from exc
+
+
+def _tls_context(endpoint: Endpoint) -> ssl.SSLContext:
+    """Verify the server against the system's CAs, or only the PEM files in caCertsDir."""
+    options = endpoint.options
+    context = ssl.create_default_context()
+    ca_dir = options.get("caCertsDir")
+    if ca_dir:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for name in sorted(os.listdir(ca_dir)):
+            if name.endswith((".pem", ".crt")):
+                context.load_verify_locations(cafile=os.path.join(ca_dir, name))
+    if options.get("certKey"):
+        context.load_cert_chain(options["certKey"], options.get("privateKey") or None)
+    return context
+
+
+def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True  # decrypted bytes already buffered: the fd may never become readable for them
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else timeout * 1000))
+        return bool(select.select([sock], [], [], timeout)[0])
+    except (OSError, ValueError):
+        return True  # closed under us: the recv that follows reports it
+
+
+# -- the connection ------------------------------------------------------------------------------
+
+
+class _Slot:
+    """A call waiting for its reply (and, for a stream, its items)."""
+
+    __slots__ = ("id", "cond", "done", "result", "error", "items", "conn")
+
+    def __init__(self, call_id: int) -> None:
+        self.id = call_id
+        self.cond: threading.Condition | None = None  # made when its caller first has to wait
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.items: collections.deque | None = None
+        self.conn: _Connection | None = None
+
+    def ready(self) -> bool:
+        return self.done or bool(self.items)
+
+    def wake(self) -> None:
+        if self.cond is not None:
+            self.cond.notify()
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Connection:
+    """One socket and the calls pending on it. State changes happen under the client's lock."""
+
+    __slots__ = ("sock", "buffer", "pending", "waiting", "reading", "broken")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.pending: dict[int, _Slot] = {}
+        # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
+        self.waiting: dict[_Slot, None] = {}
+        self.reading = False
+        self.broken = False
+
+
+_DEFAULT: Any = object()
+
+
+def make_params(args: tuple, kwargs: dict) -> Any:
+    """JSON-RPC params from a call's arguments: a list, an object, or None for none."""
+    if args and kwargs:
+        raise TypeError("JSON-RPC params are either positional or named, not both")
+    if kwargs:
+        return kwargs
+    return list(args) if args else None
+
+
+def make_request(method: str, params: Any, call_id: int | None = None) -> dict:
+    """A JSON-RPC 2.0 request object; a notification when `call_id` is None."""
+    request: dict = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        request["params"] = params
+    if call_id is not None:
+        request["id"] = call_id
+    return request
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+class Client:
+    """A connection to rpcd, opened on first use and reopened on the call after it breaks.
+
+    `timeout` bounds each call's wait for its reply (None: wait for ever); a call may pass
+    its own as `_timeout=`. Past it the call raises TimeoutError and is cancelled on the server.
+    """
+
+    # A reply larger than this is taken as a corrupt stream.
+    max_frame_bytes = 256 * 1024 * 1024
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        port: int | None = None,
+        *,
+        timeout: float | None = 60.0,
+        connect_timeout: float = 10.0,
+        byteorder: str = "big",
+    ) -> None:
+        if port is not None:
+            host = f"[{endpoint}]" if ":" in endpoint else endpoint
+            endpoint = f"tcp:host={host}:port={port}"
+        if byteorder not in ("big", "little"):
+            raise ValueError("byteorder must be 'big' or 'little'")
+        self.endpoint = Endpoint.parse(endpoint)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._prefix = struct.Struct("!I" if byteorder == "big" else "<I")
+        self._lock = threading.Lock()  # guards connection and slot state
+        self._send_lock = threading.Lock()  # keeps each frame's bytes together on the socket
+        self._connect_lock = threading.Lock()
+        self._conn: _Connection | None = None
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<rpcd.Client {self.endpoint.text}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def proxy(self) -> Proxy:
+        """Attribute access to methods: `client.proxy.math.add(1, 2)` calls `math.add`."""
+        return Proxy(self, "")
+
+    # -- the public calls --------------------------------------------------------------------
+
+    def call(self, method: str, /, *args: Any, _timeout: Any = _DEFAULT, **kwargs: Any) -> Any:
+        """Call `method` with positional or named arguments and return its result."""
+        timeout = self.timeout if _timeout is _DEFAULT else _timeout
+        slot = self._new_slot()
+        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
+        self._wait_done(slot, _deadline(timeout), method, timeout)
+        return slot.value()
+
+    def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """Send a notification: the server runs it and sends no reply."""
+        self._send([], orjson.dumps(make_request(method, make_params(args, kwargs))))
+
+    def batch(self, timeout: Any = _DEFAULT) -> Batch:
+        """A context manager collecting calls and notifications, sent as one batch on exit."""
+        return Batch(self, self.timeout if timeout is _DEFAULT else timeout)
+
+    def stream(
+        self, method: str, /, *args: Any, _timeout: float | None = None, **kwargs: Any
+    ) -> Stream:
+        """Call a streaming method; iterate the result for its items.
+
+        `_timeout` bounds the wait for each item (default: none). Stopping early (`close()`,
+        leaving a `with` block, or dropping the iterator) cancels the call on the server.
+        """
+        slot = self._new_slot()
+        slot.items = collections.deque()
+        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
+        return Stream(self, slot, method, _timeout)
+
+    def close(self) -> None:
+        """Close the connection; pending calls raise ConnectionLost. The client stays usable."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                lost = ConnectionLost(f"connection to {self.endpoint.text} closed by the client")
+                self._break(conn, lost)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _new_slot(self) -> _Slot:
+        return _Slot(next(self._ids))
+
+    def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.broken and not self._closed_while_idle(conn):
+            return conn
+        with self._connect_lock:
+            conn = self._conn
+            if conn is None or conn.broken:
+                sock = _open_socket(self.endpoint, self.connect_timeout)
+                sock.settimeout(self.timeout)
+                conn = self._conn = _Connection(sock)
+            return conn
+
+    def _closed_while_idle(self, conn: _Connection) -> bool:
+        """With nothing pending, read what the server sent meanwhile: has it closed (idle
+        timeout, restart)? Then the next request goes on a fresh connection, not into the void."""
+        with self._lock:
+            if conn.pending or conn.reading:
+                return False
+            conn.reading = True
+        try:
+            if _wait_readable(conn.sock, 0):
+                self._read(conn)
+        finally:
+            with self._lock:
+                conn.reading = False
+                self._wake_next_reader(conn)
+        return conn.broken
+
+    def _send(self, slots: list[_Slot], body: bytes) -> None:
+        frame = self._prefix.pack(len(body)) + body
+        while True:
+            conn = self._connection()
+            with self._lock:
+                # Broken since we looked (the reader met EOF)? Nothing was sent: use a new one.
+                if conn.broken:
+                    continue
+                for slot in slots:
+                    slot.conn = conn
+                    conn.pending[slot.id] = slot
+                break
+        try:
+            with self._send_lock:
+                conn.sock.sendall(frame)
+        except OSError as exc:
+            lost = ConnectionLost(f"connection to {self.endpoint.text} lost: {_reason(exc)}")
+            with self._lock:
+                self._break(conn, lost)
+            raise lost from exc
+
+    def _cancel(self, slot: _Slot, blocking: bool = True) -> None:
+        """Forget `slot` and ask the server to stop its call (best effort: a notification).
+
+        `blocking=False` (from a finalizer, which may run while this thread holds a lock)
+        gives up rather than wait for a lock.
+        """
+        conn = slot.conn
+        if not self._lock.acquire(blocking):
+            return
+        try:
+            was_pending = conn.pending.pop(slot.id, None) is not None
+        finally:
+            self._lock.release()
+        if not was_pending or conn.broken or not self._send_lock.acquire(blocking):
+            return
+        body = orjson.dumps(make_request(CANCEL_METHOD, {"id": slot.id}))
+        try:
+            conn.sock.sendall(self._prefix.pack(len(body)) + body)
+        except OSError:
+            pass  # the connection is going anyway; whoever reads next finds it broken
+        finally:
+            self._send_lock.release()
+
+    # -- waiting and reading -----------------------------------------------------------------
+
+    def _wait_done(self, slot: _Slot, deadline: float | None, method: str, timeout: Any) -> None:
+        while not slot.done:
+            if not self._wait(slot, deadline):
+                self._cancel(slot)
+                raise TimeoutError(f"no reply to {method} within {timeout:g} s")
+
+    def _wait(self, slot: _Slot, deadline: float | None) -> bool:
+        """Block until `slot` is ready, reading for everyone if nobody else is. False on timeout."""
+        conn = slot.conn
+        with self._lock:
+            while not slot.ready():
+                if not conn.reading:
+                    conn.reading = True
+                    break
+                remaining = _remaining(deadline)
+                if remaining == 0:
+                    # We may have been woken to take over reading: pass that on.
+                    self._wake_next_reader(conn)
+                    return False
+                if slot.cond is None:
+                    slot.cond = threading.Condition(self._lock)
+                conn.waiting[slot] = None
+                try:
+                    slot.cond.wait(remaining)
+                finally:
+                    del conn.waiting[slot]
+            else:
+                if not conn.reading:
+                    self._wake_next_reader(conn)
+                return True
+        try:
+            while not slot.ready() and not conn.broken:
+                remaining = _remaining(deadline)
+                if _wait_readable(conn.sock, remaining):
+                    self._read(conn)
+                elif remaining is not None and _remaining(deadline) == 0:
+                    return False
+            return True
+        finally:
+            with self._lock:
+                conn.reading = False
+                self._wake_next_reader(conn)
+
+    @staticmethod
+    def _wake_next_reader(conn: _Connection) -> None:
+        """Wake one caller still waiting for its reply to take over reading (lock held)."""
+        for other in conn.waiting:
+            if not other.ready():  # a ready one was woken already and will not read
+                other.cond.notify()
+                return
+
+    def _read(self, conn: _Connection) -> None:
+        """Read once (the socket is readable) and hand out every complete frame."""
+        sock = conn.sock
+        try:
+            data = sock.recv(262144)
+        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(conn, _reason(exc))
+            return
+        if not data:
+            self._lose(conn, "closed by the server")
+            return
+        buffer = conn.buffer
+        buffer += data
+        messages = []
+        prefix = self._prefix
+        pos, end = 0, len(buffer)
+        while end - pos >= 4:
+            (size,) = prefix.unpack_from(buffer, pos)
+            if size > self.max_frame_bytes:
+                self._lose(conn, f"a reply of {size} bytes exceeds the client's max_frame_bytes")
+                return
+            if end - pos - 4 < size:
+                break
+            try:
+                messages.append(orjson.loads(memoryview(buffer)[pos + 4 : pos + 4 + size]))
+            except orjson.JSONDecodeError:
+                self._lose(conn, "the server sent a frame that is not JSON")
+                return
+            pos += 4 + size
+        del buffer[:pos]
+        if messages:
+            with self._lock:
+                for message in messages:
+                    self._dispatch(conn, message)
+
+    def _lose(self, conn: _Connection, reason: str) -> None:
+        with self._lock:
+            self._break(conn, ConnectionLost(f"connection to {self.endpoint.text} lost: {reason}"))
+
+    def _break(self, conn: _Connection, error: BaseException) -> None:
+        """Fail every pending call on `conn` with `error` and close it (the lock is held)."""
+        if conn.broken:
+            return
+        conn.broken = True
+        if self._conn is conn:
+            self._conn = None
+        for slot in conn.pending.values():
+            slot.error = copy.copy(error)  # one instance per caller: each raise sets its traceback
+            slot.done = True
+            slot.wake()
+        conn.pending.clear()
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in poll on it
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _dispatch(self, conn: _Connection, message: Any) -> None:
+        """Give one reply (or stream item, or batch of replies) to its slot (the lock is held)."""
+        if type(message) is list:
+            for item in message:
+                self._dispatch(conn, item)
+            return
+        if type(message) is not dict:
+            return
+        if "method" in message:
+            params = message.get("params")
+            if message["method"] == STREAM_METHOD and isinstance(params, dict):
+                slot = conn.pending.get(params.get("id"))
+                if slot is not None and slot.items is not None:
+                    slot.items.append(params.get("item"))
+                    slot.wake()
+            return
+        call_id = message.get("id")
+        if call_id is None:
+            if "error" in message:
+                # An error that answers no call (connection refused, frame too large): it
+                # concerns every call on this connection, and the server closes it.
+                self._break(conn, RemoteError.from_object(message["error"]))
+            return
+        slot = conn.pending.pop(call_id, None)
+        if slot is None:
+            return  # the reply to a call that timed out or was cancelled
+        if "error" in message:
+            slot.error = RemoteError.from_object(message["error"])
+        else:
+            slot.result = message.get("result")
+        slot.done = True
+        slot.wake()
+
+
+class Proxy:
+    """`proxy.a.b(1, 2)` calls method `a.b` with params [1, 2]."""
+
+    __slots__ = ("_client", "_name")
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __getattr__(self, name: str) -> Proxy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Proxy(self._client, f"{self._name}.{name}" if self._name else name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._name:
+            raise TypeError("call a method of the proxy: client.proxy.NAME(...)")
+        return self._client.call(self._name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<rpcd.Proxy {self._name or '(root)'} on {self._client.endpoint.text}>"
+
+
+class BatchCall:
+    """One call of a batch; its result is there once the batch has been sent and answered."""
+
+    __slots__ = ("method", "_slot")
+
+    def __init__(self, method: str, slot: _Slot) -> None:
+        self.method = method
+        self._slot = slot
+
+    @property
+    def done(self) -> bool:
+        return self._slot.done
+
+    def result(self) -> Any:
+        """The call's result; raises its RemoteError (or ConnectionLost)."""
+        if not self._slot.done:
+            raise RuntimeError(f"the batch holding {self.method} has not been answered yet")
+        return self._slot.value()
+
+
+class Batch:
+    """Calls and notifications sent as one JSON-RPC batch when the `with` block ends."""
+
+    def __init__(self, client: Client, timeout: float | None) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._requests: list[dict] = []
+        self._calls: list[BatchCall] = []
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> BatchCall:
+        slot = self._client._new_slot()
+        self._requests.append(make_request(method, make_params(args, kwargs), slot.id))
+        entry = BatchCall(method, slot)
+        self._calls.append(entry)
+        return entry
+
+    def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
+        self._requests.append(make_request(method, make_params(args, kwargs)))
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.send()
+
+    def send(self) -> None:
+        """Send the batch and wait for every reply (called by the `with` block's end)."""
+        if not self._requests:
+            return
+        client = self._client
+        requests, self._requests = self._requests, []
+        slots = [entry._slot for entry in self._calls]
+        client._send(slots, orjson.dumps(requests))
+        deadline = _deadline(self._timeout)
+        try:
+            for slot in slots:
+                client._wait_done(slot, deadline, "batch", self._timeout)
+        except TimeoutError:
+            for slot in slots:
+                client._cancel(slot)
+            raise
+
+
+class Stream:
+    """The items of a streaming call, in order; `result` is the final value once it ends."""
+
+    def __init__(self, client: Client, slot: _Slot, method: str, timeout: float | None) -> None:
+        self._client = client
+        self._slot = slot
+        self._method = method
+        self._timeout = timeout
+        self._finished = False
+        self.result: Any = None
+
+    @property
+    def id(self) -> int:
+        """The call's id, as `rpc.cancel` takes it."""
+        return self._slot.id
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        slot = self._slot
+        if self._finished:
+            raise StopIteration
+        if not slot.ready() and not self._client._wait(slot, _deadline(self._timeout)):
+            self.close()
+            raise TimeoutError(f"nothing from {self._method} within {self._timeout:g} s")
+        if slot.items:
+            return slot.items.popleft()
+        self._finished = True
+        self.result = slot.value()
+        raise StopIteration
+
+    def close(self, blocking: bool = True) -> None:
+        """Stop the stream; if it is still running, cancel the call on the server."""
+        if not self._finished:
+            self._finished = True
+            if not self._slot.done:
+                self._client._cancel(self._slot, blocking)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close(blocking=False)
+        except Exception:
+            pass
+

@@ -1,0 +1,149 @@
+"""`rpcd-call` run as a subprocess against the real daemon: output, exit codes, getlog shortcuts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rpcd.client import Client
+from tests.integration.conftest import ROOT, free_port
+
+RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    return start_daemon()
+
+
+def run(*args: str, endpoint: str | None = None, env: dict | None = None, timeout: float = 20):
+    argv = [RPCD_CALL, *(("-c", endpoint) if endpoint else ()), *args]
+    environ = {k: v for k, v in os.environ.items() if k != "RPCD_ENDPOINT"}
+    environ.update(env or {})
+    return subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def endpoint_of(daemon) -> str:
+    return f"tcp:127.0.0.1:{daemon.port}"
+
+
+def test_call_prints_compact_json_when_piped(daemon):
+    ep = endpoint_of(daemon)
+    out = run("add", "2", "3", endpoint=ep)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "5\n", "")
+    out = run("echo", '{"a": [1, 2]}', endpoint=ep)
+    assert out.stdout == '{"a":[1,2]}\n'  # valid JSON is parsed, and printed compact
+    out = run("echo", "hello world", endpoint=ep)
+    assert out.stdout == '"hello world"\n'  # not JSON: taken as a string
+    out = run("add", "-k", "a=1", "-k", "b=-4", endpoint=ep)
+    assert out.stdout == "-3\n"
+    out = run("add", "-1", "-2", endpoint=ep)
+    assert out.stdout == "-3\n"  # negative numbers are arguments, not options
+
+
+def test_endpoint_from_environment(daemon):
+    out = run("ping", env={"RPCD_ENDPOINT": endpoint_of(daemon)})
+    assert (out.returncode, out.stdout) == (0, '"pong"\n')
+
+
+def test_indented_json_on_a_terminal(daemon):
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [RPCD_CALL, "-c", endpoint_of(daemon), "echo", '{"a": [1]}'],
+        cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    assert proc.wait(20) == 0
+    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert json.loads(text) == {"a": [1]} and text.startswith("{\n  ")
+
+
+def test_exit_codes(daemon):
+    ep = endpoint_of(daemon)
+    out = run("nosuch", endpoint=ep)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "-32601" in out.stderr and "method not found: nosuch" in out.stderr
+    out = run("boom", endpoint=ep)
+    assert out.returncode == 1 and "KeyError" in out.stderr
+    out = run("sleep", "5", "-t", "0.2", endpoint=ep)
+    assert out.returncode == 1 and "within 0.2 s" in out.stderr
+    assert run(endpoint=ep).returncode == 2  # no METHOD
+    assert run("add", "1", "-k", "b=2", endpoint=ep).returncode == 2  # both kinds of params
+    assert run("add", "-k", "novalue", endpoint=ep).returncode == 2
+    assert run("ping", endpoint="carrier-pigeon:coop").returncode == 2
+    port = free_port()
+    out = run("ping", endpoint=f"tcp:127.0.0.1:{port}")
+    assert out.returncode == 3
+    assert out.stderr == (
+        f"rpcd-call: cannot connect to tcp:127.0.0.1:{port}: connection refused"
+        " — is rpcd running?\n"
+    )
+
+
+def test_list_and_describe(daemon):
+    ep = endpoint_of(daemon)
+    out = run("--list", endpoint=ep)
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    add = next(line for line in lines if line.startswith("add("))
+    assert add.split() == ["add(a,", "b)", "Add", "two", "numbers."]
+    assert any(line.startswith("ping([value])") for line in lines)
+    assert any(line.startswith("rpc.stats()") for line in lines)
+    stubborn = next(line for line in lines if line.startswith("stubborn("))
+    assert stubborn.endswith("a timeout must still stop it.")  # the first line only
+    out = run("--describe", "fakelog", endpoint=ep)
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] == "fakelog(lines=10, level='info', grep=None, follow=False)"
+    assert "Stands in for getlog" in out.stdout
+    assert run("--describe", "nosuch", endpoint=ep).returncode == 1
+
+
+def test_getlog_shortcuts_map_to_named_params(daemon):
+    # fakelog has getlog's parameters: the shortcuts must arrive as lines/level/grep/follow.
+    out = run("fakelog", "-n", "50", "--level", "warn", "--grep", "some text",
+              endpoint=endpoint_of(daemon))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"lines": 50, "level": "warn", "grep": "some text",
+                                      "follow": False}
+
+
+def test_follow_streams_until_ctrl_c(daemon):
+    ep = endpoint_of(daemon)
+    proc = subprocess.Popen(
+        [RPCD_CALL, "-c", ep, "fakelog", "-f", "--grep", "x"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    first = json.loads(proc.stdout.readline())
+    second = json.loads(proc.stdout.readline())
+    assert first == second == {"lines": 10, "level": "info", "grep": "x", "follow": True}
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0, proc.stderr.read()
+    # Ctrl-C cancelled the call on the server: it is answered -32006 and no longer runs.
+    c = Client(ep)
+    for _ in range(250):
+        stats = c.call("rpc.stats")
+        if stats["methods"].get("fakelog", {}).get("errors") == 1:
+            break
+        time.sleep(0.02)
+    assert stats["methods"]["fakelog"]["errors"] == 1
+    assert stats["calls"]["errors"]["-32006"] == 1
+    assert stats["calls"]["in_flight"] == 1  # this stats call only

@@ -1,0 +1,158 @@
+"""The blocking client's parts: endpoint strings, error classes, params, and the reader
+against a scripted peer on a socketpair-like UNIX socket (out-of-order replies, bad frames)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from rpcd.client import (
+    CallCancelled,
+    Client,
+    ConnectFailed,
+    ConnectionLost,
+    Endpoint,
+    InvalidParams,
+    RemoteError,
+    ServerBusy,
+    TooManyConnections,
+    make_params,
+)
+
+
+@pytest.mark.parametrize("text, kind, host, port, path", [
+    ("tcp:127.0.0.1:5354", "tcp", "127.0.0.1", 5354, ""),
+    ("tcp:host=example.org:port=99:timeout=3", "tcp", "example.org", 99, ""),
+    (r"tcp:\:\:1:5354", "tcp", "::1", 5354, ""),
+    ("tcp:[::1]:5354", "tcp", "::1", 5354, ""),
+    ("unix:/run/rpcd.sock", "unix", "", 0, "/run/rpcd.sock"),
+    ("unix:path=/run/rpcd.sock:timeout=2", "unix", "", 0, "/run/rpcd.sock"),
+    ("ssl:rpc.example.org:5355:caCertsDir=/etc/rpcd/ca", "ssl", "rpc.example.org", 5355, ""),
+])
+def test_endpoint_strings(text, kind, host, port, path):
+    endpoint = Endpoint.parse(text)
+    assert (endpoint.kind, endpoint.host, endpoint.port, endpoint.path) == (kind, host, port, path)
+
+
+@pytest.mark.parametrize("text", [
+    "5354", "tcp:", "tcp:localhost", "tcp:localhost:http", "tcp:a:1:2", "tcp:a:1:colour=red",
+    "udp:a:1", "unix:",
+])
+def test_bad_endpoint_strings(text):
+    with pytest.raises(ValueError, match="bad endpoint"):
+        Endpoint.parse(text)
+
+
+def test_host_and_port_form():
+    assert Client("::1", 5354).endpoint.host == "::1"
+    assert Client("localhost", 5354).endpoint.text == "tcp:host=localhost:port=5354"
+
+
+def test_error_classes_by_code():
+    assert type(RemoteError.from_object({"code": -32602, "message": "m"})) is InvalidParams
+    assert type(RemoteError.from_object({"code": -32000, "message": "m"})) is ServerBusy
+    assert type(RemoteError.from_object({"code": -32006, "message": "m"})) is CallCancelled
+    other = RemoteError.from_object({"code": 7, "message": "app", "data": {"x": 1}})
+    assert type(other) is RemoteError
+    assert (other.code, other.message, other.data) == (7, "app", {"x": 1})
+    assert RemoteError.from_object("garbage").code == -32603
+    assert str(InvalidParams(-32602, "bad b")) == "bad b (-32602)"
+
+
+def test_params():
+    assert make_params((), {}) is None
+    assert make_params((1, 2), {}) == [1, 2]
+    assert make_params((), {"a": 1}) == {"a": 1}
+    with pytest.raises(TypeError):
+        make_params((1,), {"a": 1})
+
+
+def test_cannot_connect_says_why(tmp_path):
+    with pytest.raises(ConnectFailed) as info:
+        Client(f"unix:{tmp_path}/missing.sock").call("ping")
+    assert info.value.reason == "no such file or directory"
+    assert isinstance(info.value, ConnectionError)
+
+
+class ScriptedPeer:
+    """A UNIX-socket peer that reads requests and runs `script(requests, send)` on them."""
+
+    def __init__(self, path, script):
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.script = script
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        conn, _ = self.server.accept()
+        buffer = b""
+
+        def recv_request():
+            nonlocal buffer
+            while len(buffer) < 4 or len(buffer) < 4 + struct.unpack("!I", buffer[:4])[0]:
+                buffer += conn.recv(65536)
+            size = struct.unpack("!I", buffer[:4])[0]
+            message, buffer = json.loads(buffer[4 : 4 + size]), buffer[4 + size :]
+            return message
+
+        def send(obj, raw=None):
+            body = raw if raw is not None else json.dumps(obj).encode()
+            conn.sendall(struct.pack("!I", len(body)) + body)
+
+        try:
+            self.script(recv_request, send)
+        finally:
+            conn.close()
+            self.server.close()
+
+
+def test_replies_out_of_order_reach_their_callers(tmp_path):
+    def script(recv, send):
+        first, second = recv(), recv()
+        send({"jsonrpc": "2.0", "method": "rpc.stream", "params": {"id": 999, "item": 1}})
+        send({"jsonrpc": "2.0", "result": "second", "id": second["id"]})
+        send({"jsonrpc": "2.0", "result": "first", "id": first["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    results = {}
+    one = threading.Thread(target=lambda: results.setdefault("one", c.call("one")))
+    one.start()
+    while not c._conn or not c._conn.pending:
+        time.sleep(0.001)  # until "one" is on the wire, so the order is certain
+    results["two"] = c.call("two")
+    one.join(5)
+    assert results == {"one": "first", "two": "second"}
+
+
+def test_an_error_for_no_call_fails_every_pending_call(tmp_path):
+    def script(recv, send):
+        recv()
+        send({"jsonrpc": "2.0", "error": {"code": -32002, "message": "full"}, "id": None})
+
+    ScriptedPeer(tmp_path / "s", script)
+    with pytest.raises(TooManyConnections):
+        Client(f"unix:{tmp_path}/s", timeout=5).call("ping")
+
+
+def test_a_frame_that_is_not_json_breaks_the_connection(tmp_path):
+    def script(recv, send):
+        recv()
+        send(None, raw=b"\xff not json")
+
+    ScriptedPeer(tmp_path / "s", script)
+    with pytest.raises(ConnectionLost, match="not JSON"):
+        Client(f"unix:{tmp_path}/s", timeout=5).call("ping")
+
+
+def test_a_peer_that_closes_mid_call(tmp_path):
+    ScriptedPeer(tmp_path / "s", lambda recv, send: recv())
+    with pytest.raises(ConnectionLost, match="closed by the server"):
+        Client(f"unix:{tmp_path}/s", timeout=5).call("ping")
