@@ -112,8 +112,9 @@ def _load(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses invalid UTF-8, NaN/Infinity, integers beyond 64 bits and nesting
-        # deeper than 1024 here, so no RecursionError can escape.
+        # orjson refuses invalid UTF-8, unpaired surrogates, NaN/Infinity and nesting deeper
+        # than 1024 here, so no RecursionError can escape. (Integers beyond 64 bits it reads
+        # as floats, which JSON allows: RFC 8259 section 6.)
         raise RPCError(PARSE_ERROR, f"parse error: {exc}") from None
 
 
@@ -132,7 +133,7 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
         items: list[Request | RPCError] = []
         for entry in obj:
             try:
-                if not isinstance(entry, dict) or "in" in entry:
+                if not isinstance(entry, dict) or ("in" in entry and "jsonrpc" not in entry):
                     raise RPCError(INVALID_REQUEST, "invalid request: batch entry is not a request")
                 items.append(_request(entry))
             except RPCError as err:
@@ -148,8 +149,9 @@ def _request(obj: dict) -> Request:
     notification = rid is _NO_ID
     if notification:
         rid = None
-    elif rid is not None and (type(rid) is not str and type(rid) is not int):
-        raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, integer or null")
+    elif rid is not None and type(rid) is not str and type(rid) is not int and type(rid) is not float:
+        # The spec allows any Number (fractions are discouraged, not forbidden); not a boolean.
+        raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, number or null")
     if obj.get("jsonrpc") != "2.0":
         raise RPCError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=rid)
     method = obj.get("method")
