@@ -82,8 +82,13 @@ def real_dispatcher(gates: Gates, **kwargs: Any) -> Dispatcher:
         gates.finished.append("echo")
         return list(args)
 
+    def count(n):
+        yield from range(n)
+        return "end"
+
     registry.add("wait", wait)
     registry.add("echo", echo)
+    registry.add("count", count)
     return Dispatcher(registry, **kwargs)
 
 
@@ -256,6 +261,26 @@ def test_cancel_a_running_call():
     assert cancelled["id"] == "slow" and cancelled["error"]["code"] == CANCELLED
     gates.open("a")
     assert gates.finished == [] and transport.value() == b""
+
+
+def test_generator_streams_notifications_then_the_response():
+    protocol, transport = connect(make_factory(real_dispatcher(Gates())))
+    protocol.dataReceived(frame(call("count", 2, id="s")))
+    gevent.idle()
+    assert replies(transport) == [
+        {"jsonrpc": "2.0", "method": "rpc.stream", "params": {"id": "s", "item": 0}},
+        {"jsonrpc": "2.0", "method": "rpc.stream", "params": {"id": "s", "item": 1}},
+        {"jsonrpc": "2.0", "result": "end", "id": "s"},
+    ]
+
+
+def test_streaming_needs_a_jsonrpc_call_with_an_id():
+    protocol, transport = connect(make_factory(real_dispatcher(Gates())))
+    protocol.dataReceived(frame({"in": "count", "params": 2}))
+    protocol.dataReceived(frame({"jsonrpc": "2.0", "method": "count", "params": [2]}))
+    gevent.idle()
+    [legacy] = replies(transport)
+    assert legacy["out"] == "error" and legacy["result"]["code"] == -32600
 
 
 def test_disconnect_kills_the_calls_in_flight():
