@@ -103,7 +103,7 @@ def check_reply_to(entry: Any, response: Any) -> None:
     assert kind[0] not in ("notification", "legacy"), "no JSON-RPC reply is due here"
     check_response(response)
     if kind[0] == "invalid":
-        assert response["error"]["code"] == -32600, response
+        assert "error" in response and response["error"]["code"] == -32600, response
         assert response["id"] in (None, kind[1]), response
     else:
         assert response["id"] == kind[1], response
@@ -117,7 +117,8 @@ def check_exchange(body: bytes, replies: list[bytes]) -> None:
         assert len(replies) == 1, replies
         response = json.loads(replies[0])
         check_response(response)
-        assert response["error"]["code"] == -32700 and response["id"] is None, response
+        assert "error" in response and response["id"] is None, response
+        assert response["error"]["code"] == -32700, response
         return
     if isinstance(sent, list) and sent:
         due = [entry for entry in sent if classify(entry)[0] not in ("notification",)]
@@ -136,7 +137,8 @@ def check_exchange(body: bytes, replies: list[bytes]) -> None:
         assert len(replies) == 1, replies
         response = json.loads(replies[0])
         check_response(response)
-        assert response["error"]["code"] == -32600 and response["id"] is None, response
+        assert "error" in response and response["id"] is None, response
+        assert response["error"]["code"] == -32600, response
         return
     if classify(sent)[0] == "legacy":
         assert len(replies) == 1, replies

@@ -1,4 +1,4 @@
-"""The Dispatcher under gevent: concurrency, queue limit, timeout, cancel, Deferreds, streams, drain.
+"""The Dispatcher under gevent: concurrency, queue limit, timeout, cancel, Deferreds, drain.
 
 The test process is not monkey-patched: methods block with gevent primitives, and the test
 hands the hub control with `gevent.idle()` or waits for a reply with a bounded timeout.
@@ -64,8 +64,17 @@ class Methods:
         self.finished: list[str] = []
         self.deferreds: dict[str, Deferred] = {}
         self.registry = Registry()
-        for name in ("hold", "echo", "stubborn", "boom", "deep_type_error", "deferred",
-                     "coroutine", "countdown", "add"):
+        for name in (
+            "hold",
+            "echo",
+            "stubborn",
+            "boom",
+            "deep_type_error",
+            "deferred",
+            "coroutine",
+            "countdown",
+            "add",
+        ):
             self.registry.add(name, getattr(self, name))
 
     def gate(self, name: str) -> Event:
@@ -316,7 +325,8 @@ def test_stream_refused_by_the_sink_ends_the_call(methods):
 def test_on_complete_sees_every_answer(methods):
     seen: list[tuple] = []
     dispatcher = Dispatcher(
-        methods.registry, on_complete=lambda call, response, took: seen.append((call.request.id, took))
+        methods.registry,
+        on_complete=lambda call, response, took: seen.append((call.request.id, took)),
     )
     sink = Sink()
     dispatcher.submit(req("echo", 1, id=1), sink)

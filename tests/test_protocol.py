@@ -93,7 +93,9 @@ def real_dispatcher(gates: Gates, **kwargs: Any) -> Dispatcher:
 
 
 def make_factory(dispatcher: Any = None, clock: Clock | None = None, **limits: Any) -> RPCFactory:
-    return RPCFactory(dispatcher or RecordingDispatcher(), ConnectionLimits(**limits), clock or Clock())
+    return RPCFactory(
+        dispatcher or RecordingDispatcher(), ConnectionLimits(**limits), clock or Clock()
+    )
 
 
 def connect(factory: RPCFactory, peer: Any = None):
@@ -132,14 +134,16 @@ def call(method: str, *params: Any, id: Any = 1) -> dict:
 
 # -- framing ----------------------------------------------------------------------------------
 
-STREAM = b"".join([
-    frame(call("echo", 1, id=1)),
-    frame({"in": "echo", "params": "legacy"}),
-    frame([call("echo", 2, id=2), {"jsonrpc": "2.0", "method": "echo"}]),
-    frame(call("echo", {"nested": [1, 2]}, id="three")),
-    frame(b""),  # an empty body is a parse error, not a stall
-    frame(call("echo", "last", id=4)),
-])
+STREAM = b"".join(
+    [
+        frame(call("echo", 1, id=1)),
+        frame({"in": "echo", "params": "legacy"}),
+        frame([call("echo", 2, id=2), {"jsonrpc": "2.0", "method": "echo"}]),
+        frame(call("echo", {"nested": [1, 2]}, id="three")),
+        frame(b""),  # an empty body is a parse error, not a stall
+        frame(call("echo", "last", id=4)),
+    ]
+)
 
 
 def _calls_for(chunks: list[bytes]) -> tuple[list[tuple], list[Any]]:
@@ -198,9 +202,18 @@ def test_legacy_replies_come_in_request_order():
     assert replies(transport) == [
         {"out": "wait", "result": "a"},
         {"out": "echo", "result": ["b"]},
-        {"out": "error", "result": {"code": -32601, "message": "method not found: nosuch",
-                                    "data": {"method": "nosuch"}}},
-        {"out": "error", "result": {"code": -32600, "message": 'invalid request: "in" must be a string'}},
+        {
+            "out": "error",
+            "result": {
+                "code": -32601,
+                "message": "method not found: nosuch",
+                "data": {"method": "nosuch"},
+            },
+        },
+        {
+            "out": "error",
+            "result": {"code": -32600, "message": 'invalid request: "in" must be a string'},
+        },
     ]
 
 
@@ -222,10 +235,20 @@ def test_batch_is_answered_with_one_array():
     assert sorted(answer, key=lambda r: r["id"]) == [
         {"jsonrpc": "2.0", "result": "a", "id": 1},
         {"jsonrpc": "2.0", "result": [2], "id": 2},
-        {"jsonrpc": "2.0", "error": {"code": -32600, "message": 'invalid request: "method" must be a string'},
-         "id": 4},
-        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "method not found: nosuch",
-                                     "data": {"method": "nosuch"}}, "id": 5},
+        {
+            "jsonrpc": "2.0",
+            "error": {"code": -32600, "message": 'invalid request: "method" must be a string'},
+            "id": 4,
+        },
+        {
+            "jsonrpc": "2.0",
+            "error": {
+                "code": -32601,
+                "message": "method not found: nosuch",
+                "data": {"method": "nosuch"},
+            },
+            "id": 5,
+        },
     ]
     jsonrpc_spec.check_exchange(json.dumps(batch).encode(), [json.dumps(answer).encode()])
 
@@ -301,21 +324,28 @@ def test_disconnect_kills_the_calls_in_flight():
 # Any body through the real protocol and dispatcher: the replies obey the spec.
 _values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=8,
 )
-_entries = st.fixed_dictionaries(
-    {},
-    optional={
-        "jsonrpc": st.sampled_from(["2.0", "1.0"]) | _values,
-        "method": st.sampled_from(["echo", "nosuch", "rpc.cancel"]) | _values,
-        "params": st.lists(_values, max_size=3) | st.dictionaries(st.text(max_size=3), _values) | _values,
-        "id": st.integers(0, 3) | st.text(max_size=2) | _values,
-    },
-) | _values
-_bodies = (_entries | st.lists(_entries, max_size=4)).map(lambda v: json.dumps(v).encode()) | st.binary(
-    max_size=16
+_entries = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "jsonrpc": st.sampled_from(["2.0", "1.0"]) | _values,
+            "method": st.sampled_from(["echo", "nosuch", "rpc.cancel"]) | _values,
+            "params": st.lists(_values, max_size=3)
+            | st.dictionaries(st.text(max_size=3), _values)
+            | _values,
+            "id": st.integers(0, 3) | st.text(max_size=2) | _values,
+        },
+    )
+    | _values
 )
+_bodies = (_entries | st.lists(_entries, max_size=4)).map(
+    lambda v: json.dumps(v).encode()
+) | st.binary(max_size=16)
 
 
 @settings(max_examples=200, deadline=None)
