@@ -59,6 +59,8 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
         self._pending_callbacks = self._hub.loop._callbacks
+        self._waiter: Waiter | None = None  # set while the reactor waits in the hub
+        self._wait_until = 0.0
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -100,11 +102,34 @@ class GeventReactor(_epollreactor.EPollReactor):
             if timeout is not None and timeout >= 0:
                 timer = self._hub.loop.timer(timeout)
                 timer.start(waiter.switch, None)
+                self._wait_until = self.seconds() + timeout
+            else:
+                self._wait_until = float("inf")
+            self._waiter = waiter
             waiter.get()
         finally:
+            self._waiter = None
             watcher.stop()
             if timer is not None:
                 timer.close()
+
+    # A greenlet (a method call) may schedule a timed call while the reactor waits with a
+    # timeout computed before it existed: wake the reactor so the call is not run late.
+    def callLater(self, delay: float, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        if self._waiter is not None:
+            self._wake_for(call)
+        return call
+
+    def _moveCallLaterSooner(self, call) -> None:
+        super()._moveCallLaterSooner(call)
+        if self._waiter is not None:
+            self._wake_for(call)
+
+    def _wake_for(self, call) -> None:
+        if call.getTime() < self._wait_until:
+            waiter, self._waiter = self._waiter, None
+            self._hub.loop.run_callback(waiter.switch, None)  # a Waiter is switched from the hub
 
 
 def install(patch: bool = True) -> GeventReactor:

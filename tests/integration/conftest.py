@@ -25,13 +25,13 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, args: list[str], port: int):
+    def __init__(self, workdir: Path, args: list[str], port: int, twistd_args: tuple = ()):
         self.workdir = workdir
         self.port = port
-        self.output = workdir / "twistd.out"
+        self.output = workdir / f"twistd-{port}.out"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "rpcd", *args],
+            [TWISTD, "-n", "--pidfile=", *twistd_args, "rpcd", *args],
             cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
         )
 
@@ -68,14 +68,21 @@ def start_daemon(tmp_path):
     """start_daemon(*extra_args, methods=...) -> a running Daemon; stopped after the test."""
     started: list[Daemon] = []
 
-    def start(*args: str, methods: str | None = "tests.integration.methods", listen: bool = True) -> Daemon:
-        port = free_port()
+    def start(
+        *args: str,
+        methods: str | None = "tests.integration.methods",
+        listen: bool = True,
+        port: int | None = None,
+        twistd_args: tuple = (),
+    ) -> Daemon:
+        """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
+        port = port or free_port()
         argv = list(args)
         if listen:
             argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
         if methods:
             argv += ["--methods", methods]
-        daemon = Daemon(tmp_path, argv, port)
+        daemon = Daemon(tmp_path, argv, port, twistd_args)
         started.append(daemon)
         daemon.wait_ready()
         return daemon

@@ -55,3 +55,19 @@ def ticker(n, delay=0.0):
             time.sleep(delay)
         yield i
     return n
+
+
+@method
+def in_thread(value):
+    """Runs in Twisted's thread pool (deferToThread) and returns what the thread computed."""
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(lambda: [value, value])
+
+
+@method
+def resolve(name):
+    """Resolves `name` through the reactor's own resolver."""
+    from twisted.internet import reactor
+
+    return reactor.resolve(name)
