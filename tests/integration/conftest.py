@@ -50,6 +50,21 @@ class Daemon:
     def client(self, **kwargs) -> RawClient:
         return RawClient(self.port, **kwargs)
 
+    def accepted_client(self, timeout: float = 5.0) -> RawClient:
+        """A connection the server accepted (it answered a ping). A connection just closed
+        (the readiness probe, one a test closed) counts until the server sees it go, so
+        under a tight --max-connections this retries while refused."""
+        deadline = time.monotonic() + timeout
+        while True:
+            c = self.client()
+            rid = c.request("ping")
+            reply = c.recv()
+            if reply.get("id") == rid or time.monotonic() > deadline:
+                assert reply.get("result") == "pong", reply
+                return c
+            c.close()
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.output.read_text(errors="replace")
 
