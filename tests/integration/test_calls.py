@@ -6,21 +6,32 @@ import time
 def test_batch_notification_and_out_of_order_replies(start_daemon):
     d = start_daemon()
     c = d.client()
-    c.send([
-        {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1},
-        {"jsonrpc": "2.0", "method": "echo", "params": ["n"]},
-        {"jsonrpc": "2.0", "method": "nosuch", "id": 2},
-        {"jsonrpc": "2.0", "method": 5, "id": 3},
-    ])
+    c.send(
+        [
+            {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1},
+            {"jsonrpc": "2.0", "method": "echo", "params": ["n"]},
+            {"jsonrpc": "2.0", "method": "nosuch", "id": 2},
+            {"jsonrpc": "2.0", "method": 5, "id": 3},
+        ]
+    )
     batch = c.recv()
     assert isinstance(batch, list)
     assert sorted(batch, key=lambda r: r["id"]) == [
         {"jsonrpc": "2.0", "result": 3, "id": 1},
-        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "method not found: nosuch",
-                                     "data": {"method": "nosuch"}}, "id": 2},
-        {"jsonrpc": "2.0", "error": {"code": -32600,
-                                     "message": 'invalid request: "method" must be a string'},
-         "id": 3},
+        {
+            "jsonrpc": "2.0",
+            "error": {
+                "code": -32601,
+                "message": "method not found: nosuch",
+                "data": {"method": "nosuch"},
+            },
+            "id": 2,
+        },
+        {
+            "jsonrpc": "2.0",
+            "error": {"code": -32600, "message": 'invalid request: "method" must be a string'},
+            "id": 3,
+        },
     ]
     # Notifications (even of unknown methods) get nothing back: the next frame is the ping's.
     c.send({"jsonrpc": "2.0", "method": "echo", "params": [1]})

@@ -15,8 +15,9 @@ def test_config_file_is_used_and_the_command_line_wins(start_daemon, tmp_path):
         "max_connections = 1\n"
         "call_timeout = 60\n"
     )
-    d = start_daemon("--config", str(config), "--call-timeout", "0.3",
-                     methods=None, listen=False, port=port)
+    d = start_daemon(
+        "--config", str(config), "--call-timeout", "0.3", methods=None, listen=False, port=port
+    )
     c = d.accepted_client()
     assert c.call("add", 1, 2)["result"] == 3  # methods and listen came from the file
     assert c.call("stubborn", 5)["error"]["code"] == -32001  # 0.3 s from the command line
@@ -36,10 +37,21 @@ def test_twistd_r_gevent_works(start_daemon):
 
 def test_methods_module_that_fails_to_import_stops_start_up(tmp_path):
     result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
-         "--methods", "tests.integration.broken_methods"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True, text=True, timeout=60,
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "rpcd",
+            "--listen",
+            f"tcp:{free_port()}:interface=127.0.0.1",
+            "--methods",
+            "tests.integration.broken_methods",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     output = (result.stdout + result.stderr).splitlines()
