@@ -44,6 +44,8 @@ ERROR_NAMES = {
 STREAM_METHOD = "rpc.stream"
 
 _NO_ID = object()  # marks a request that has no "id" member: a notification
+# The spec allows any Number as an id (fractions are discouraged, not forbidden); not a bool.
+_ID_TYPES = (str, int, float)
 
 
 class RPCError(Exception):
@@ -149,8 +151,7 @@ def _request(obj: dict) -> Request:
     notification = rid is _NO_ID
     if notification:
         rid = None
-    elif rid is not None and type(rid) is not str and type(rid) is not int and type(rid) is not float:
-        # The spec allows any Number (fractions are discouraged, not forbidden); not a boolean.
+    elif rid is not None and type(rid) not in _ID_TYPES:
         raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, number or null")
     if obj.get("jsonrpc") != "2.0":
         raise RPCError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=rid)

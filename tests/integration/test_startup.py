@@ -1,7 +1,9 @@
 """Starting the real daemon: --config FILE, `twistd -r gevent`, a broken methods module."""
 
 import os
+import signal
 import subprocess
+import time
 
 from tests.integration.conftest import ROOT, TWISTD, free_port
 
@@ -58,3 +60,20 @@ def test_methods_module_that_fails_to_import_stops_start_up(tmp_path):
     assert output == [
         "rpcd: cannot import methods module 'tests.integration.broken_methods': broken on purpose"
     ]
+
+
+def test_sigterm_refuses_new_calls_and_ends_the_rest_at_grace(start_daemon):
+    d = start_daemon("--shutdown-grace", "0.5")
+    c = d.accepted_client()
+    slow = c.request("sleep", 30)
+    time.sleep(0.2)  # the call is running
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    late = c.request("ping")
+    replies = {}
+    while len(replies) < 2:
+        reply = c.recv()
+        replies[reply["id"]] = reply
+    assert replies[late]["error"]["code"] == -32005
+    assert replies[slow]["error"]["code"] == -32005
+    assert d.proc.wait(15) == 0
