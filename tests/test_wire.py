@@ -347,7 +347,7 @@ def test_legacy_round_trip(value):
     assert json.loads(wire.encode(Response(request, value))) == {"out": "echo", "result": value}
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_decode_raises_only_rpc_errors(body):
     try:
@@ -390,7 +390,7 @@ def _server_replies(body: bytes) -> list[bytes]:
     return [wire.encode_batch(responses)] if responses else []
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(bodies)
 def test_replies_follow_the_spec(body):
     jsonrpc_spec.check_exchange(body, _server_replies(body))
