@@ -303,6 +303,9 @@ def test_encode_request_and_notification():
 
 # -- properties -------------------------------------------------------------------------------
 
+# Hypothesis's per-example deadline measures the machine's load, which is not under test here.
+no_deadline = settings(deadline=None)
+
 # orjson's integer range: JSON leaves number range to implementations (RFC 8259 section 6).
 json_scalars = (
     st.none()
@@ -323,16 +326,19 @@ params = st.lists(json_values, max_size=4).map(tuple) | st.dictionaries(
 methods = st.text(min_size=1)
 
 
+@no_deadline
 @given(methods, params, ids)
 def test_request_round_trip(method, params, rid):
     assert wire.decode(wire.encode_request(method, params, id=rid)) == Request(method, params, rid)
 
 
+@no_deadline
 @given(methods, params)
 def test_notification_round_trip(method, params):
     assert wire.decode(wire.encode_request(method, params)) == Request(method, params, None, True)
 
 
+@no_deadline
 @given(json_values, ids)
 def test_response_round_trip(result, rid):
     reply = json.loads(wire.encode(Response(_call(rid=rid), result)))
@@ -340,6 +346,7 @@ def test_response_round_trip(result, rid):
     assert reply == {"jsonrpc": "2.0", "result": result, "id": rid}
 
 
+@no_deadline
 @given(json_values)
 def test_legacy_round_trip(value):
     request = wire.decode(json.dumps({"in": "echo", "params": value}).encode())
@@ -347,7 +354,7 @@ def test_legacy_round_trip(value):
     assert json.loads(wire.encode(Response(request, value))) == {"out": "echo", "result": value}
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_decode_raises_only_rpc_errors(body):
     try:
@@ -390,12 +397,13 @@ def _server_replies(body: bytes) -> list[bytes]:
     return [wire.encode_batch(responses)] if responses else []
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(bodies)
 def test_replies_follow_the_spec(body):
     jsonrpc_spec.check_exchange(body, _server_replies(body))
 
 
+@no_deadline
 @given(request_objects)
 def test_decode_agrees_with_the_spec_on_each_request(entry):
     kind = jsonrpc_spec.classify(entry)
