@@ -29,17 +29,19 @@ def _modules(value: Any) -> tuple[str, ...]:
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    allowed = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
     def parse(value: Any) -> int:
         if isinstance(value, bool):
-            raise ValueError(f"an integer >= {low}")
+            raise ValueError(allowed)
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"an integer >= {low}") from None
+            raise ValueError(allowed) from None
         if isinstance(value, float) and value != number:
-            raise ValueError(f"an integer >= {low}")
+            raise ValueError(allowed)
         if number < low or (high is not None and number > high):
-            raise ValueError(f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}")
+            raise ValueError(allowed)
         return number
 
     return parse

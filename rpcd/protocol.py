@@ -94,6 +94,7 @@ class RPCProtocol(Int32StringReceiver):
         refusal = factory.admit(self)
         if refusal is not None:
             self._refused = True
+            self.pauseProducing()  # read nothing from a refused peer: its one answer is this frame
             self.sendString(wire.encode_error(refusal))
             self.transport.loseConnection()
             return
@@ -138,8 +139,9 @@ class RPCProtocol(Int32StringReceiver):
             RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
         )
         self._unprocessed = b""  # never buffer the oversized body
-        self.transport.loseConnection()
+        self._closed = True  # nothing more in or out, not even replies still due
         self.pauseProducing()
+        self.transport.loseConnection()
 
     def stringReceived(self, body: bytes) -> None:
         if self._refused or self._closed:
@@ -204,9 +206,13 @@ class RPCProtocol(Int32StringReceiver):
     # -- replies out (the dispatcher's sink) -------------------------------------------------
 
     def deliver(self, call: Call, response: Response) -> None:
-        self._calls.discard(call)
+        calls = self._calls
+        calls.discard(call)
         if self._closed:
             return
+        if not calls and self._idle_call is not None:
+            # Idleness starts when the last pending call is answered, not at its request.
+            self._last_frame = self.factory.clock.seconds()
         self._reply(response, call.context)
         if self.paused and len(self._calls) < self._max_inflight and not self._refused:
             self.resumeProducing()

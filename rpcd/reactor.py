@@ -92,14 +92,6 @@ class GeventReactor(_epollreactor.EPollReactor):
         super().sigTerm(number, frame)
         self._exitSignal = None
 
-    def callLater(self, delay, callable, *args, **kw):
-        call = super().callLater(delay, callable, *args, **kw)
-        # Scheduled by a greenlet while the reactor waits with a later deadline (a method
-        # returning a Deferred fired by a timer): wake the reactor to take the new deadline.
-        if self._waiter is not None and (self._wait_until is None or call.time < self._wait_until):
-            self._hub.loop.run_callback(self._wake, self._waiter)
-        return call
-
     def _wake(self, waiter: Waiter) -> None:
         # One switch per wait, whichever of the epoll watcher, timer or callLater comes first.
         if self._waiter is waiter:
@@ -123,6 +115,22 @@ class GeventReactor(_epollreactor.EPollReactor):
             watcher.stop()
             if timer is not None:
                 timer.close()
+
+    # A greenlet (a method call) may schedule a timed call while the reactor waits with a
+    # timeout computed before it existed: wake the reactor so the call is not run late.
+    def callLater(self, delay: float, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        self._wake_for(call)
+        return call
+
+    def _moveCallLaterSooner(self, call) -> None:
+        super()._moveCallLaterSooner(call)
+        self._wake_for(call)
+
+    def _wake_for(self, call) -> None:
+        waiter = self._waiter
+        if waiter is not None and (self._wait_until is None or call.getTime() < self._wait_until):
+            self._hub.loop.run_callback(self._wake, waiter)
 
 
 def install(patch: bool = True) -> GeventReactor:

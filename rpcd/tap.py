@@ -34,6 +34,13 @@ class Options(usage.Options):
         super().__init__()
         self.given: dict[str, Any] = {}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # twistd would print the whole usage text above the error; one line says it better.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as exc:
+            _fail(f"{exc} (twistd rpcd --help lists the options)")
+
     def postOptions(self) -> None:
         try:
             settings = config.build(self["config"], self.given)

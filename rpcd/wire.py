@@ -47,6 +47,8 @@ ERROR_NAMES = {
 STREAM_METHOD = "rpc.stream"
 
 _NO_ID = object()  # marks a request that has no "id" member: a notification
+# The spec allows any Number as an id (fractions are discouraged, not forbidden); not a bool.
+_ID_TYPES = (str, int, float)
 
 
 class RPCError(Exception):
@@ -115,8 +117,9 @@ def _load(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses invalid UTF-8, NaN/Infinity, integers beyond 64 bits and nesting
-        # deeper than 1024 here, so no RecursionError can escape.
+        # orjson refuses invalid UTF-8, unpaired surrogates, NaN/Infinity and nesting deeper
+        # than 1024 here, so no RecursionError can escape. (Integers beyond 64 bits it reads
+        # as floats, which JSON allows: RFC 8259 section 6.)
         raise RPCError(PARSE_ERROR, f"parse error: {exc}") from None
 
 
@@ -135,7 +138,7 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
         items: list[Request | RPCError] = []
         for entry in obj:
             try:
-                if not isinstance(entry, dict) or "in" in entry:
+                if not isinstance(entry, dict) or ("in" in entry and "jsonrpc" not in entry):
                     raise RPCError(INVALID_REQUEST, "invalid request: batch entry is not a request")
                 items.append(_request(entry))
             except RPCError as err:
@@ -151,8 +154,8 @@ def _request(obj: dict) -> Request:
     notification = rid is _NO_ID
     if notification:
         rid = None
-    elif rid is not None and (type(rid) is not str and type(rid) is not int):
-        raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, integer or null")
+    elif rid is not None and type(rid) not in _ID_TYPES:
+        raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, number or null")
     if obj.get("jsonrpc") != "2.0":
         raise RPCError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=rid)
     method = obj.get("method")

@@ -10,7 +10,9 @@ from typing import Any
 
 
 class RawClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", byteorder: str = "big", timeout: float = 10.0):
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", byteorder: str = "big", timeout: float = 10.0
+    ):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.prefix = "!I" if byteorder == "big" else "<I"
         self._ids = itertools.count(1)

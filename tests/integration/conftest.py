@@ -25,13 +25,13 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, args: list[str], port: int):
+    def __init__(self, workdir: Path, args: list[str], port: int, twistd_args: tuple = ()):
         self.workdir = workdir
         self.port = port
-        self.output = workdir / "twistd.out"
+        self.output = workdir / f"twistd-{port}.out"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "rpcd", *args],
+            [TWISTD, "-n", "--pidfile=", *twistd_args, "rpcd", *args],
             cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
         )
 
@@ -49,6 +49,21 @@ class Daemon:
 
     def client(self, **kwargs) -> RawClient:
         return RawClient(self.port, **kwargs)
+
+    def accepted_client(self, timeout: float = 5.0) -> RawClient:
+        """A connection the server accepted (it answered a ping). A connection just closed
+        (the readiness probe, one a test closed) counts until the server sees it go, so
+        under a tight --max-connections this retries while refused."""
+        deadline = time.monotonic() + timeout
+        while True:
+            c = self.client()
+            rid = c.request("ping")
+            reply = c.recv()
+            if reply.get("id") == rid or time.monotonic() > deadline:
+                assert reply.get("result") == "pong", reply
+                return c
+            c.close()
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
@@ -69,16 +84,20 @@ def start_daemon(tmp_path):
     started: list[Daemon] = []
 
     def start(
-        *args: str, methods: str | None = "tests.integration.methods", listen: bool = True,
+        *args: str,
+        methods: str | None = "tests.integration.methods",
+        listen: bool = True,
         port: int | None = None,
+        twistd_args: tuple = (),
     ) -> Daemon:
+        """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
         port = port or free_port()
         argv = list(args)
         if listen:
             argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
         if methods:
             argv += ["--methods", methods]
-        daemon = Daemon(tmp_path, argv, port)
+        daemon = Daemon(tmp_path, argv, port, twistd_args)
         started.append(daemon)
         daemon.wait_ready()
         return daemon

@@ -68,3 +68,16 @@ def _repeat(item):
     while True:
         yield item
         time.sleep(0.05)
+def in_thread(value):
+    """Runs in Twisted's thread pool (deferToThread) and returns what the thread computed."""
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(lambda: [value, value])
+
+
+@method
+def resolve(name):
+    """Resolves `name` through the reactor's own resolver."""
+    from twisted.internet import reactor
+
+    return reactor.resolve(name)

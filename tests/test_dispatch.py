@@ -1,0 +1,404 @@
+"""The Dispatcher under gevent: concurrency, queue limit, timeout, cancel, Deferreds, drain.
+
+The test process is not monkey-patched: methods block with gevent primitives, and the test
+hands the hub control with `gevent.idle()` or waits for a reply with a bounded timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from rpcd.dispatch import Call, Dispatcher
+from rpcd.methods import Registry
+from rpcd.wire import (
+    CALL_TIMEOUT,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    SERVER_BUSY,
+    SHUTTING_DOWN,
+    Request,
+    Response,
+    RPCError,
+)
+
+
+class Sink:
+    """Collects what the dispatcher delivers, by request id."""
+
+    def __init__(self) -> None:
+        self.responses: dict[Any, Response] = {}
+        self.items: list[tuple[Any, Any]] = []
+        self._arrived = Event()
+
+    def deliver(self, call: Call, response: Response) -> None:
+        assert call.request.id not in self.responses, "delivered twice"
+        self.responses[call.request.id] = response
+        self._arrived.set()
+
+    def stream(self, call: Call, item: Any) -> None:
+        self.items.append((call.request.id, item))
+
+    def wait(self, rid: Any, timeout: float = 5.0) -> Response:
+        with gevent.Timeout(timeout):
+            while rid not in self.responses:
+                self._arrived.clear()
+                self._arrived.wait()
+        return self.responses[rid]
+
+
+class Methods:
+    """The methods under test, with the gates and records a test steers them by."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, Event] = {}
+        self.running = 0
+        self.most_running = 0
+        self.finished: list[str] = []
+        self.deferreds: dict[str, Deferred] = {}
+        self.registry = Registry()
+        for name in (
+            "hold",
+            "echo",
+            "stubborn",
+            "boom",
+            "deep_type_error",
+            "deferred",
+            "coroutine",
+            "countdown",
+            "add",
+        ):
+            self.registry.add(name, getattr(self, name))
+
+    def gate(self, name: str) -> Event:
+        return self.gates.setdefault(name, Event())
+
+    def hold(self, name):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            self.gate(name).wait()
+        finally:
+            self.running -= 1
+        self.finished.append(name)
+        return name
+
+    def echo(self, value):
+        return value
+
+    def add(self, a, b):
+        return a + b
+
+    def stubborn(self):
+        while True:
+            try:
+                gevent.sleep(0.01)
+            except Exception:
+                pass
+
+    def boom(self):
+        raise KeyError("secret-detail")
+
+    def deep_type_error(self, value):
+        return len(value)  # TypeError from inside the method, not from binding
+
+    def deferred(self, name):
+        d = self.deferreds[name] = Deferred()
+        return d
+
+    async def coroutine(self, name):
+        d = self.deferreds[name] = Deferred()
+        value = await d
+        if value == "raise":
+            raise ValueError("from a coroutine")
+        return value * 2
+
+    def countdown(self, n):
+        for i in range(n, 0, -1):
+            gevent.sleep(0)
+            yield i
+        return "liftoff"
+
+
+@pytest.fixture
+def methods():
+    return Methods()
+
+
+def dispatcher_for(methods: Methods, **kwargs: Any) -> Dispatcher:
+    return Dispatcher(methods.registry, **kwargs)
+
+
+def req(method: str, *params: Any, id: Any = 1) -> Request:
+    return Request(method, params, id)
+
+
+def test_calls_run_concurrently(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    for i in range(20):
+        dispatcher.submit(req("hold", "all", id=i), sink)
+    gevent.idle()
+    assert methods.running == 20 and dispatcher.busy == 20
+    methods.gate("all").set()
+    for i in range(20):
+        assert sink.wait(i).result == "all"
+    assert methods.most_running == 20 and dispatcher.in_flight == 0
+
+
+def test_workers_start_on_demand_and_stay_warm(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=50), Sink()
+    assert dispatcher.workers == 0
+    for i in range(3):
+        dispatcher.submit(req("echo", i, id=i), sink)
+    gevent.idle()
+    assert dispatcher.workers == 3 and len(sink.responses) == 3
+    for i in range(3, 6):
+        dispatcher.submit(req("echo", i, id=i), sink)
+    gevent.idle()
+    assert dispatcher.workers == 3 and len(sink.responses) == 6
+    dispatcher.stop_workers()
+    gevent.idle()
+    assert dispatcher.workers == 0
+
+
+def test_queue_full_is_refused_at_once(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=5, queue_size=10), Sink()
+    accepted, refused = [], []
+    for i in range(20):
+        try:
+            accepted.append(dispatcher.submit(req("hold", "q", id=i), sink))
+        except RPCError as error:
+            refused.append(error)
+    assert len(accepted) == 15 and len(refused) == 5
+    assert all(e.code == SERVER_BUSY for e in refused) and dispatcher.refused_busy == 5
+    assert "queue_size 10" in refused[0].message
+    gevent.idle()
+    assert dispatcher.busy == 5 and dispatcher.queued == 10
+    # Still full while the five workers are busy and ten calls wait.
+    with pytest.raises(RPCError) as raised:
+        dispatcher.submit(req("echo", 1, id="late"), sink)
+    assert raised.value.code == SERVER_BUSY
+    methods.gate("q").set()
+    for i in range(15):
+        assert sink.wait(i).result == "q"
+    dispatcher.submit(req("echo", 1, id="after"), sink)
+    assert sink.wait("after").result == 1
+
+
+def test_unknown_method_is_refused_at_submit(methods):
+    with pytest.raises(RPCError) as raised:
+        dispatcher_for(methods).submit(req("nosuch"), Sink())
+    assert raised.value.code == METHOD_NOT_FOUND
+
+
+def test_params_that_do_not_bind_name_the_parameter(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("add", 1), sink)
+    dispatcher.submit(Request("add", {"a": 1, "c": 2}, 2), sink)
+    error = sink.wait(1).error
+    assert error.code == INVALID_PARAMS and "'b'" in error.message
+    assert sink.wait(2).error.code == INVALID_PARAMS
+    assert dispatcher.submit(Request("add", {"a": 1, "b": 2}, 3), sink) and sink.wait(3).result == 3
+
+
+def test_type_error_inside_a_method_is_an_internal_error(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("deep_type_error", 5), sink)
+    error = sink.wait(1).error
+    assert error.code == INTERNAL_ERROR and error.data == {"type": "TypeError"}
+
+
+def test_exception_is_an_internal_error_and_the_traceback_is_logged(methods):
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        dispatcher, sink = dispatcher_for(methods), Sink()
+        dispatcher.submit(req("boom"), sink)
+        error = sink.wait(1).error
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert error.code == INTERNAL_ERROR and error.data == {"type": "KeyError"}
+    assert "secret-detail" not in error.message
+    [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+    assert "secret-detail" in failure.getTraceback()
+
+
+def test_timeout_stops_a_method_that_catches_exception(methods):
+    dispatcher, sink = dispatcher_for(methods, call_timeout=0.05), Sink()
+    dispatcher.submit(req("stubborn"), sink)
+    error = sink.wait(1).error
+    assert error.code == CALL_TIMEOUT and "0.05 s" in error.message
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0
+
+
+def test_cancel_a_queued_call(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    dispatcher.submit(req("hold", "first", id=1), sink)
+    queued = dispatcher.submit(req("hold", "second", id=2), sink)
+    gevent.idle()
+    answer = Response(queued.request, error=RPCError(-32006, "cancelled"))
+    assert dispatcher.cancel(queued, answer)
+    assert sink.responses[2] is answer  # at once: it never reached a worker
+    assert dispatcher.in_flight == 1
+    methods.gate("first").set()
+    methods.gate("second").set()
+    sink.wait(1)
+    gevent.idle()
+    assert methods.finished == ["first"]
+    assert not dispatcher.cancel(queued)  # already finished
+
+
+def test_cancel_a_running_call(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    running = dispatcher.submit(req("hold", "r", id=1), sink)
+    silent = dispatcher.submit(req("hold", "s", id=2), sink)
+    gevent.idle()
+    answer = Response(running.request, error=RPCError(-32006, "cancelled"))
+    assert dispatcher.cancel(running, answer)
+    assert dispatcher.cancel(silent)  # as on disconnect: nothing to deliver
+    assert sink.wait(1) is answer
+    gevent.idle()
+    assert methods.running == 0 and dispatcher.in_flight == 0 and dispatcher.busy == 0
+    methods.gate("r").set()
+    methods.gate("s").set()
+    gevent.idle()
+    assert methods.finished == [] and 2 not in sink.responses
+    # The workers survive a cancel and take new calls.
+    dispatcher.submit(req("echo", "next", id=3), sink)
+    assert sink.wait(3).result == "next" and dispatcher.workers == 2
+
+
+def test_deferred_result_is_waited_for(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("deferred", "ok", id=1), sink)
+    dispatcher.submit(req("deferred", "bad", id=2), sink)
+    gevent.idle()
+    assert sink.responses == {}
+    methods.deferreds["ok"].callback({"value": 42})
+    methods.deferreds["bad"].errback(ZeroDivisionError("deferred failure"))
+    assert sink.wait(1).result == {"value": 42}
+    error = sink.wait(2).error
+    assert error.code == INTERNAL_ERROR and error.data == {"type": "ZeroDivisionError"}
+
+
+def test_deferred_that_never_fires_times_out(methods):
+    dispatcher, sink = dispatcher_for(methods, call_timeout=0.05), Sink()
+    dispatcher.submit(req("deferred", "never"), sink)
+    assert sink.wait(1).error.code == CALL_TIMEOUT
+
+
+def test_async_def_method(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("coroutine", "a", id=1), sink)
+    dispatcher.submit(req("coroutine", "b", id=2), sink)
+    gevent.idle()
+    methods.deferreds["a"].callback(21)
+    methods.deferreds["b"].callback("raise")
+    assert sink.wait(1).result == 42
+    assert sink.wait(2).error.data == {"type": "ValueError"}
+
+
+def test_generator_streams_its_items_then_its_return_value(methods):
+    dispatcher, sink = dispatcher_for(methods, call_timeout=30), Sink()
+    dispatcher.submit(req("countdown", 3, id="s"), sink)
+    assert sink.wait("s").result == "liftoff"
+    assert sink.items == [("s", 3), ("s", 2), ("s", 1)]
+
+
+def test_stream_refused_by_the_sink_ends_the_call(methods):
+    class NoStreams(Sink):
+        def stream(self, call, item):
+            raise RPCError(-32600, "streaming needs a JSON-RPC 2.0 call with an id")
+
+    dispatcher, sink = dispatcher_for(methods), NoStreams()
+    dispatcher.submit(req("countdown", 3), sink)
+    assert sink.wait(1).error.code == -32600
+
+
+def test_on_complete_sees_every_answer(methods):
+    seen: list[tuple] = []
+    dispatcher = Dispatcher(
+        methods.registry,
+        on_complete=lambda call, response, took: seen.append((call.request.id, took)),
+    )
+    sink = Sink()
+    dispatcher.submit(req("echo", 1, id=1), sink)
+    dispatcher.submit(req("boom", id=2), sink)
+    sink.wait(2)
+    sink.wait(1)
+    assert sorted(rid for rid, _ in seen) == [1, 2] and all(took >= 0 for _, took in seen)
+
+
+# -- drain ------------------------------------------------------------------------------------
+
+
+def test_drain_with_nothing_in_flight_fires_at_once(methods):
+    dispatcher = dispatcher_for(methods)
+    fired = []
+    dispatcher.drain(10, Clock()).addCallback(fired.append)
+    assert fired == [None] and dispatcher.closing
+
+
+def test_drain_fires_when_the_calls_finish(methods):
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    for i in range(3):
+        dispatcher.submit(req("hold", "d", id=i), sink)
+    gevent.idle()
+    fired = []
+    dispatcher.drain(10, clock).addCallback(fired.append)
+    with pytest.raises(RPCError) as raised:
+        dispatcher.submit(req("echo", 1, id="new"), sink)
+    assert raised.value.code == SHUTTING_DOWN
+    assert fired == []
+    methods.gate("d").set()
+    for i in range(3):
+        assert sink.wait(i).result == "d"
+    assert fired == [None]
+    assert clock.getDelayedCalls() == []  # the grace timer is gone
+
+
+def test_drain_at_grace_answers_the_rest_with_shutting_down(methods):
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    dispatcher.submit(req("hold", "quick", id="quick"), sink)
+    dispatcher.submit(req("hold", "slow", id="queued"), sink)
+    gevent.idle()
+    fired = []
+    dispatcher.drain(2, clock).addCallback(fired.append)
+    methods.gate("quick").set()
+    assert sink.wait("quick").result == "quick"
+    gevent.idle()  # the one worker has taken the queued call by now
+    clock.advance(1.999)
+    assert fired == [] and "queued" not in sink.responses
+    clock.advance(0.001)
+    error = sink.wait("queued").error
+    assert error.code == SHUTTING_DOWN
+    gevent.idle()
+    assert fired == [None] and dispatcher.in_flight == 0
+    methods.gate("slow").set()
+    gevent.idle()
+    assert methods.finished == ["quick"]
+
+
+def test_drain_at_grace_also_answers_calls_still_queued(methods):
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    for i in range(3):
+        dispatcher.submit(req("hold", "never", id=i), sink)
+    gevent.idle()
+    fired = []
+    dispatcher.drain(1, clock).addCallback(fired.append)
+    clock.advance(1)
+    assert sink.responses[1].error.code == SHUTTING_DOWN  # queued: answered at once
+    assert sink.responses[2].error.code == SHUTTING_DOWN
+    assert sink.wait(0).error.code == SHUTTING_DOWN
+    gevent.idle()
+    assert fired == [None]

@@ -1,0 +1,73 @@
+"""`twistd rpcd` start-up as an operator meets it: --help, and bad settings refused in one line.
+
+Each case runs twistd as a subprocess (parsing the options installs the reactor, which must
+not happen inside the test process). None of them gets as far as listening.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from rpcd.config import Settings
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_twistd_help_lists_rpcd(tmp_path):
+    result = twistd("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert any(line.split()[:1] == ["rpcd"] for line in result.stdout.splitlines())
+
+
+def test_rpcd_help_lists_every_option_with_its_default(tmp_path):
+    result = twistd("rpcd", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # help text is wrapped; join it back
+    for f in fields(Settings):
+        if f.metadata["flag"]:
+            assert f"--{f.metadata['flag']}" in text
+            continue
+        assert f"--{f.name.replace('_', '-')}=" in text, f.name
+    assert "[default: 1024]" in text and "[default: tcp:5354:interface=127.0.0.1]" in text
+    assert "--config=" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "toml", "expected"),
+    [
+        (["--max-connections", "abc"], None, "max_connections: 'abc' (allowed: an integer >= 1)"),
+        (["--byteorder", "middle"], None, "byteorder: 'middle' (allowed: one of big, little)"),
+        (["--bogus", "1"], None, "option --bogus not recognized"),
+        ([], "max_conections = 5\n", "unknown setting 'max_conections'"),
+        ([], "idle_timeout = -1\n", "idle_timeout: -1 (allowed: a number of seconds >= 0"),
+        ([], "idle_timeout = \n", "is not valid TOML"),
+    ],
+)
+def test_bad_setting_stops_start_up_with_one_line(tmp_path, args, toml, expected):
+    if toml is not None:
+        (tmp_path / "bad.toml").write_text(toml)
+        args = [*args, "--config", "bad.toml"]
+    result = twistd("rpcd", *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rpcd: "), result.stderr
+    assert expected in lines[0]
+
+
+def test_command_line_wins_over_the_file_in_twistd(tmp_path):
+    # A good file value overridden by a bad command-line value: the command line is what counts.
+    (tmp_path / "ok.toml").write_text("max_inflight = 5\n")
+    result = twistd("rpcd", "--config", "ok.toml", "--max-inflight", "0", cwd=tmp_path)
+    assert result.returncode != 0 and "max_inflight: '0'" in result.stderr

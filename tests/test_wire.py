@@ -1,0 +1,427 @@
+"""rpcd.wire: frame bodies in, values out; values in, bodies out; checked against the spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpcd import wire
+from rpcd.wire import Batch, Request, Response, RPCError
+from tests import jsonrpc_spec
+
+# -- decode: requests and notifications -------------------------------------------------------
+
+
+def test_request_positional_params():
+    message = wire.decode(b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 7}')
+    assert message == Request("add", (1, 2), 7, False, False)
+
+
+def test_request_named_params_and_string_id():
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"m","params":{"a":[1]},"id":"x"}')
+    assert message == Request("m", {"a": [1]}, "x")
+
+
+def test_request_without_params_has_empty_tuple():
+    assert wire.decode(b'{"jsonrpc":"2.0","method":"ping","id":1}').params == ()
+
+
+def test_null_id_is_a_call_not_a_notification():
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"ping","id":null}')
+    assert message.id is None and not message.notification
+
+
+def test_numeric_ids_are_kept_as_sent():
+    # The spec allows any Number as an id (fractions are discouraged, not forbidden).
+    assert wire.decode(b'{"jsonrpc":"2.0","method":"m","id":-5}').id == -5
+    assert wire.decode(b'{"jsonrpc":"2.0","method":"m","id":2.5}').id == 2.5
+
+
+def test_notification_has_no_id():
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"log","params":["x"]}')
+    assert message == Request("log", ("x",), None, True, False)
+
+
+def test_integers_beyond_64_bits_are_read_as_floats():
+    # Documented in the README: JSON leaves number range to implementations.
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"m","params":[18446744073709551616],"id":1}')
+    assert message.params == (float(2**64),)
+
+
+# -- decode: the legacy envelope --------------------------------------------------------------
+
+
+def test_legacy_value_is_the_single_positional_argument():
+    assert wire.decode(b'{"in": "echo", "params": [1, 2]}') == Request(
+        "echo", ([1, 2],), None, False, True
+    )
+    assert wire.decode(b'{"in": "echo", "params": null}').params == (None,)
+
+
+def test_legacy_without_params():
+    assert wire.decode(b'{"in": "ping"}') == Request("ping", (), None, False, True)
+
+
+def test_legacy_method_must_be_a_string():
+    with pytest.raises(RPCError) as raised:
+        wire.decode(b'{"in": 5}')
+    assert raised.value.code == wire.INVALID_REQUEST and raised.value.legacy
+
+
+def test_jsonrpc_member_wins_over_in():
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"m","id":1,"in":"x"}')
+    assert not message.legacy and message.method == "m"
+
+
+# -- decode: batches --------------------------------------------------------------------------
+
+
+def test_batch_keeps_order_and_invalid_entries_keep_their_ids():
+    body = json.dumps(
+        [
+            {"jsonrpc": "2.0", "method": "a", "id": 1},
+            {"jsonrpc": "1.0", "method": "b", "id": 2},
+            {"jsonrpc": "2.0", "method": "c"},
+            5,
+            {"jsonrpc": "2.0", "method": 3, "id": "three"},
+            {"in": "ping"},
+        ]
+    ).encode()
+    batch = wire.decode(body)
+    assert isinstance(batch, Batch)
+    first, second, third, fourth, fifth, sixth = batch.items
+    assert first == Request("a", (), 1)
+    assert isinstance(second, RPCError) and second.code == wire.INVALID_REQUEST
+    assert second.request_id == 2
+    assert third == Request("c", (), None, True)
+    assert isinstance(fourth, RPCError) and fourth.request_id is None
+    assert isinstance(fifth, RPCError) and fifth.request_id == "three"
+    assert isinstance(sixth, RPCError) and sixth.code == wire.INVALID_REQUEST
+
+
+def test_batch_of_notifications():
+    body = b'[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","method":"b","params":[1]}]'
+    batch = wire.decode(body)
+    assert all(item.notification for item in batch.items)
+
+
+def test_jsonrpc_entry_with_an_in_member_is_still_a_request_in_a_batch():
+    batch = wire.decode(b'[{"jsonrpc":"2.0","method":"m","id":1,"in":"x"}]')
+    assert batch.items == (Request("m", (), 1),)
+
+
+def test_empty_batch_is_one_invalid_request():
+    with pytest.raises(RPCError) as raised:
+        wire.decode(b"[]")
+    assert raised.value.code == wire.INVALID_REQUEST and raised.value.request_id is None
+
+
+def test_batch_limit():
+    body = json.dumps([{"jsonrpc": "2.0", "method": "m", "id": i} for i in range(4)]).encode()
+    assert len(wire.decode(body, max_batch=4).items) == 4
+    with pytest.raises(RPCError) as raised:
+        wire.decode(body, max_batch=3)
+    assert raised.value.code == wire.INVALID_REQUEST and "max_batch 3" in raised.value.message
+
+
+# -- decode: every error path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b'{"a": 1}{"b": 2}',
+        b"\xff\xfe{}",  # not UTF-8
+        b'"\\ud800"',  # an unpaired surrogate
+        b"NaN",
+        b'{"jsonrpc":"2.0","method":"m","params":[Infinity],"id":1}',
+        b"1e400",
+        b"[" * 2000 + b"]" * 2000,
+        b"\xef\xbb\xbf{}",  # a byte order mark
+    ],
+)
+def test_parse_errors(body):
+    with pytest.raises(RPCError) as raised:
+        wire.decode(body)
+    assert raised.value.code == wire.PARSE_ERROR
+    assert raised.value.request_id is None and not raised.value.legacy
+
+
+@pytest.mark.parametrize(
+    ("body", "request_id"),
+    [
+        (b"5", None),
+        (b'"a string"', None),
+        (b"null", None),
+        (b'{"method":"m","id":1}', 1),  # no "jsonrpc"
+        (b'{"jsonrpc":"1.0","method":"m","id":1}', 1),
+        (b'{"jsonrpc":2.0,"method":"m","id":"a"}', "a"),
+        (b'{"jsonrpc":"2.0","id":1}', 1),  # no "method"
+        (b'{"jsonrpc":"2.0","method":null,"id":1}', 1),
+        (b'{"jsonrpc":"2.0","method":"m","params":5,"id":1}', 1),
+        (b'{"jsonrpc":"2.0","method":"m","params":"ab","id":1}', 1),
+        (b'{"jsonrpc":"2.0","method":"m","params":null,"id":1}', 1),
+        (b'{"jsonrpc":"2.0","method":"m","id":true}', None),
+        (b'{"jsonrpc":"2.0","method":"m","id":[1]}', None),
+        (b'{"jsonrpc":"2.0","method":"m","id":{"a":1}}', None),
+        (b'{"jsonrpc":"2.0","method":"m","params":5}', None),  # an invalid notification
+    ],
+)
+def test_invalid_requests(body, request_id):
+    with pytest.raises(RPCError) as raised:
+        wire.decode(body)
+    assert raised.value.code == wire.INVALID_REQUEST
+    assert raised.value.request_id == request_id
+
+
+# -- encode -----------------------------------------------------------------------------------
+
+
+def _call(method="m", rid=1, legacy=False):
+    return Request(method, (), rid, False, legacy)
+
+
+def test_encode_result():
+    body = wire.encode(Response(_call(rid="a"), {"x": [1, 2.5, None]}))
+    assert json.loads(body) == {"jsonrpc": "2.0", "result": {"x": [1, 2.5, None]}, "id": "a"}
+
+
+def test_encode_null_result_keeps_the_member():
+    assert json.loads(wire.encode(Response(_call(), None))) == {
+        "jsonrpc": "2.0",
+        "result": None,
+        "id": 1,
+    }
+
+
+def test_encode_error_with_and_without_data():
+    error = RPCError(wire.INTERNAL_ERROR, "internal error: m raised KeyError", {"type": "KeyError"})
+    reply = json.loads(wire.encode(Response(_call(rid=3), error=error)))
+    assert reply == {
+        "jsonrpc": "2.0",
+        "error": {
+            "code": -32603,
+            "message": "internal error: m raised KeyError",
+            "data": {"type": "KeyError"},
+        },
+        "id": 3,
+    }
+    reply = json.loads(wire.encode(Response(_call(), error=RPCError(-32601, "method not found"))))
+    assert reply["error"] == {"code": -32601, "message": "method not found"}
+
+
+def test_legacy_replies():
+    assert json.loads(wire.encode(Response(_call("ping", None, True), "pong"))) == {
+        "out": "pong",
+        "result": "pong",
+    }
+    assert json.loads(wire.encode(Response(_call("echo", None, True), [1]))) == {
+        "out": "echo",
+        "result": [1],
+    }
+    error = RPCError(wire.METHOD_NOT_FOUND, "method not found: nosuch")
+    assert json.loads(wire.encode(Response(_call("nosuch", None, True), error=error))) == {
+        "out": "error",
+        "result": {"code": -32601, "message": "method not found: nosuch"},
+    }
+
+
+@pytest.mark.parametrize("code", sorted(wire.ERROR_NAMES))
+def test_every_error_code_encodes_to_a_valid_error_response(code):
+    error = RPCError(code, wire.ERROR_NAMES[code], request_id=9)
+    reply = json.loads(wire.encode_error(error))
+    jsonrpc_spec.check_response(reply)
+    assert reply["error"]["code"] == code and reply["id"] == 9
+    legacy = json.loads(wire.encode_error(RPCError(code, "x", legacy=True)))
+    assert legacy == {"out": "error", "result": {"code": code, "message": "x"}}
+
+
+@pytest.mark.parametrize("result", [object(), {1, 2}, 2**70, {"k": b"\xff"}, {(1, 2): 3}])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_unencodable_result_is_an_internal_error(result, legacy):
+    reply = json.loads(wire.encode(Response(_call("getit", 4, legacy), result)))
+    error = reply["result"] if legacy else reply["error"]
+    assert error["code"] == wire.INTERNAL_ERROR
+    assert "getit" in error["message"] and error["data"] == {"type": "TypeError"}
+    if not legacy:
+        jsonrpc_spec.check_response(reply)
+        assert reply["id"] == 4
+
+
+def test_unencodable_error_data_is_an_internal_error():
+    error = RPCError(wire.INVALID_PARAMS, "bad", data={"what": object()})
+    reply = json.loads(wire.encode(Response(_call(), error=error)))
+    assert reply["error"]["code"] == wire.INTERNAL_ERROR
+
+
+def test_encode_batch_and_its_unencodable_member():
+    responses = [
+        Response(_call(rid=1), 1),
+        Response(_call(rid=2), object()),
+        Response(_call(rid=3), 3),
+    ]
+    replies = json.loads(wire.encode_batch(responses))
+    assert [r["id"] for r in replies] == [1, 2, 3]
+    assert replies[0]["result"] == 1 and replies[2]["result"] == 3
+    assert replies[1]["error"]["code"] == wire.INTERNAL_ERROR
+    for reply in replies:
+        jsonrpc_spec.check_response(reply)
+
+
+def test_encode_stream_item():
+    assert json.loads(wire.encode_stream_item("c1", {"n": 1})) == {
+        "jsonrpc": "2.0",
+        "method": "rpc.stream",
+        "params": {"id": "c1", "item": {"n": 1}},
+    }
+
+
+def test_encode_request_and_notification():
+    assert json.loads(wire.encode_request("add", (1, 2), id=5)) == {
+        "jsonrpc": "2.0",
+        "method": "add",
+        "params": [1, 2],
+        "id": 5,
+    }
+    assert json.loads(wire.encode_request("log", {"a": 1})) == {
+        "jsonrpc": "2.0",
+        "method": "log",
+        "params": {"a": 1},
+    }
+    assert json.loads(wire.encode_request("ping", id=None)) == {
+        "jsonrpc": "2.0",
+        "method": "ping",
+        "id": None,
+    }
+
+
+# -- properties -------------------------------------------------------------------------------
+
+# Hypothesis's per-example deadline measures the machine's load, which is not under test here.
+no_deadline = settings(deadline=None)
+
+# orjson's integer range: JSON leaves number range to implementations (RFC 8259 section 6).
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=16,
+)
+ids = st.none() | st.text() | st.integers(-(2**63), 2**64 - 1)
+params = st.lists(json_values, max_size=4).map(tuple) | st.dictionaries(
+    st.text(), json_values, max_size=4
+)
+methods = st.text(min_size=1)
+
+
+@no_deadline
+@given(methods, params, ids)
+def test_request_round_trip(method, params, rid):
+    assert wire.decode(wire.encode_request(method, params, id=rid)) == Request(method, params, rid)
+
+
+@no_deadline
+@given(methods, params)
+def test_notification_round_trip(method, params):
+    assert wire.decode(wire.encode_request(method, params)) == Request(method, params, None, True)
+
+
+@no_deadline
+@given(json_values, ids)
+def test_response_round_trip(result, rid):
+    reply = json.loads(wire.encode(Response(_call(rid=rid), result)))
+    jsonrpc_spec.check_response(reply)
+    assert reply == {"jsonrpc": "2.0", "result": result, "id": rid}
+
+
+@no_deadline
+@given(json_values)
+def test_legacy_round_trip(value):
+    request = wire.decode(json.dumps({"in": "echo", "params": value}).encode())
+    assert request.params == (value,)
+    assert json.loads(wire.encode(Response(request, value))) == {"out": "echo", "result": value}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_decode_raises_only_rpc_errors(body):
+    try:
+        wire.decode(body)
+    except RPCError as error:
+        assert error.code in (wire.PARSE_ERROR, wire.INVALID_REQUEST)
+
+
+# Request-shaped objects with every member sometimes missing or of the wrong type.
+request_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "1.0", 2.0]) | json_scalars,
+        "method": methods | json_scalars,
+        "params": params.map(lambda p: list(p) if isinstance(p, tuple) else p) | json_scalars,
+        "id": ids | st.floats(allow_nan=False, allow_infinity=False) | json_values,
+        "in": methods | json_scalars,
+    },
+)
+entries = request_objects | json_values
+bodies = (entries | st.lists(entries, min_size=0, max_size=5)).map(
+    lambda v: json.dumps(v).encode()
+) | st.binary(max_size=32)
+
+
+def _server_replies(body: bytes) -> list[bytes]:
+    """What a server made only of rpcd.wire sends back, each call's result being its params."""
+    try:
+        message = wire.decode(body)
+    except RPCError as error:
+        return [wire.encode_error(error)]
+    if isinstance(message, Request):
+        return [] if message.notification else [wire.encode(Response(message, message.params))]
+    responses = []
+    for item in message.items:
+        if isinstance(item, RPCError):
+            responses.append(Response(Request("", (), item.request_id), error=item))
+        elif not item.notification:
+            responses.append(Response(item, item.params))
+    return [wire.encode_batch(responses)] if responses else []
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies)
+def test_replies_follow_the_spec(body):
+    jsonrpc_spec.check_exchange(body, _server_replies(body))
+
+
+@no_deadline
+@given(request_objects)
+def test_decode_agrees_with_the_spec_on_each_request(entry):
+    kind = jsonrpc_spec.classify(entry)
+    try:
+        request = wire.decode(json.dumps(entry).encode())
+    except RPCError as error:
+        assert error.code == wire.INVALID_REQUEST
+        if kind[0] == "legacy":
+            assert error.legacy and not isinstance(kind[1], str)
+        else:
+            assert kind[0] == "invalid", (kind, error)
+            assert error.request_id in (None, kind[1])
+        return
+    params = request.params if isinstance(request.params, dict) else list(request.params)
+    if kind[0] == "call":
+        assert (request.id, request.method, params) == kind[1:] and not request.notification
+    elif kind[0] == "notification":
+        assert (request.method, params) == kind[1:] and request.notification
+    else:
+        assert kind[0] == "legacy" and request.legacy
+        assert (request.method, params) == kind[1:]
