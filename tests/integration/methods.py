@@ -68,6 +68,9 @@ def _repeat(item):
     while True:
         yield item
         time.sleep(0.05)
+
+
+@method
 def in_thread(value):
     """Runs in Twisted's thread pool (deferToThread) and returns what the thread computed."""
     from twisted.internet.threads import deferToThread
