@@ -4,8 +4,8 @@ bridge, the per-call access line, and the tail reader and follower behind `getlo
 Lines are `TIME LEVEL [NAMESPACE] MESSAGE` (UTC ISO-8601 with milliseconds), or one JSON
 object per line with `--log-format json`. A message of several lines (a traceback) goes on
 continuation lines that begin with a tab, so an entry is always the line with the time plus
-the tab-led lines after it. Lines are buffered and written once per turn of the event loop;
-readers see everything written so far because `getlog` flushes first.
+the tab-led lines after it. Lines are buffered and written in batches (at most 0.1 s late);
+`getlog` flushes first, so it reads everything logged so far.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ _INFO = _RANK[LogLevel.info]
 _STDLIB_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 ACCESS_NAMESPACE = "rpcd.access"
-# Access lines reach twistd's own observer (the terminal under `twistd -n`) in batches at
-# most this often: its formatting costs ~30 us a line, more than a whole ping call.
-ECHO_INTERVAL = 0.2
-# A busy loop turn flushes early once this many lines wait.
-FLUSH_LINES = 512
+# Lines wait at most this long to be written, so a busy daemon writes many per system call.
+# Access lines reach twistd's own observer (the terminal under `twistd -n`) in the same
+# batches: its formatting costs ~30 us a line, more than a whole ping call.
+FLUSH_INTERVAL = 0.1
+# ... or until this many wait.
+FLUSH_LINES = 1024
 BLOCK = 65536
+_FRACTION = [f".{n:03d}" for n in range(1000)]
 
 # Real thread identity and locks even under monkey-patching: only another OS thread
 # (Twisted's thread pool, a method's own thread) must take the locked, unbuffered path.
@@ -53,7 +55,7 @@ class LogError(Exception):
 def _stderr(message: str) -> None:
     # fd 2 directly: twistd points sys.stderr at the log, which is what failed.
     try:
-        os.write(2, f"rpcd: {message}\n".encode(errors="backslashreplace"))
+        os.write(2, f"rpcd: {message}\n".encode("utf-8", "backslashreplace"))
     except OSError:
         pass
 
@@ -213,13 +215,14 @@ class LogFile:
         self.min_rank = LEVELS.index(level)
         self.json = fmt == "json"
         self._buffer: list[bytes] = []
-        self._scheduled = False
-        self._echo: list[str] = []
-        self._echo_timer: Any = None
+        self._timer: Any = None  # the pending flush
+        self._echo: list[bytes] = []
         self._changed: Event | None = None
         self._main = _get_ident()
         self._loop = gevent.get_hub().loop
         self._stamp: tuple[int, str] = (0, "")
+        self._tick = 0
+        self._tick_text = ""
         self._bridge = _StdlibBridge()
         self._root_level = logging.NOTSET
         self._started = False
@@ -241,7 +244,7 @@ class LogFile:
         from twisted.internet import reactor
 
         # twistd removes its own observer once the reactor has stopped: echo before that.
-        reactor.addSystemEventTrigger("after", "shutdown", self._echo_now)
+        reactor.addSystemEventTrigger("after", "shutdown", self.flush)
         root = logging.getLogger()
         self._root_level = root.level
         root.setLevel(_STDLIB_LEVELS[self.min_rank])
@@ -261,7 +264,6 @@ class LogFile:
             atexit.unregister(self.close)
         if _current is self:
             _current = None
-        self._echo_now()
         self.flush()
         self.file.close()
 
@@ -318,18 +320,22 @@ class LogFile:
             return
         buffer = self._buffer
         buffer.append(line)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.run_callback(self.flush)
+        if self._timer is None:
+            self._timer = self._loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)
         elif len(buffer) >= FLUSH_LINES:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered lines, then wake whoever follows the log."""
-        self._scheduled = False
+        """Write the buffered lines, echo the access lines, wake whoever follows the log."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
         if self._buffer:
             lines, self._buffer = self._buffer, []
             self.file.write(lines)
+        if self._echo:
+            self._echo_access()
         changed = self._changed
         if changed is not None:
             self._changed = None
@@ -358,43 +364,47 @@ class LogFile:
             log.failure("cannot write an access line")
 
     def _access(self, request: Any, sink: Any, error: Any, duration: float) -> None:
+        # The hot path: no Logger, no format machinery, one time string per millisecond.
         method = request.method
         if not method.isprintable() or " " in method:
-            method = orjson.dumps(method).decode()
+            method = orjson.dumps(method).decode()  # a client's name must not forge a line
         rid = request.id
-        if rid is None:
-            rid = "-"
-        elif type(rid) is not int:
-            rid = orjson.dumps(rid).decode()
-        outcome = "ok" if error is None else str(error.code)
+        if type(rid) is not int:
+            rid = "-" if rid is None else orjson.dumps(rid).decode()
+        us = int(duration * 1e6)
+        ms = f"{us // 1000}{_FRACTION[us % 1000]}"
+        outcome = "ok" if error is None else error.code
         peer = getattr(sink, "peer", "-")
-        ms = duration * 1000.0
-        text = f"{peer} {method} id={rid} {ms:.3f} ms {outcome}"
+        text = f"{peer} {method} id={rid} {ms} ms {outcome}"
+        now = time.time()
         if self.json:
             extra = {"peer": peer, "method": request.method, "id": request.id,
-                     "ms": round(ms, 3), "outcome": outcome}
-            self._add(self._line(time.time(), "info", ACCESS_NAMESPACE, text, extra))
+                     "ms": us / 1000, "outcome": str(outcome)}
+            line = self._line(now, "info", ACCESS_NAMESPACE, text, extra)
         else:
-            line = f"{self._time(time.time())} info [rpcd.access] {text}\n"
-            self._add(line.encode(errors="backslashreplace"))
-        self._echo.append(text)
-        if self._echo_timer is None:
-            self._echo_timer = self._loop.timer(ECHO_INTERVAL)
-            self._echo_timer.start(self._echo_now)
+            tick = int(now * 1000)
+            if tick != self._tick:
+                self._tick = tick
+                self._tick_text = self._time(now)
+            line = f"{self._tick_text} info [rpcd.access] {text}\n".encode("utf-8", "backslashreplace")
+        self._echo.append(line)
+        buffer = self._buffer
+        buffer.append(line)
+        if self._timer is None:
+            self._timer = self._loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)
+        elif len(buffer) >= FLUSH_LINES:
+            self.flush()
 
-    def _echo_now(self) -> None:
-        """Hand the access lines written since the last echo to the other observers at once."""
-        if self._echo_timer is not None:
-            self._echo_timer.close()
-            self._echo_timer = None
-        if self._echo:
-            lines, self._echo = self._echo, []
-            globalLogPublisher({
-                "log_level": LogLevel.info, "log_namespace": ACCESS_NAMESPACE,
-                "log_format": "{calls}", "log_time": time.time(), "log_source": None,
-                "calls": "\n".join(lines),
-                "rpcd_written": True,  # already in the file, line by line
-            })
+    def _echo_access(self) -> None:
+        """Hand the access lines of this flush to the other observers, as one event."""
+        lines, self._echo = self._echo, []
+        globalLogPublisher({
+            "log_level": LogLevel.info, "log_namespace": ACCESS_NAMESPACE,
+            "log_format": "{calls}", "log_time": time.time(), "log_source": None,
+            "calls": b"".join(lines).decode(errors="replace").rstrip("\n"),
+            "rpcd_written": True,  # already in the file, line by line
+        })
 
 
 _current: LogFile | None = None
