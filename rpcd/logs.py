@@ -386,7 +386,8 @@ class LogFile:
             if tick != self._tick:
                 self._tick = tick
                 self._tick_text = self._time(now)
-            line = f"{self._tick_text} info [rpcd.access] {text}\n".encode("utf-8", "backslashreplace")
+            line = f"{self._tick_text} info [rpcd.access] {text}\n"
+            line = line.encode("utf-8", "backslashreplace")
         self._echo.append(line)
         buffer = self._buffer
         buffer.append(line)
