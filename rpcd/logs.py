@@ -241,10 +241,6 @@ class LogFile:
             return
         self._started = True
         globalLogPublisher.addObserver(self)
-        from twisted.internet import reactor
-
-        # twistd removes its own observer once the reactor has stopped: echo before that.
-        reactor.addSystemEventTrigger("after", "shutdown", self.flush)
         root = logging.getLogger()
         self._root_level = root.level
         root.setLevel(_STDLIB_LEVELS[self.min_rank])
@@ -612,6 +608,8 @@ def follow(
             for entry in _split_entries(data):
                 if where.match(entry):
                     yield entry.decode(errors="replace")
+            if rotated:
+                continue  # the new file may hold lines already
             if wake is not None:
                 wake.wait(poll)
             else:

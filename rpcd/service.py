@@ -72,6 +72,8 @@ class RPCService(MultiService):
             level=settings.log_level, fmt=settings.log_format,
         )
         self.log.start()
+        # twistd drops its own observer (the terminal) after the reactor stops: echo before.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
             self.dispatcher.on_complete = self.log.access
             self.dispatcher.on_refused = self.log.refused
