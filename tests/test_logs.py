@@ -9,7 +9,7 @@ import threading
 import gevent
 import orjson
 import pytest
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from rpcd import logs
 from rpcd.logs import Filter, LogError, LogFile, RotatingFile, tail
@@ -73,7 +73,8 @@ def test_tail_level_grep_and_since_filters(tmp_path, block):
     lines = [entry(n, levels[n % 5], " Apple" if n % 2 else " apple", second=n) for n in range(20)]
     write(path, lines)
     p = str(path)
-    assert tail(p, 0, 100, Filter(level="error"))[0] == [x for x in lines if " error " in x or " critical " in x]
+    serious = [x for x in lines if " error " in x or " critical " in x]
+    assert tail(p, 0, 100, Filter(level="error"))[0] == serious
     assert tail(p, 0, 100, Filter(grep="Apple"))[0] == lines[1::2]  # case-sensitive
     assert tail(p, 0, 2, Filter(level="warn", grep="apple")) == ([lines[14], lines[18]], True)
     assert tail(p, 0, 100, Filter(since="2026-01-01T00:00:17Z"))[0] == lines[17:]
@@ -85,8 +86,11 @@ def test_tail_level_grep_and_since_filters(tmp_path, block):
 
 def test_tail_reads_json_lines(tmp_path):
     path = tmp_path / "rpcd.log"
-    lines = [orjson.dumps({"time": f"2026-01-01T00:00:0{n}.000Z", "level": lv, "namespace": "t",
-                           "message": f"m{n}"}).decode() for n, lv in enumerate(["info", "error", "info"])]
+    lines = [
+        orjson.dumps({"time": f"2026-01-01T00:00:0{n}.000Z", "level": level, "namespace": "t",
+                      "message": f"m{n}"}).decode()
+        for n, level in enumerate(["info", "error", "info"])
+    ]
     write(path, lines)
     assert tail(str(path), 0, 10, Filter(level="error"))[0] == [lines[1]]
     assert tail(str(path), 0, 10, Filter(since="2026-01-01T00:00:02Z"))[0] == [lines[2]]
@@ -256,7 +260,7 @@ def test_stdlib_logging_lands_in_the_file(tmp_path):
         named.info("connected to %s", "db1")
         named.warning("slow query")
         try:
-            1 / 0
+            raise ZeroDivisionError("division by zero")
         except ZeroDivisionError:
             named.exception("query failed")
     finally:
@@ -265,7 +269,8 @@ def test_stdlib_logging_lands_in_the_file(tmp_path):
     assert lines[0].endswith(" info [mymethods.db] connected to db1")
     assert lines[1].endswith(" warn [mymethods.db] slow query")
     assert lines[2].endswith(" error [mymethods.db] query failed")
-    assert lines[3] == "\tTraceback (most recent call last):" and lines[-1] == "\tZeroDivisionError: division by zero"
+    assert lines[3] == "\tTraceback (most recent call last):"
+    assert lines[-1] == "\tZeroDivisionError: division by zero"
     assert logs.current() is None and log.path not in str(logging.getLogger().handlers)
 
 

@@ -55,3 +55,12 @@ def ticker(n, delay=0.0):
             time.sleep(delay)
         yield i
     return n
+
+
+@method
+def shout(text):
+    """Log `text` at warning level through the standard logging module."""
+    import logging
+
+    logging.getLogger("tests.shout").warning(text)
+    return text
