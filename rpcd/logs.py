@@ -446,7 +446,11 @@ def _lines_backwards(fd: int, size: int) -> Iterator[bytes]:
     """The lines of a file from its end, read in blocks; a line may span many blocks."""
     pos = size
     carry: list[bytes] = []  # the end of a line whose start lies before `pos`, pieces reversed
+    blocks = 0
     while pos > 0:
+        blocks += 1
+        if blocks % 64 == 0:
+            gevent.sleep(0)  # a long search lets other calls run; the open files stay valid
         n = min(BLOCK, pos)
         pos -= n
         block = os.pread(fd, n, pos)
