@@ -25,6 +25,7 @@ from rpcd.methods import Method, Registry
 from rpcd.wire import (
     CALL_TIMEOUT,
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     SERVER_BUSY,
     SHUTTING_DOWN,
     Request,
@@ -252,6 +253,9 @@ class Dispatcher:
     @staticmethod
     def _stream(call: Call, generator: Any) -> Any:
         try:
+            # Refuse now: a stream may not yield its first item for a long time.
+            if call.request.legacy or call.request.notification:
+                raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
             while True:
                 call.sink.stream(call, next(generator))
         except StopIteration as stop:

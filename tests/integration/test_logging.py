@@ -43,6 +43,8 @@ def test_calls_produce_access_lines_that_getlog_returns(start_daemon, tmp_path):
     c.send({"in": "getlog", "params": {"lines": 1, "grep": "getlog"}})
     legacy = c.recv()
     assert legacy["out"] == "getlog" and " getlog id=" in legacy["result"]["lines"][0]
+    c.send({"in": "getlog", "params": {"lines": 0, "follow": True}})  # no way to stream: refused
+    assert c.recv()["result"]["code"] == -32600
     c.close()
     assert d.terminate() == 0
     text = (tmp_path / "rpcd.log").read_text()
