@@ -36,8 +36,8 @@ def getlog(
     entries were left out. follow: true streams the entries, then every new one as it is
     written, until rpc.cancel. A legacy client may pass these as one object.
     """
-    if isinstance(lines, dict):  # the legacy envelope's single value
-        try:
+    if isinstance(lines, dict) and not isinstance(lines.get("lines"), dict):
+        try:  # the legacy envelope's single value: the parameters as one object
             return getlog(**lines)
         except TypeError as exc:
             raise _bad(str(exc).replace("getlog() ", "")) from None

@@ -214,9 +214,8 @@ class LogFile:
         self.backups = backups
         self.min_rank = LEVELS.index(level)
         self.json = fmt == "json"
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes | tuple] = []  # lines, and the facts of access lines
         self._timer: Any = None  # the pending flush
-        self._echo: list[bytes] = []
         self._changed: Event | None = None
         self._main = _get_ident()
         self._loop = gevent.get_hub().loop
@@ -310,17 +309,20 @@ class LogFile:
         line = f"{self._time(when)} {level} [{namespace}] {text}\n"
         return line.encode(errors="backslashreplace")
 
-    def _add(self, line: bytes) -> None:
+    def _add(self, line: bytes | tuple) -> None:
         if _get_ident() != self._main:
-            self.file.write([line])
+            self.file.write([line if type(line) is bytes else self._access_line(line)])
             return
         buffer = self._buffer
         buffer.append(line)
         if self._timer is None:
-            self._timer = self._loop.timer(FLUSH_INTERVAL)
-            self._timer.start(self.flush)
+            self._flush_soon()
         elif len(buffer) >= FLUSH_LINES:
             self.flush()
+
+    def _flush_soon(self) -> None:
+        self._timer = self._loop.timer(FLUSH_INTERVAL)
+        self._timer.start(self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines, echo the access lines, wake whoever follows the log."""
@@ -329,9 +331,14 @@ class LogFile:
             timer.close()
         if self._buffer:
             lines, self._buffer = self._buffer, []
+            access = []
+            for i, line in enumerate(lines):
+                if type(line) is tuple:
+                    lines[i] = line = self._access_line(line)
+                    access.append(line)
             self.file.write(lines)
-        if self._echo:
-            self._echo_access()
+            if access:
+                self._echo(access)
         changed = self._changed
         if changed is not None:
             self._changed = None
@@ -346,56 +353,58 @@ class LogFile:
     # -- the access line (the dispatcher's on_complete hook) ------------------------------
 
     def access(self, call: Any, response: Any, duration: float) -> None:
-        """One line per finished call: peer, method, id, duration in ms, outcome."""
+        """One line per finished call: peer, method, id, duration in ms, outcome.
+
+        The hot path: it only notes the facts; `flush` formats them, in a batch. Calls run
+        in the main thread's greenlets, so this is `_add` without the thread check.
+        """
         try:
-            self._access(call.request, call.sink, response.error, duration)
+            request = call.request
+            error = response.error
+            buffer = self._buffer
+            buffer.append((time.time(), getattr(call.sink, "peer", "-"), request.method,
+                           request.id, duration, "ok" if error is None else error.code))
+            if self._timer is None:
+                self._flush_soon()
+            elif len(buffer) >= FLUSH_LINES:
+                self.flush()
         except Exception:  # a log line must never fail a call
             log.failure("cannot write an access line")
 
     def refused(self, request: Any, sink: Any, error: Any) -> None:
         """The access line of a call refused before it ran (no such method, server busy)."""
         try:
-            self._access(request, sink, error, 0.0)
+            self._add((time.time(), getattr(sink, "peer", "-"), request.method, request.id,
+                       0.0, error.code))
         except Exception:
             log.failure("cannot write an access line")
 
-    def _access(self, request: Any, sink: Any, error: Any, duration: float) -> None:
-        # The hot path: no Logger, no format machinery, one time string per millisecond.
-        method = request.method
-        if not method.isprintable() or " " in method:
-            method = orjson.dumps(method).decode()  # a client's name must not forge a line
-        rid = request.id
-        if type(rid) is not int:
-            rid = "-" if rid is None else orjson.dumps(rid).decode()
-        us = int(duration * 1e6)
-        ms = f"{us // 1000}{_FRACTION[us % 1000]}"
-        outcome = "ok" if error is None else error.code
-        peer = getattr(sink, "peer", "-")
-        text = f"{peer} {method} id={rid} {ms} ms {outcome}"
-        now = time.time()
-        if self.json:
-            extra = {"peer": peer, "method": request.method, "id": request.id,
-                     "ms": us / 1000, "outcome": str(outcome)}
-            line = self._line(now, "info", ACCESS_NAMESPACE, text, extra)
-        else:
+    def _access_line(self, facts: tuple) -> bytes:
+        now, peer, method, rid, duration, outcome = facts
+        try:
+            if not method.isprintable() or " " in method:
+                method = orjson.dumps(method).decode()  # a client's name must not forge a line
+            if type(rid) is not int:
+                rid = "-" if rid is None else orjson.dumps(rid).decode()
+            us = int(duration * 1e6)
+            ms = f"{us // 1000}{_FRACTION[us % 1000]}"
+            if self.json:
+                extra = {"peer": peer, "method": facts[2], "id": facts[3], "ms": us / 1000,
+                         "outcome": str(outcome)}
+                text = f"{peer} {method} id={rid} {ms} ms {outcome}"
+                return self._line(now, "info", ACCESS_NAMESPACE, text, extra)
             tick = int(now * 1000)
-            if tick != self._tick:
+            if tick != self._tick:  # one time string per millisecond
                 self._tick = tick
                 self._tick_text = self._time(now)
-            line = f"{self._tick_text} info [rpcd.access] {text}\n"
-            line = line.encode("utf-8", "backslashreplace")
-        self._echo.append(line)
-        buffer = self._buffer
-        buffer.append(line)
-        if self._timer is None:
-            self._timer = self._loop.timer(FLUSH_INTERVAL)
-            self._timer.start(self.flush)
-        elif len(buffer) >= FLUSH_LINES:
-            self.flush()
+            line = (f"{self._tick_text} info [rpcd.access] {peer} {method} id={rid} {ms} ms "
+                    f"{outcome}\n")
+            return line.encode("utf-8", "backslashreplace")
+        except Exception as exc:
+            return f"{self._time(now)} error [rpcd.logs] bad access line: {exc!r}\n".encode()
 
-    def _echo_access(self) -> None:
+    def _echo(self, lines: list[bytes]) -> None:
         """Hand the access lines of this flush to the other observers, as one event."""
-        lines, self._echo = self._echo, []
         globalLogPublisher({
             "log_level": LogLevel.info, "log_namespace": ACCESS_NAMESPACE,
             "log_format": "{calls}", "log_time": time.time(), "log_source": None,

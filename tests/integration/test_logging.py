@@ -83,7 +83,7 @@ def test_bad_getlog_params_get_32602(start_daemon):
     for params, word in [
         ([-1], "lines"), ([10001], "lines"), (["many"], "lines"), ({"level": "loud"}, "level"),
         ({"grep": 5}, "grep"), ({"since": "yesterday"}, "since"), ({"follow": "yes"}, "follow"),
-        ({"path": "/etc/passwd"}, "path"),
+        ({"path": "/etc/passwd"}, "path"), ([{"lines": {"lines": 1}}], "lines"),
     ]:
         c.send({"jsonrpc": "2.0", "method": "getlog", "params": params, "id": 1})
         error = c.recv()["error"]
