@@ -93,51 +93,49 @@ class RotatingFile:
         self._size = os.fstat(fd).st_size
         self._fd = fd
 
-    def write(self, lines: list[bytes]) -> None:
+    def write(self, data: bytes) -> None:
         """Append whole lines, rotating between lines whenever the next would not fit."""
         with self._lock:
-            lost = self._write(lines)
+            lost = self._write(data)
         if lost:
             log.warn("{count} log lines were lost while the log could not be written ({error})",
                      count=lost[0], error=lost[1])
 
-    def _write(self, lines: list[bytes]) -> tuple[int, str] | None:
+    def _write(self, data: bytes) -> tuple[int, str] | None:
         lost = None
         if self._fd is None and self._error is None:  # closed
             return None
         if self._error is not None:
             if time.monotonic() < self._retry_at:
-                self._dropped += len(lines)
+                self._dropped += data.count(b"\n")
                 return None
             try:
                 self._open()
             except OSError as exc:
-                return self._failed(exc, len(lines))
+                return self._failed(exc, data.count(b"\n"))
             if self._partial:
-                lines = [b"\n", *lines]
-        done = 0
+                data = b"\n" + data
         try:
-            chunk: list[bytes] = []
-            room = self.max_bytes - self._size
-            for line in lines:
-                if len(line) > room and (chunk or self._size):
-                    self._put(chunk)
-                    done += len(chunk)
-                    chunk = []
+            while len(data) > self.max_bytes - self._size:
+                cut = data.rfind(b"\n", 0, self.max_bytes - self._size) + 1
+                if not cut:  # not even the first line fits
+                    if self._size:
+                        self._rotate()
+                        continue
+                    cut = data.find(b"\n") + 1 or len(data)  # longer than max_bytes: on its own
+                self._put(data[:cut])
+                data = data[cut:]
+                if data:
                     self._rotate()
-                    room = self.max_bytes - self._size
-                chunk.append(line)
-                room -= len(line)
-            self._put(chunk)
+            self._put(data)
         except OSError as exc:
-            return self._failed(exc, len(lines) - done)
+            return self._failed(exc, data.count(b"\n"))
         if self._error is not None:
             lost, self._error, self._dropped = (self._dropped, self._error), None, 0
             _stderr(f"writing log file {self.path} again")
         return lost
 
-    def _put(self, chunk: list[bytes]) -> None:
-        data = b"".join(chunk)
+    def _put(self, data: bytes) -> None:
         while data:
             written = os.write(self._fd, data)
             self._size += written
@@ -214,7 +212,7 @@ class LogFile:
         self.backups = backups
         self.min_rank = LEVELS.index(level)
         self.json = fmt == "json"
-        self._buffer: list[bytes | tuple] = []  # lines, and the facts of access lines
+        self._buffer: list[str | tuple] = []  # lines, and the facts of access lines
         self._timer: Any = None  # the pending flush
         self._changed: Event | None = None
         self._main = _get_ident()
@@ -277,11 +275,10 @@ class LogFile:
                 return
             line = self._format(event)
         except Exception as exc:  # an observer must never raise into the publisher
-            stamp = self._time(time.time())
-            line = f"{stamp} error [rpcd.logs] unformattable event: {exc!r}\n".encode()
+            line = f"{self._time(time.time())} error [rpcd.logs] unformattable event: {exc!r}\n"
         self._add(line)
 
-    def _format(self, event: dict) -> bytes:
+    def _format(self, event: dict) -> str:
         fmt = event.get("log_format")
         text = None
         if fmt is not None and "log_failure" not in event:
@@ -297,21 +294,24 @@ class LogFile:
 
     def _line(
         self, when: float, level: str, namespace: str, text: str, extra: dict | None = None
-    ) -> bytes:
+    ) -> str:
         if self.json:
             obj = {"time": self._time(when), "level": level, "namespace": namespace,
                    "message": text}
             if extra:
                 obj.update(extra)
-            return orjson.dumps(obj) + b"\n"
+            try:
+                return orjson.dumps(obj).decode() + "\n"
+            except TypeError:  # a lone surrogate: orjson refuses it
+                obj["message"] = text.encode("utf-8", "backslashreplace").decode()
+                return orjson.dumps(obj).decode() + "\n"
         if "\n" in text or "\r" in text:
             text = "\n\t".join(text.splitlines())
-        line = f"{self._time(when)} {level} [{namespace}] {text}\n"
-        return line.encode(errors="backslashreplace")
+        return f"{self._time(when)} {level} [{namespace}] {text}\n"
 
-    def _add(self, line: bytes | tuple) -> None:
+    def _add(self, line: str) -> None:
         if _get_ident() != self._main:
-            self.file.write([line if type(line) is bytes else self._access_line(line)])
+            self.file.write(line.encode("utf-8", "backslashreplace"))
             return
         buffer = self._buffer
         buffer.append(line)
@@ -332,13 +332,14 @@ class LogFile:
         if self._buffer:
             lines, self._buffer = self._buffer, []
             access = []
+            access_line = self._access_line
             for i, line in enumerate(lines):
                 if type(line) is tuple:
-                    lines[i] = line = self._access_line(line)
+                    lines[i] = line = access_line(line)
                     access.append(line)
-            self.file.write(lines)
+            self.file.write("".join(lines).encode("utf-8", "backslashreplace"))
             if access:
-                self._echo(access)
+                self._echo("".join(access))
         changed = self._changed
         if changed is not None:
             self._changed = None
@@ -379,7 +380,7 @@ class LogFile:
         except Exception:
             log.failure("cannot write an access line")
 
-    def _access_line(self, facts: tuple) -> bytes:
+    def _access_line(self, facts: tuple) -> str:
         now, peer, method, rid, duration, outcome = facts
         try:
             if not method.isprintable() or " " in method:
@@ -387,28 +388,26 @@ class LogFile:
             if type(rid) is not int:
                 rid = "-" if rid is None else orjson.dumps(rid).decode()
             us = int(duration * 1e6)
-            ms = f"{us // 1000}{_FRACTION[us % 1000]}"
             if self.json:
                 extra = {"peer": peer, "method": facts[2], "id": facts[3], "ms": us / 1000,
                          "outcome": str(outcome)}
-                text = f"{peer} {method} id={rid} {ms} ms {outcome}"
+                text = f"{peer} {method} id={rid} {us // 1000}{_FRACTION[us % 1000]} ms {outcome}"
                 return self._line(now, "info", ACCESS_NAMESPACE, text, extra)
             tick = int(now * 1000)
             if tick != self._tick:  # one time string per millisecond
                 self._tick = tick
                 self._tick_text = self._time(now)
-            line = (f"{self._tick_text} info [rpcd.access] {peer} {method} id={rid} {ms} ms "
-                    f"{outcome}\n")
-            return line.encode("utf-8", "backslashreplace")
+            return (f"{self._tick_text} info [rpcd.access] {peer} {method} id={rid} "
+                    f"{us // 1000}{_FRACTION[us % 1000]} ms {outcome}\n")
         except Exception as exc:
-            return f"{self._time(now)} error [rpcd.logs] bad access line: {exc!r}\n".encode()
+            return f"{self._time(now)} error [rpcd.logs] bad access line: {exc!r}\n"
 
-    def _echo(self, lines: list[bytes]) -> None:
+    def _echo(self, lines: str) -> None:
         """Hand the access lines of this flush to the other observers, as one event."""
         globalLogPublisher({
             "log_level": LogLevel.info, "log_namespace": ACCESS_NAMESPACE,
             "log_format": "{calls}", "log_time": time.time(), "log_source": None,
-            "calls": b"".join(lines).decode(errors="replace").rstrip("\n"),
+            "calls": lines.rstrip("\n"),
             "rpcd_written": True,  # already in the file, line by line
         })
 

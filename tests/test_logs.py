@@ -120,9 +120,9 @@ def test_tail_continues_into_backups(tmp_path, block):
 def test_tail_after_rotation_between_two_reads(tmp_path, block):
     path = tmp_path / "rpcd.log"
     f = RotatingFile(str(path), max_bytes=200, backups=3)
-    f.write([(entry(n) + "\n").encode() for n in range(3)])
+    f.write("".join(entry(n) + "\n" for n in range(3)).encode())
     assert tail(str(path), 3, 2)[0] == [entry(1), entry(2)]
-    f.write([(entry(n) + "\n").encode() for n in range(3, 9)])  # rotates
+    f.write("".join(entry(n) + "\n" for n in range(3, 9)).encode())  # rotates
     assert os.path.exists(f"{path}.1")
     assert tail(str(path), 3, 4)[0] == [entry(n) for n in range(5, 9)]
     assert tail(str(path), 3, 100)[0] == [entry(n) for n in range(9)]
@@ -183,7 +183,8 @@ def test_rotation_under_concurrent_writes_loses_nothing(tmp_path):
 
     def writer(t: int) -> None:
         for n in range(0, per_thread, 4):
-            f.write([f"thread {t} line {n + i} {'x' * (n % 37)}\n".encode() for i in range(4)])
+            lines = [f"thread {t} line {n + i} {'x' * (n % 37)}\n" for i in range(4)]
+            f.write("".join(lines).encode())
 
     workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
     for w in workers:
@@ -352,3 +353,14 @@ def test_access_lines_text_and_json(tmp_path):
     ]
     batches = [e for e in echoed if e.get("log_namespace") == "rpcd.access"]
     assert len(batches) == 2 and batches[0]["calls"].count("\n") == 2  # one event per flush
+
+
+def test_a_line_longer_than_the_rotation_size_gets_a_file_of_its_own(tmp_path):
+    path = tmp_path / "rpcd.log"
+    f = RotatingFile(str(path), max_bytes=1024, backups=5)
+    long = "L" * 3000 + "\n"
+    f.write(("short\n" * 10 + long + "short\n" * 10).encode())
+    f.close()
+    assert (tmp_path / "rpcd.log.1").read_text() == long
+    assert (tmp_path / "rpcd.log.2").read_text() == "short\n" * 10
+    assert path.read_text() == "short\n" * 10
