@@ -81,6 +81,12 @@ def _boolean(value: Any) -> bool:
     raise ValueError("true or false")
 
 
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError("a file path")
+    return value
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None) -> Any:
     """A settings field: its default, its parser/validator, its help text.
 
@@ -115,6 +121,25 @@ class Settings:
     shutdown_grace: float = _setting(10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish")
     byteorder: str = _setting("big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little")
     monkey_patch: bool = _setting(True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch")
+    log_file: str = _setting(
+        "rpcd.log", _path, "rpcd's log file (relative to the working directory at start-up)"
+    )
+    log_rotate_bytes: int = _setting(
+        10 * MiB, _integer(1024), "rotate the log file when it would grow past this size"
+    )
+    log_backups: int = _setting(
+        5, _integer(0, 1000), "rotated log files kept: FILE.1 (newest) ... FILE.N"
+    )
+    log_level: str = _setting(
+        "info", _choice("debug", "info", "warn", "error", "critical"),
+        "lowest level written to the log file",
+    )
+    log_format: str = _setting(
+        "text", _choice("text", "json"), "log line format: text or json (one object per line)"
+    )
+    access_log: bool = _setting(
+        True, _boolean, "a log line per call (peer, method, id, ms, outcome)", flag="no-access-log"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

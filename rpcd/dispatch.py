@@ -27,6 +27,7 @@ from rpcd.wire import (
     CALL_TIMEOUT,
     CANCELLED,
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     SERVER_BUSY,
     SHUTTING_DOWN,
     Request,
@@ -80,12 +81,14 @@ class Dispatcher:
         queue_size: int = 10000,
         call_timeout: float = 30.0,
         on_complete: Callable[[Call, Response, float], None] | None = None,
+        on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
     ) -> None:
         self.registry = registry
         self.max_workers = max_workers
         self.queue_size = queue_size
         self.call_timeout = call_timeout
         self.on_complete = on_complete
+        self.on_refused = on_refused  # a request refused at submit, never a Call
         self._queue: Queue = Queue()
         self._workers = 0
         self._idle = 0
@@ -123,6 +126,14 @@ class Dispatcher:
 
     def submit(self, request: Request, sink: Sink) -> Call:
         """Queue `request`; raise RPCError if it names no method or cannot be held."""
+        try:
+            return self._submit(request, sink)
+        except RPCError as error:
+            if self.on_refused is not None:
+                self.on_refused(request, sink, error)
+            raise
+
+    def _submit(self, request: Request, sink: Sink) -> Call:
         if self._closing:
             self.stats.refused(SHUTTING_DOWN)
             raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
@@ -248,6 +259,9 @@ class Dispatcher:
     @staticmethod
     def _stream(call: Call, generator: Any) -> Any:
         try:
+            # Refuse now: a stream may not yield its first item for a long time.
+            if call.request.legacy or call.request.notification:
+                raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
             while True:
                 call.sink.stream(call, next(generator))
         except StopIteration as stop:

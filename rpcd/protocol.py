@@ -82,6 +82,7 @@ class RPCProtocol(Int32StringReceiver):
         self._last_frame = 0.0
         self._idle_call: Any = None
         self.peer_key: Any = None
+        self.peer = "-"  # host:port, for log lines
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -297,16 +298,17 @@ class RPCFactory(Factory):
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
         limits = self.limits
+        protocol.peer = _peer_text(protocol)
         if len(self.connections) >= limits.max_connections:
             return self._refuse(
-                protocol, "max_connections",
+                protocol, "max_connections", limits.max_connections,
                 f"too many connections: the server's limit of {limits.max_connections} is reached",
             )
         key = _peer_key(protocol)
         if limits.max_connections_per_peer and key is not None:
             if self._per_peer[key] >= limits.max_connections_per_peer:
                 return self._refuse(
-                    protocol, "max_connections_per_peer",
+                    protocol, "max_connections_per_peer", limits.max_connections_per_peer,
                     f"too many connections: {key} has reached the per-peer limit of "
                     f"{limits.max_connections_per_peer}",
                 )
@@ -315,12 +317,15 @@ class RPCFactory(Factory):
             self._per_peer[key] += 1
         self.connections.add(protocol)
         self.accepted += 1
-        log.debug("connection from {peer}", peer=_peer_text(protocol))
+        log.info("connection from {peer} opened", peer=protocol.peer)
         return None
 
-    def _refuse(self, protocol: RPCProtocol, limit: str, message: str) -> RPCError:
+    def _refuse(self, protocol: RPCProtocol, limit: str, value: int, message: str) -> RPCError:
         self.refused[limit] += 1
-        log.warn("refused connection from {peer}: {limit} reached", peer=_peer_text(protocol), limit=limit)
+        log.warn(
+            "connection from {peer} refused: {limit} {value} reached",
+            peer=protocol.peer, limit=limit, value=value,
+        )
         return RPCError(TOO_MANY_CONNECTIONS, message, {"limit": limit})
 
     def release(self, protocol: RPCProtocol) -> None:
@@ -333,7 +338,7 @@ class RPCFactory(Factory):
             self._per_peer[key] -= 1
             if self._per_peer[key] <= 0:
                 del self._per_peer[key]
-        log.debug("connection from {peer} closed", peer=_peer_text(protocol))
+        log.info("connection from {peer} closed", peer=protocol.peer)
         if not self.connections:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:

@@ -10,6 +10,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from rpcd import logs
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings
 from rpcd.dispatch import Dispatcher
@@ -62,6 +63,20 @@ class RPCService(MultiService):
             listener = strports.service(endpoint, self.factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port we cannot bind stops start-up
             listener.setServiceParent(self)
+
+    def start_log(self) -> None:
+        """Write every log event from now on to the log file too (raises logs.LogError)."""
+        settings = self.settings
+        self.log = logs.LogFile(
+            settings.log_file, max_bytes=settings.log_rotate_bytes, backups=settings.log_backups,
+            level=settings.log_level, fmt=settings.log_format,
+        )
+        self.log.start()
+        # twistd drops its own observer (the terminal) after the reactor stops: echo before.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
+        if settings.access_log and self.log.logs_access:
+            self.dispatcher.on_complete = self.log.access
+            self.dispatcher.on_refused = self.log.refused
 
     def startService(self) -> None:
         super().startService()

@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from rpcd import config, reactor
 from rpcd.config import ConfigError, Settings
+from rpcd.logs import LogError
 from rpcd.methods import LoadError
 
 _REPEATABLE = {"listen", "methods"}
@@ -103,6 +104,10 @@ _add_options()
 
 
 def makeService(options: Options):
+    try:
+        options.service.start_log()
+    except LogError as exc:
+        _fail(str(exc))
     return options.service
 
 

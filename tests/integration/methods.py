@@ -84,3 +84,12 @@ def resolve(name):
     from twisted.internet import reactor
 
     return reactor.resolve(name)
+
+
+@method
+def shout(text):
+    """Log `text` at warning level through the standard logging module."""
+    import logging
+
+    logging.getLogger("tests.shout").warning(text)
+    return text
