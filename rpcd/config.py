@@ -113,6 +113,15 @@ class Settings:
     shutdown_grace: float = _setting(10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish")
     byteorder: str = _setting("big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little")
     monkey_patch: bool = _setting(True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch")
+    max_outbuf: int = _setting(
+        MiB, _integer(1024), "unsent reply bytes per connection before rpcd stops reading from it"
+    )
+    write_timeout: float = _setting(
+        30.0, _seconds(False), "abort a connection whose replies stay over max_outbuf this long"
+    )
+    max_blocking_time: float = _setting(
+        1.0, _seconds(True), "warn (with its stack) of a method blocking the loop this long; 0 = off"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

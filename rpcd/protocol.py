@@ -12,11 +12,14 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from gevent.event import Event
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
 from rpcd import wire
 from rpcd.dispatch import CANCELLED, Call, Dispatcher
@@ -47,6 +50,8 @@ class ConnectionLimits:
     max_inflight: int = 128
     max_batch: int = 100
     byteorder: str = "big"
+    max_outbuf: int = 1024 * 1024  # unsent reply bytes before the peer is no longer read
+    write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
 
 
 class _LegacySlot:
@@ -68,6 +73,26 @@ class _BatchReply:
         self.waiting = 0
 
 
+@implementer(IPushProducer)
+class _OutbufWatch:
+    """Registered with the transport, which pauses it when the peer's unsent replies pass
+    max_outbuf and resumes it once they are written."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: RPCProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._outbuf_full()
+
+    def resumeProducing(self) -> None:
+        self.protocol._outbuf_drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class RPCProtocol(Int32StringReceiver):
     """One client connection."""
 
@@ -81,6 +106,14 @@ class RPCProtocol(Int32StringReceiver):
         self._last_frame = 0.0
         self._idle_call: Any = None
         self.peer_key: Any = None
+        # Why reading is paused ("inflight", "outbuf", "closing"): one reason lifting must
+        # not resume what another still holds.
+        self._pauses: set[str] = set()
+        self._watching_outbuf = False
+        self._writable = Event()  # clear while unsent replies are past max_outbuf
+        self._writable.set()
+        self._write_timer: Any = None
+        self._abort_timer: Any = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -97,15 +130,22 @@ class RPCProtocol(Int32StringReceiver):
             self.transport.loseConnection()
             return
         self._max_inflight = limits.max_inflight
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = limits.max_outbuf  # where the transport pauses its producer
+        transport.registerProducer(_OutbufWatch(self), True)
+        self._watching_outbuf = True
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        for timer in (self._idle_call, self._write_timer, self._abort_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle_call = self._write_timer = self._abort_timer = None
+        self._writable.set()  # wake any stream waiting to write; its call is cancelled below
         if self._refused:
             return
         dispatcher = self.factory.dispatcher
@@ -127,7 +167,63 @@ class RPCProtocol(Int32StringReceiver):
             return
         self._idle_call = None
         log.info("closing {peer}: idle for {timeout:g} s", peer=_peer_text(self), timeout=timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Close once written replies are flushed; abort if the peer won't take them in time."""
+        if self._closed or self._abort_timer is not None:
+            return
+        self._pause("closing")
+        if self._watching_outbuf:
+            # A registered producer keeps a transport open (Twisted waits for it to finish).
+            self._watching_outbuf = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        timeout = self.factory.limits.write_timeout
+        self._abort_timer = self.factory.clock.callLater(timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        log.warn("aborting {peer}: it did not read its replies", peer=_peer_text(self))
+        self.transport.abortConnection()
+
+    # -- reading paused, for one reason or several -------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and not self._closed:
+            self.resumeProducing()
+
+    def _outbuf_full(self) -> None:
+        if self._closed or "outbuf" in self._pauses:
+            return
+        self._writable.clear()
+        self._pause("outbuf")
+        self._write_timer = self.factory.clock.callLater(
+            self.factory.limits.write_timeout, self._write_stalled
+        )
+
+    def _outbuf_drained(self) -> None:
+        if self._write_timer is not None and self._write_timer.active():
+            self._write_timer.cancel()
+        self._write_timer = None
+        self._writable.set()
+        self._resume("outbuf")
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        log.warn(
+            "aborting {peer}: its unsent replies stayed over max_outbuf for {timeout:g} s",
+            peer=_peer_text(self), timeout=self.factory.limits.write_timeout,
+        )
+        self.transport.abortConnection()
 
     # -- frames in ---------------------------------------------------------------------------
 
@@ -137,8 +233,7 @@ class RPCProtocol(Int32StringReceiver):
             RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
         )
         self._unprocessed = b""  # never buffer the oversized body
-        self.transport.loseConnection()
-        self.pauseProducing()
+        self.close()
 
     def stringReceived(self, body: bytes) -> None:
         if self._refused or self._closed:
@@ -154,8 +249,8 @@ class RPCProtocol(Int32StringReceiver):
             self._accept(message, None)
         else:
             self._accept_batch(message)
-        if len(self._calls) >= self._max_inflight and not self.paused:
-            self.pauseProducing()
+        if len(self._calls) >= self._max_inflight:
+            self._pause("inflight")
 
     def _accept_batch(self, batch: Batch) -> None:
         reply = _BatchReply()
@@ -207,8 +302,8 @@ class RPCProtocol(Int32StringReceiver):
         if self._closed:
             return
         self._reply(response, call.context)
-        if self.paused and len(self._calls) < self._max_inflight and not self._refused:
-            self.resumeProducing()
+        if len(self._calls) < self._max_inflight:
+            self._resume("inflight")
 
     def stream(self, call: Call, item: Any) -> None:
         request = call.request
@@ -216,6 +311,8 @@ class RPCProtocol(Int32StringReceiver):
             raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
         if not self._closed:
             self.sendString(wire.encode_stream_item(request.id, item))
+            # Runs in the call's worker greenlet: a stream waits there while the peer lags.
+            self._writable.wait()
 
     def _reply(self, response: Response, context: Any) -> None:
         if context is None:
@@ -265,7 +362,9 @@ def _peer_text(protocol: RPCProtocol) -> str:
 def _peer_key(protocol: RPCProtocol) -> Any:
     peer = protocol.transport.getPeer()
     if isinstance(peer, (IPv4Address, IPv6Address)):
-        return peer.host
+        # An IPv4 peer reaching a dual-stack listener counts as itself, not as a new address.
+        host = peer.host
+        return host[7:] if host.startswith("::ffff:") and "." in host else host
     return None  # UNIX sockets and the like have no address to limit by
 
 
@@ -339,5 +438,5 @@ class RPCFactory(Factory):
         d = defer.Deferred()
         self._all_closed.append(d)
         for protocol in list(self.connections):
-            protocol.transport.loseConnection()
+            protocol.close()
         return d
