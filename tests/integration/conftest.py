@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, args: list[str], port: int):
+    def __init__(self, workdir: Path, args: list[str], port: int, preexec_fn=None):
         self.workdir = workdir
         self.port = port
         self.output = workdir / "twistd.out"
@@ -33,6 +33,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "rpcd", *args],
             cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -65,17 +66,21 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """start_daemon(*extra_args, methods=...) -> a running Daemon; stopped after the test."""
+    """start_daemon(*extra_args, methods=..., preexec_fn=...) -> a running Daemon; stopped after
+    the test. `preexec_fn` runs in the child before twistd (e.g. to set a resource limit)."""
     started: list[Daemon] = []
 
-    def start(*args: str, methods: str | None = "tests.integration.methods", listen: bool = True) -> Daemon:
+    def start(
+        *args: str, methods: str | None = "tests.integration.methods", listen: bool = True,
+        preexec_fn=None,
+    ) -> Daemon:
         port = free_port()
         argv = list(args)
         if listen:
             argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
         if methods:
             argv += ["--methods", methods]
-        daemon = Daemon(tmp_path, argv, port)
+        daemon = Daemon(tmp_path, argv, port, preexec_fn)
         started.append(daemon)
         daemon.wait_ready()
         return daemon
