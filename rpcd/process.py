@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import gevent
@@ -64,6 +65,7 @@ class BlockingMonitor:
     def __init__(self, dispatcher: Any, max_blocking_time: float) -> None:
         self.dispatcher = dispatcher
         self.max_blocking_time = max_blocking_time
+        self._reported: Any = None  # the call last reported: one warning per blocked call
 
     def start(self) -> None:
         config = gevent.config
@@ -72,7 +74,10 @@ class BlockingMonitor:
         config.monitor_thread = True
         if self._on_event not in events.subscribers:
             events.subscribers.append(self._on_event)
-        gevent.get_hub().start_periodic_monitoring_thread()
+        with warnings.catch_warnings():
+            # Its memory watch needs psutil, which rpcd does not use: not worth a warning.
+            warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
+            gevent.get_hub().start_periodic_monitoring_thread()
 
     def stop(self) -> None:
         if self._on_event in events.subscribers:
@@ -82,6 +87,9 @@ class BlockingMonitor:
         if not isinstance(event, events.EventLoopBlocked):
             return
         call = self.dispatcher.running_in(event.greenlet)
+        if call is self._reported and call is not None:
+            return  # still the same call, blocked since the last report
+        self._reported = call
         if call is None:
             # The reactor itself between two waits (a burst of I/O, not a method): not
             # what this setting is about, so not a warning.

@@ -314,7 +314,8 @@ def test_peer_that_catches_up_is_read_again_and_not_aborted():
 
 def test_outbuf_and_inflight_pauses_do_not_undo_each_other():
     clock = Clock()
-    protocol, transport, dispatcher = _greedy(ConnectionLimits(max_outbuf=4096, max_inflight=2), clock)
+    limits = ConnectionLimits(max_outbuf=4096, max_inflight=2)
+    protocol, transport, dispatcher = _greedy(limits, clock)
     protocol.dataReceived(b"".join(frame(request("echo", i)) for i in range(4)))
     assert len(dispatcher.submitted) == 2 and transport.producerState == "paused"  # in-flight
     first, second = dispatcher.submitted
@@ -383,7 +384,7 @@ def test_disconnect_mid_call_cancels_the_call_and_writes_nothing():
     protocol.dataReceived(frame(request("sleep", 1)) + frame(request("sleep", 2)))
     calls = list(factory.dispatcher.submitted)
     protocol.connectionLost(None)
-    assert factory.dispatcher.cancelled == calls
+    assert set(factory.dispatcher.cancelled) == set(calls)
     protocol.deliver(calls[0], Response(calls[0].request, "late"))
     assert transport.value() == b""
     assert len(factory.connections) == 0

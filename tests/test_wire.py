@@ -14,7 +14,8 @@ from rpcd.wire import INVALID_REQUEST, PARSE_ERROR, Batch, Request, RPCError
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
 # Objects that look like requests, every field possibly of the wrong type.

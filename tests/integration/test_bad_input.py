@@ -25,7 +25,8 @@ MALFORMED = [
     (b'{"jsonrpc":"2.0","method":"add","params":"1,2","id":1}', -32600),
     (b'{"jsonrpc":"2.0","method":"add","id":{"a":1}}', -32600),
     (b'{"in":17}', -32600),
-    (json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(), -32600),
+    (json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(),
+     -32600),  # a batch over --max-batch
 ]
 HUGE_PREFIX = struct.pack("!I", 0xFFFFFFFF)
 

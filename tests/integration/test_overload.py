@@ -30,7 +30,8 @@ def _read_all_until_eof(sock: socket.socket, timeout: float) -> bytes:
 def test_connections_past_max_connections_get_one_frame_and_are_closed(start_daemon):
     port = free_port()
     # A backlog above 150 (Twisted's default is 50): the connects all land at once.
-    d = start_daemon("--max-connections", "100", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256")
+    start_daemon("--max-connections", "100",
+                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256")
     control = RawClient(port)  # the first of the 150; served once the fixture's probe is gone
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=5)
     socks = [control.sock] + [socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -66,13 +67,16 @@ def _reset(sock: socket.socket) -> None:
 
 
 def test_ten_thousand_connect_close_cycles_leave_no_connection_open(start_daemon):
-    d = start_daemon()
-    control = d.client()
+    port = free_port()
+    # A backlog above a round's connects: none is dropped and retried a second later.
+    start_daemon("--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024")
+    control = RawClient(port)
     accepted_before = stats(control)["connections"]["accepted"]
-    call = struct.pack("!I", 60) + b'{"jsonrpc":"2.0","method":"sleep","params":[30],"id":1}'.ljust(60)
-    batch = 40  # below Twisted's default listen backlog of 50: no SYN is dropped and retried
+    body = b'{"jsonrpc":"2.0","method":"sleep","params":[30],"id":1}'
+    call = struct.pack("!I", len(body)) + body
+    batch = 500
     for round_ in range(10_000 // batch):
-        socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(batch)]
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(batch)]
         if round_ % 2:
             for sock in socks:
                 sock.close()
@@ -83,7 +87,8 @@ def test_ten_thousand_connect_close_cycles_leave_no_connection_open(start_daemon
             for sock in socks:
                 sock.sendall(call)
             # (the stats call is in flight too)
-            wait_for(lambda: stats(control)["calls"]["in_flight"] == batch + 1, timeout=10, interval=0.001)
+            wait_for(lambda: stats(control)["calls"]["in_flight"] == batch + 1,
+                     timeout=10, interval=0.001)
             for sock in socks:
                 _reset(sock)
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=10)
@@ -106,7 +111,8 @@ def test_per_peer_limit_with_ipv4_and_ipv6_peers(start_daemon):
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         port6 = probe.getsockname()[1]
-    d = start_daemon("--max-connections-per-peer", "3", "--listen", f"tcp6:{port6}:interface=\\:\\:1")
+    d = start_daemon("--max-connections-per-peer", "3",
+                     "--listen", f"tcp6:{port6}:interface=\\:\\:1")
     first = d.client()
     wait_for(lambda: stats(first)["connections"]["open"] == 1, timeout=5)  # the probe is gone
     v4 = (socket.AF_INET, ("127.0.0.1", d.port))
@@ -189,8 +195,8 @@ def test_peer_that_never_reads_is_cut_off_and_others_are_unaffected(start_daemon
     greedy.connect(("127.0.0.1", d.port))
     greedy.setblocking(False)
     payload = "z" * 20_000
-    request = json.dumps({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}).encode()
-    frame = struct.pack("!I", len(request)) + request
+    body = json.dumps({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}).encode()
+    frame = struct.pack("!I", len(body)) + body
     pending = frame * 2000  # 40 MB of replies if it were all answered
     deadline = time.monotonic() + 5
     while pending and time.monotonic() < deadline:
