@@ -120,7 +120,7 @@ class Settings:
         30.0, _seconds(False), "abort a connection whose replies stay over max_outbuf this long"
     )
     max_blocking_time: float = _setting(
-        1.0, _seconds(True), "warn (with its stack) of a method blocking the loop this long; 0 = off"
+        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
     )
 
     def __post_init__(self) -> None:

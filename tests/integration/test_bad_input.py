@@ -95,6 +95,7 @@ def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(start_da
     while any(thread.is_alive() for thread in threads) or len(results) < 50:
         n = len(results)
         results.append(valid.call("add", n, 1).get("result") == n + 1)
+        results.append(valid.call("sleep", 0.001).get("result") == 0.001)  # timers still fire
     for thread in threads:
         thread.join(30)
     assert len(errors) == 960 and all(got == want for got, want in errors)

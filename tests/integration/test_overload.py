@@ -161,7 +161,7 @@ def test_running_out_of_descriptors_is_survived(start_daemon):
     assert 10 < len(served) < 64 and dropped == 80 - len(served)
     for client in served[:10]:
         client.close()
-    time.sleep(0.1)
+    wait_for(lambda: stats(served[10])["connections"]["open"] == len(served) - 10, timeout=5)
     fresh = [d.client(timeout=5) for _ in range(5)]
     assert all(c.call("ping")["result"] == "pong" for c in fresh)  # service resumed
     assert d.proc.poll() is None
