@@ -100,6 +100,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def __init__(self) -> None:
         self._calls: set[Call] = set()
+        self._held: deque[tuple[Request, Any]] = deque()  # batch entries past max_inflight
         self._legacy: deque[_LegacySlot] = deque()
         self._refused = False
         self._closed = False
@@ -152,6 +153,7 @@ class RPCProtocol(Int32StringReceiver):
         for call in list(self._calls):
             dispatcher.cancel(call)
         self._calls.clear()
+        self._held.clear()
         self.factory.release(self)
 
     def _check_idle(self) -> None:
@@ -273,6 +275,13 @@ class RPCProtocol(Int32StringReceiver):
                 response = Response(request, error=error)
             self._reply(response, context)
             return
+        if len(self._calls) >= self._max_inflight:
+            # Only a batch gets here: its entries past the cap wait for this connection's calls.
+            self._held.append((request, context))
+            return
+        self._submit(request, context)
+
+    def _submit(self, request: Request, context: Any) -> None:
         try:
             call = self.factory.dispatcher.submit(request, self)
         except RPCError as error:
@@ -302,6 +311,9 @@ class RPCProtocol(Int32StringReceiver):
         if self._closed:
             return
         self._reply(response, call.context)
+        held = self._held
+        while held and len(self._calls) < self._max_inflight:
+            self._submit(*held.popleft())
         if len(self._calls) < self._max_inflight:
             self._resume("inflight")
 

@@ -388,3 +388,19 @@ def test_disconnect_mid_call_cancels_the_call_and_writes_nothing():
     protocol.deliver(calls[0], Response(calls[0].request, "late"))
     assert transport.value() == b""
     assert len(factory.connections) == 0
+
+
+def test_a_batch_never_exceeds_max_inflight_either():
+    protocol, transport, factory = connect(ConnectionLimits(max_inflight=8, max_batch=100))
+    dispatcher = factory.dispatcher
+    protocol.dataReceived(frame([request("work", i) for i in range(50)]) + frame(request("next", 99)))
+    assert len(dispatcher.running()) == 8 and transport.producerState == "paused"
+    peak = 0
+    while dispatcher.running():
+        running = dispatcher.running()
+        peak = max(peak, len(running))
+        dispatcher.finish(running[0], running[0].request.id)
+    assert peak == 8
+    [batch, single] = frames_out(transport)  # the frame after the batch is read only then
+    assert sorted(r["result"] for r in batch) == list(range(50))
+    assert single == {"jsonrpc": "2.0", "result": 99, "id": 99}
