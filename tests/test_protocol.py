@@ -393,7 +393,8 @@ def test_disconnect_mid_call_cancels_the_call_and_writes_nothing():
 def test_a_batch_never_exceeds_max_inflight_either():
     protocol, transport, factory = connect(ConnectionLimits(max_inflight=8, max_batch=100))
     dispatcher = factory.dispatcher
-    protocol.dataReceived(frame([request("work", i) for i in range(50)]) + frame(request("next", 99)))
+    batch = frame([request("work", i) for i in range(50)])
+    protocol.dataReceived(batch + frame(request("next", 99)))
     assert len(dispatcher.running()) == 8 and transport.producerState == "paused"
     peak = 0
     while dispatcher.running():
