@@ -140,6 +140,15 @@ class Settings:
     access_log: bool = _setting(
         True, _boolean, "a log line per call (peer, method, id, ms, outcome)", flag="no-access-log"
     )
+    max_outbuf: int = _setting(
+        MiB, _integer(1024), "unsent reply bytes per connection before rpcd stops reading from it"
+    )
+    write_timeout: float = _setting(
+        30.0, _seconds(False), "abort a connection whose replies stay over max_outbuf this long"
+    )
+    max_blocking_time: float = _setting(
+        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -90,6 +90,7 @@ class Dispatcher:
         self.on_complete = on_complete
         self.on_refused = on_refused  # a request refused at submit, never a Call
         self._queue: Queue = Queue()
+        self._waiting = 0  # queued calls not cancelled: the ones that hold a queue slot
         self._workers = 0
         self._idle = 0
         self._busy = 0
@@ -108,7 +109,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._waiting
 
     @property
     def workers(self) -> int:
@@ -144,7 +145,7 @@ class Dispatcher:
             raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy.
-        waiting = self._queue.qsize()
+        waiting = self._waiting
         if waiting >= self.queue_size + self.max_workers - self._busy:
             self.refused_busy += 1
             self.stats.refused(SERVER_BUSY)
@@ -155,6 +156,7 @@ class Dispatcher:
         call = Call(request, method, sink)
         self._active.add(call)
         self.calls_total += 1
+        self._waiting += 1
         self._queue.put(call)
         if waiting >= self._idle and self._workers < self.max_workers:
             self._workers += 1
@@ -170,11 +172,20 @@ class Dispatcher:
             return False
         worker = call.worker
         if worker is None:
+            # Still queued: its slot is free now; the worker that meets it skips it.
+            self._waiting -= 1
             self._finish(call, response, 0.0)
         else:
             # Thrown from the hub, and only if the worker is still on this call by then.
             gevent.get_hub().loop.run_callback(self._throw, worker, call, response)
         return True
+
+    def running_in(self, greenlet: Any) -> Call | None:
+        """The call `greenlet` is running, if it is a worker on one (safe from another thread)."""
+        for call in list(self._active):
+            if call.worker is greenlet:
+                return call
+        return None
 
     def _throw(self, worker: gevent.Greenlet, call: Call, response: Response | None) -> None:
         if call.worker is worker and not call.done:
@@ -195,6 +206,7 @@ class Dispatcher:
                 return
             if call.done:
                 continue
+            self._waiting -= 1
             self._busy += 1
             try:
                 self._run(call)

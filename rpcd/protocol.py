@@ -12,11 +12,14 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from gevent.event import Event
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
 from rpcd import wire
 from rpcd.dispatch import Call, Dispatcher
@@ -48,6 +51,8 @@ class ConnectionLimits:
     max_inflight: int = 128
     max_batch: int = 100
     byteorder: str = "big"
+    max_outbuf: int = 1024 * 1024  # unsent reply bytes before the peer is no longer read
+    write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
 
 
 class _LegacySlot:
@@ -69,6 +74,26 @@ class _BatchReply:
         self.waiting = 0
 
 
+@implementer(IPushProducer)
+class _OutbufWatch:
+    """Registered with the transport, which pauses it when the peer's unsent replies pass
+    max_outbuf and resumes it once they are written."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: RPCProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol._outbuf_full()
+
+    def resumeProducing(self) -> None:
+        self.protocol._outbuf_drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class RPCProtocol(Int32StringReceiver):
     """One client connection."""
 
@@ -76,6 +101,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def __init__(self) -> None:
         self._calls: set[Call] = set()
+        self._held: deque[tuple[Request, Any]] = deque()  # batch entries past max_inflight
         self._legacy: deque[_LegacySlot] = deque()
         self._refused = False
         self._closed = False
@@ -83,6 +109,14 @@ class RPCProtocol(Int32StringReceiver):
         self._idle_call: Any = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
+        # Why reading is paused ("inflight", "outbuf", "closing"): one reason lifting must
+        # not resume what another still holds.
+        self._pauses: set[str] = set()
+        self._watching_outbuf = False
+        self._writable = Event()  # clear while unsent replies are past max_outbuf
+        self._writable.set()
+        self._write_timer: Any = None
+        self._abort_timer: Any = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -100,21 +134,29 @@ class RPCProtocol(Int32StringReceiver):
             self.transport.loseConnection()
             return
         self._max_inflight = limits.max_inflight
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = limits.max_outbuf  # where the transport pauses its producer
+        transport.registerProducer(_OutbufWatch(self), True)
+        self._watching_outbuf = True
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        for timer in (self._idle_call, self._write_timer, self._abort_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle_call = self._write_timer = self._abort_timer = None
+        self._writable.set()  # wake any stream waiting to write; its call is cancelled below
         if self._refused:
             return
         dispatcher = self.factory.dispatcher
         for call in list(self._calls):
             dispatcher.cancel(call)
         self._calls.clear()
+        self._held.clear()
         self.factory.release(self)
 
     def _check_idle(self) -> None:
@@ -130,7 +172,63 @@ class RPCProtocol(Int32StringReceiver):
             return
         self._idle_call = None
         log.info("closing {peer}: idle for {timeout:g} s", peer=_peer_text(self), timeout=timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Close once written replies are flushed; abort if the peer won't take them in time."""
+        if self._closed or self._abort_timer is not None:
+            return
+        self._pause("closing")
+        if self._watching_outbuf:
+            # A registered producer keeps a transport open (Twisted waits for it to finish).
+            self._watching_outbuf = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        timeout = self.factory.limits.write_timeout
+        self._abort_timer = self.factory.clock.callLater(timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        log.warn("aborting {peer}: it did not read its replies", peer=_peer_text(self))
+        self.transport.abortConnection()
+
+    # -- reading paused, for one reason or several -------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and not self._closed:
+            self.resumeProducing()
+
+    def _outbuf_full(self) -> None:
+        if self._closed or "outbuf" in self._pauses:
+            return
+        self._writable.clear()
+        self._pause("outbuf")
+        self._write_timer = self.factory.clock.callLater(
+            self.factory.limits.write_timeout, self._write_stalled
+        )
+
+    def _outbuf_drained(self) -> None:
+        if self._write_timer is not None and self._write_timer.active():
+            self._write_timer.cancel()
+        self._write_timer = None
+        self._writable.set()
+        self._resume("outbuf")
+
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        log.warn(
+            "aborting {peer}: its unsent replies stayed over max_outbuf for {timeout:g} s",
+            peer=_peer_text(self), timeout=self.factory.limits.write_timeout,
+        )
+        self.transport.abortConnection()
 
     # -- frames in ---------------------------------------------------------------------------
 
@@ -140,9 +238,8 @@ class RPCProtocol(Int32StringReceiver):
             RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
         )
         self._unprocessed = b""  # never buffer the oversized body
+        self.close()
         self._closed = True  # nothing more in or out, not even replies still due
-        self.pauseProducing()
-        self.transport.loseConnection()
 
     def stringReceived(self, body: bytes) -> None:
         if self._refused or self._closed:
@@ -158,8 +255,8 @@ class RPCProtocol(Int32StringReceiver):
             self._accept(message, None)
         else:
             self._accept_batch(message)
-        if len(self._calls) >= self._max_inflight and not self.paused:
-            self.pauseProducing()
+        if len(self._calls) >= self._max_inflight:
+            self._pause("inflight")
 
     def _accept_batch(self, batch: Batch) -> None:
         reply = _BatchReply()
@@ -182,6 +279,13 @@ class RPCProtocol(Int32StringReceiver):
                 response = Response(request, error=error)
             self._reply(response, context)
             return
+        if len(self._calls) >= self._max_inflight:
+            # Only a batch gets here: its entries past the cap wait for this connection's calls.
+            self._held.append((request, context))
+            return
+        self._submit(request, context)
+
+    def _submit(self, request: Request, context: Any) -> None:
         try:
             call = self.factory.dispatcher.submit(request, self)
         except RPCError as error:
@@ -215,8 +319,11 @@ class RPCProtocol(Int32StringReceiver):
             # Idleness starts when the last pending call is answered, not at its request.
             self._last_frame = self.factory.clock.seconds()
         self._reply(response, call.context)
-        if self.paused and len(self._calls) < self._max_inflight and not self._refused:
-            self.resumeProducing()
+        held = self._held
+        while held and len(self._calls) < self._max_inflight:
+            self._submit(*held.popleft())
+        if len(self._calls) < self._max_inflight:
+            self._resume("inflight")
 
     def stream(self, call: Call, item: Any) -> None:
         request = call.request
@@ -224,6 +331,8 @@ class RPCProtocol(Int32StringReceiver):
             raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
         if not self._closed:
             self.sendString(wire.encode_stream_item(request.id, item))
+            # Runs in the call's worker greenlet: a stream waits there while the peer lags.
+            self._writable.wait()
 
     def _reply(self, response: Response, context: Any) -> None:
         if context is None:
@@ -273,7 +382,9 @@ def _peer_text(protocol: RPCProtocol) -> str:
 def _peer_key(protocol: RPCProtocol) -> Any:
     peer = protocol.transport.getPeer()
     if isinstance(peer, (IPv4Address, IPv6Address)):
-        return peer.host
+        # An IPv4 peer reaching a dual-stack listener counts as itself, not as a new address.
+        host = peer.host
+        return host[7:] if host.startswith("::ffff:") and "." in host else host
     return None  # UNIX sockets and the like have no address to limit by
 
 
@@ -351,5 +462,5 @@ class RPCFactory(Factory):
         d = defer.Deferred()
         self._all_closed.append(d)
         for protocol in list(self.connections):
-            protocol.transport.loseConnection()
+            protocol.close()
         return d

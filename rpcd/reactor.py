@@ -10,6 +10,7 @@ from __future__ import annotations
 import select
 import sys
 import warnings
+from time import perf_counter
 
 import gevent
 import gevent.monkey
@@ -17,6 +18,10 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 _EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
+
+# Longest the reactor runs I/O without letting the hub run its timers and watchers: under a
+# steady stream of I/O (a flood) a sleeping call would otherwise never wake.
+HUB_SLICE = 0.01
 
 
 def monkey_patch() -> None:
@@ -61,19 +66,21 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._pending_callbacks = self._hub.loop._callbacks
         self._waiter: Waiter | None = None  # set while the reactor is blocked in _wait
         self._wait_until: float | None = None
+        self._hub_due = 0.0
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
         # Poll first: under load events are already waiting and no hub round-trip is needed.
         events = poller.poll(0, len(self._selectables))
-        if events:
-            if self._pending_callbacks:
+        if events or timeout == 0:
+            if perf_counter() >= self._hub_due:
+                self._turn()
+            elif self._pending_callbacks:
                 gevent.sleep(0)  # greenlets are ready: let them run before more I/O
-        elif timeout != 0:
+        else:
             self._wait(timeout)
+            self._hub_due = perf_counter() + HUB_SLICE
             events = poller.poll(0, len(self._selectables))
-        elif self._pending_callbacks:
-            gevent.sleep(0)
         drdw = self._doReadOrWrite
         selectables = self._selectables
         for fd, event in events:
@@ -97,6 +104,21 @@ class GeventReactor(_epollreactor.EPollReactor):
         if self._waiter is waiter:
             self._waiter = None
             waiter.switch(None)
+
+    def _turn(self) -> None:
+        """Let the hub run one whole loop iteration: callbacks, then its timers and watchers.
+
+        `gevent.sleep(0)` only runs callbacks (the hub hands back before it polls), so a
+        reactor that never waits would starve every sleeping greenlet; a zero timer doesn't.
+        """
+        waiter = Waiter(self._hub)
+        timer = self._hub.loop.timer(0)
+        timer.start(waiter.switch, None)
+        try:
+            waiter.get()
+        finally:
+            timer.close()
+        self._hub_due = perf_counter() + HUB_SLICE
 
     def _wait(self, timeout: float | None) -> None:
         """Block in the hub until the epoll descriptor is readable or `timeout` passes."""

@@ -15,6 +15,7 @@ from rpcd.builtins import add_builtins
 from rpcd.config import Settings
 from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
+from rpcd.process import BlockingMonitor, raise_fd_limit
 from rpcd.protocol import ConnectionLimits, RPCFactory
 
 log = Logger()
@@ -37,6 +38,7 @@ class RPCService(MultiService):
 
     def __init__(self, settings: Settings, registry: Registry | None = None, reactor: Any = None) -> None:
         super().__init__()
+        self.monitor: BlockingMonitor | None = None
         if reactor is None:
             from twisted.internet import reactor
         self.settings = settings
@@ -57,6 +59,8 @@ class RPCService(MultiService):
             max_inflight=settings.max_inflight,
             max_batch=settings.max_batch,
             byteorder=settings.byteorder,
+            max_outbuf=settings.max_outbuf,
+            write_timeout=settings.write_timeout,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
         for endpoint in settings.listen:
@@ -79,6 +83,10 @@ class RPCService(MultiService):
             self.dispatcher.on_refused = self.log.refused
 
     def startService(self) -> None:
+        raise_fd_limit(self.settings.max_connections)
+        if self.settings.max_blocking_time > 0:
+            self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
+            self.monitor.start()
         super().startService()
         log.info(
             "rpcd serving {count} methods on {listen}",
@@ -99,6 +107,8 @@ class RPCService(MultiService):
             log.warn("rpcd stopping: {n} connections did not close in time", n=len(self.factory.connections))
         else:
             timer.cancel()
+        if self.monitor is not None:
+            self.monitor.stop()
         log.info("rpcd stopped")
 
     def stats(self) -> dict:

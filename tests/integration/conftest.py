@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, args: list[str], port: int, twistd_args: tuple = ()):
+    def __init__(
+        self, workdir: Path, args: list[str], port: int, twistd_args: tuple = (), preexec_fn=None
+    ):
         self.workdir = workdir
         self.port = port
         self.output = workdir / f"twistd-{port}.out"
@@ -33,6 +35,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", *twistd_args, "rpcd", *args],
             cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -80,7 +83,9 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """start_daemon(*extra_args, methods=..., port=...) -> a running Daemon, stopped after."""
+    """start_daemon(*extra_args, methods=..., port=..., preexec_fn=...) -> a running Daemon,
+    stopped after the test. `preexec_fn` runs in the child before twistd (e.g. to set a
+    resource limit)."""
     started: list[Daemon] = []
 
     def start(
@@ -89,6 +94,7 @@ def start_daemon(tmp_path):
         listen: bool = True,
         port: int | None = None,
         twistd_args: tuple = (),
+        preexec_fn=None,
     ) -> Daemon:
         """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
         port = port or free_port()
@@ -97,7 +103,7 @@ def start_daemon(tmp_path):
             argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
         if methods:
             argv += ["--methods", methods]
-        daemon = Daemon(tmp_path, argv, port, twistd_args)
+        daemon = Daemon(tmp_path, argv, port, twistd_args, preexec_fn)
         started.append(daemon)
         daemon.wait_ready()
         return daemon

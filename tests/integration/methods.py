@@ -1,5 +1,6 @@
 """Methods the integration tests serve."""
 
+import os
 import time
 
 from rpcd import method
@@ -93,3 +94,43 @@ def shout(text):
 
     logging.getLogger("tests.shout").warning(text)
     return text
+
+
+@method
+def spin(seconds):
+    """Burns CPU without yielding: the event loop is blocked meanwhile."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    return n
+
+
+_tracked = {"running": 0, "peak": 0}
+
+
+@method
+def tracked(seconds):
+    """Sleeps, counting how many tracked calls run at once."""
+    _tracked["running"] += 1
+    _tracked["peak"] = max(_tracked["peak"], _tracked["running"])
+    try:
+        time.sleep(seconds)
+    finally:
+        _tracked["running"] -= 1
+    return seconds
+
+
+@method
+def tracked_peak():
+    """The most tracked calls that ran at once; resets the count."""
+    peak, _tracked["peak"] = _tracked["peak"], 0
+    return peak
+
+
+@method
+def gated(path):
+    """Waits until the file `path` exists: the test opens the gate when it is ready."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "through"
