@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -18,12 +18,13 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from rpcd import wire
+from rpcd import auth, wire
 from rpcd.dispatch import CANCELLED, Call, Dispatcher
 from rpcd.wire import (
     FRAME_TOO_LARGE,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    NOT_AUTHENTICATED,
     TOO_MANY_CONNECTIONS,
     Batch,
     Request,
@@ -47,6 +48,7 @@ class ConnectionLimits:
     max_inflight: int = 128
     max_batch: int = 100
     byteorder: str = "big"
+    auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
 
 
 class _LegacySlot:
@@ -81,6 +83,8 @@ class RPCProtocol(Int32StringReceiver):
         self._last_frame = 0.0
         self._idle_call: Any = None
         self.peer_key: Any = None
+        self._auth_nonce: str | None = None  # set while the auth handshake is pending
+        self._auth_call: Any = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -97,6 +101,8 @@ class RPCProtocol(Int32StringReceiver):
             self.transport.loseConnection()
             return
         self._max_inflight = limits.max_inflight
+        if limits.auth_key is not None:
+            self._start_handshake()
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
@@ -106,6 +112,8 @@ class RPCProtocol(Int32StringReceiver):
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
+        if self._auth_call is not None and self._auth_call.active():
+            self._auth_call.cancel()
         if self._refused:
             return
         dispatcher = self.factory.dispatcher
@@ -133,6 +141,11 @@ class RPCProtocol(Int32StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:
         limit = self.MAX_LENGTH
+        if self._auth_nonce is not None:
+            self._unprocessed = b""
+            reason = f"frame too large: {length} bytes exceeds {limit} before authentication"
+            self._fail_handshake(reason, code=FRAME_TOO_LARGE)
+            return
         self._send_error(
             RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
         )
@@ -149,6 +162,9 @@ class RPCProtocol(Int32StringReceiver):
             message = wire.decode(body, self.factory.limits.max_batch)
         except RPCError as error:
             self._send_error(error)
+            return
+        if self._auth_nonce is not None:
+            self._handshake(message)
             return
         if type(message) is Request:
             self._accept(message, None)
@@ -199,6 +215,59 @@ class RPCProtocol(Int32StringReceiver):
                 error = RPCError(CANCELLED, "call cancelled by the client")
                 return self.factory.dispatcher.cancel(call, Response(call.request, error=error))
         return False
+
+    # -- the auth handshake (rpcd.auth has the message shapes) -------------------------------
+
+    def _start_handshake(self) -> None:
+        self._auth_nonce = auth.new_nonce()
+        self.MAX_LENGTH = min(auth.PREAUTH_MAX_FRAME, self.MAX_LENGTH)
+        self.sendString(wire.encode_request(auth.METHOD, auth.challenge(self._auth_nonce)))
+        self._auth_call = self.factory.clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def _handshake(self, message: Request | Batch) -> None:
+        if type(message) is not Request or message.method != auth.METHOD:
+            error = RPCError(NOT_AUTHENTICATED, f"not authenticated: call {auth.METHOD} first")
+            if type(message) is Request:
+                self._answer_now(Response(message, error=error))
+            else:
+                self.sendString(wire.encode_error(error))
+            return
+        try:
+            result = auth.verify(self.factory.limits.auth_key, self._auth_nonce, message.params)
+        except auth.AuthFailed as exc:
+            self._fail_handshake(f"authentication failed: {exc}", message)
+            return
+        self._auth_nonce = None
+        self._auth_call.cancel()
+        self._auth_call = None
+        self.MAX_LENGTH = self.factory.limits.max_frame_bytes
+        log.debug("{peer} authenticated", peer=_peer_text(self))
+        self._answer_now(Response(message, result))
+
+    def _answer_now(self, response: Response) -> None:
+        # Before authentication nothing else is in flight, so no ordering to keep.
+        if not response.request.notification:
+            self.sendString(wire.encode(response))
+
+    def _handshake_timeout(self) -> None:
+        self._auth_call = None
+        self._fail_handshake(f"authentication timed out after {auth.HANDSHAKE_TIMEOUT:g} s")
+
+    def _fail_handshake(
+        self, reason: str, request: Request | None = None, code: int = NOT_AUTHENTICATED
+    ) -> None:
+        """Answer -32003 and close: a failed handshake gets no second try on this connection."""
+        log.warn("closing {peer}: {reason}", peer=_peer_text(self), reason=reason)
+        if self._auth_call is not None and self._auth_call.active():
+            self._auth_call.cancel()
+        self._auth_call = None
+        error = RPCError(code, reason)
+        if request is not None:
+            self._answer_now(Response(request, error=error))
+        else:
+            self.sendString(wire.encode_error(error))
+        self.transport.loseConnection()
+        self.pauseProducing()
 
     # -- replies out (the dispatcher's sink) -------------------------------------------------
 

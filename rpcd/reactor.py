@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import select
 import sys
+import threading
 import warnings
 
 import gevent
 import gevent.monkey
 from gevent import get_hub
 from gevent.hub import Waiter
+from twisted.python.log import callWithLogger
 
 _EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
 
@@ -77,9 +79,33 @@ class GeventReactor(_epollreactor.EPollReactor):
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:
-                drdw(selectable, fd, event)
+                # As EPollReactor does: the transport's logPrefix becomes the log `system`.
+                callWithLogger(selectable, drdw, selectable, fd, event)
 
     doIteration = doPoll
+
+    def _initThreadPool(self) -> None:
+        super()._initThreadPool()
+        # twisted.python.threadpool bound threading.Thread before gevent patched it; a thread of
+        # that class started by the patched _start_new_thread is a greenlet whose join() never
+        # returns. Use the class threading has now: greenlets when patched, threads otherwise.
+        self.threadpool.threadFactory = threading.Thread
+
+    # An adopted port (a systemd: listener) gets its socket from socket.fromfd, and Twisted
+    # counts on the descriptor already being non-blocking. gevent's socket object goes by its
+    # own timeout instead, which fromfd leaves unset: its accept() would then wait in the hub
+    # on EAGAIN and freeze the reactor. Say non-blocking to the object too.
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: object):
+        port = super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        port.socket.setblocking(False)
+        return port
+
+    def adoptDatagramPort(
+        self, fileDescriptor: int, addressFamily: int, protocol: object, maxPacketSize: int = 8192
+    ):
+        port = super().adoptDatagramPort(fileDescriptor, addressFamily, protocol, maxPacketSize)
+        port.socket.setblocking(False)
+        return port
 
     # Twisted re-raises a stopping signal at exit; a daemon that drained cleanly exits 0.
     def sigInt(self, number: int, frame: object = None) -> None:
