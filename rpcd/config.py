@@ -195,7 +195,8 @@ def _check_exposure(settings: Settings) -> None:
         if where is not None:
             raise ConfigError(
                 f"refusing to listen on {endpoint} ({where}) without authentication: "
-                "bind it to 127.0.0.1 or ::1, set auth_key_file, or set allow_public_unauthenticated"
+                "bind it to 127.0.0.1 or ::1, set auth_key_file (--auth-key-file), or set "
+                "allow_public_unauthenticated (--allow-public-unauthenticated)"
             )
 
 

@@ -266,8 +266,8 @@ class RPCProtocol(Int32StringReceiver):
             self._answer_now(Response(request, error=error))
         else:
             self.sendString(wire.encode_error(error))
+        self.pauseProducing()  # read nothing more from it
         self.transport.loseConnection()
-        self.pauseProducing()
 
     # -- replies out (the dispatcher's sink) -------------------------------------------------
 

@@ -10,6 +10,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from rpcd import auth
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings
 from rpcd.dispatch import Dispatcher
@@ -56,6 +57,7 @@ class RPCService(MultiService):
             max_inflight=settings.max_inflight,
             max_batch=settings.max_batch,
             byteorder=settings.byteorder,
+            auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
         for endpoint in settings.listen:
