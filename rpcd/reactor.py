@@ -11,6 +11,7 @@ import select
 import sys
 import threading
 import warnings
+from typing import Any
 
 import gevent
 import gevent.monkey
@@ -61,6 +62,7 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
         self._pending_callbacks = self._hub.loop._callbacks
+        self._waiter: Waiter | None = None  # set while the reactor waits in the hub
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -83,6 +85,30 @@ class GeventReactor(_epollreactor.EPollReactor):
                 callWithLogger(selectable, drdw, selectable, fd, event)
 
     doIteration = doPoll
+
+    # A greenlet that schedules a timed call, moves one sooner or stops the reactor does so
+    # while the reactor waits in the hub with a timeout computed before: end that wait, or
+    # the call runs only at the next I/O event. (TLS flushes its writes with callLater(0):
+    # a reply written by a worker would sit unsent.)
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        call = super().callLater(delay, callable, *args, **kw)
+        if self._waiter is not None:
+            self._wake()
+        return call
+
+    def _moveCallLaterSooner(self, delayedCall: Any) -> None:
+        super()._moveCallLaterSooner(delayedCall)
+        if self._waiter is not None:
+            self._wake()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._waiter is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        self._hub.loop.run_callback(waiter.switch, None)
 
     def _initThreadPool(self) -> None:
         super()._initThreadPool()
@@ -126,8 +152,10 @@ class GeventReactor(_epollreactor.EPollReactor):
             if timeout is not None and timeout >= 0:
                 timer = self._hub.loop.timer(timeout)
                 timer.start(waiter.switch, None)
+            self._waiter = waiter
             waiter.get()
         finally:
+            self._waiter = None
             watcher.stop()
             if timer is not None:
                 timer.close()
