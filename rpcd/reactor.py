@@ -8,6 +8,7 @@ ready (the method calls) runs meanwhile. Everything else is stock Twisted.
 from __future__ import annotations
 
 import select
+import socket
 import sys
 import threading
 import warnings
@@ -17,6 +18,7 @@ import gevent
 import gevent.monkey
 from gevent import get_hub
 from gevent.hub import Waiter
+from twisted.internet._resolver import GAIResolver
 from twisted.python.log import callWithLogger
 
 _EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
@@ -28,11 +30,17 @@ def monkey_patch() -> None:
     `twistd` has imported `ssl` before any plugin can run; no SSL object exists yet, so the
     patch is sound and gevent's warning about it is noise an operator should not see.
     """
-    if gevent.monkey.is_module_patched("socket"):
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", gevent.monkey.MonkeyPatchWarning)
-        gevent.monkey.patch_all()
+    if not gevent.monkey.is_module_patched("socket"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gevent.monkey.MonkeyPatchWarning)
+            gevent.monkey.patch_all()
+    # twisted.python.threadpool bound threading.Thread before the patch (twistd imports it
+    # first). A thread of that class started by the patched _start_new_thread is a greenlet
+    # whose join() never returns, so stopping any ThreadPool (the reactor's, adbapi's) would
+    # end in LoopExit. Pool threads become the patched kind: greenlets.
+    from twisted.python import threadpool
+
+    threadpool.ThreadPool.threadFactory = threading.Thread
 
 
 def _import_epollreactor():
@@ -86,6 +94,13 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     doIteration = doPoll
 
+    def _initThreads(self) -> None:
+        super()._initThreads()
+        # GAIResolver took socket.getaddrinfo as a default argument before gevent patched it:
+        # that blocking C call, run in a pool thread that is really a greenlet, would freeze
+        # the whole loop for a DNS lookup. Use the getaddrinfo socket has now (gevent's).
+        self.installNameResolver(GAIResolver(self, self.getThreadPool, socket.getaddrinfo))
+
     # A greenlet that schedules a timed call, moves one sooner or stops the reactor does so
     # while the reactor waits in the hub with a timeout computed before: end that wait, or
     # the call runs only at the next I/O event. (TLS flushes its writes with callLater(0):
@@ -109,13 +124,6 @@ class GeventReactor(_epollreactor.EPollReactor):
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         self._hub.loop.run_callback(waiter.switch, None)
-
-    def _initThreadPool(self) -> None:
-        super()._initThreadPool()
-        # twisted.python.threadpool bound threading.Thread before gevent patched it; a thread of
-        # that class started by the patched _start_new_thread is a greenlet whose join() never
-        # returns. Use the class threading has now: greenlets when patched, threads otherwise.
-        self.threadpool.threadFactory = threading.Thread
 
     # An adopted port (a systemd: listener) gets its socket from socket.fromfd, and Twisted
     # counts on the descriptor already being non-blocking. gevent's socket object goes by its

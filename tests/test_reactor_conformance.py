@@ -22,6 +22,7 @@ SUITES = [
     "twisted.internet.test.test_unix",
     "twisted.internet.test.test_udp",
     "twisted.internet.test.test_posixbase",
+    "twisted.internet.test.test_base",
 ]
 
 
