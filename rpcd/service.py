@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from rpcd import auth
 from rpcd.builtins import add_builtins
-from rpcd.config import Settings
+from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.protocol import ConnectionLimits, RPCFactory
@@ -67,6 +67,10 @@ class RPCService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.factory.limits.auth_key is None:
+            for endpoint in filter(public_address, self.settings.listen):
+                log.warn("{endpoint} is reachable from other hosts without authentication",
+                         endpoint=endpoint)
         log.info(
             "rpcd serving {count} methods on {listen}",
             count=sum(1 for _ in self.registry), listen=", ".join(self.settings.listen),
