@@ -222,7 +222,8 @@ class RPCProtocol(Int32StringReceiver):
         self._auth_nonce = auth.new_nonce()
         self.MAX_LENGTH = min(auth.PREAUTH_MAX_FRAME, self.MAX_LENGTH)
         self.sendString(wire.encode_request(auth.METHOD, auth.challenge(self._auth_nonce)))
-        self._auth_call = self.factory.clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        clock = self.factory.clock
+        self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def _handshake(self, message: Request | Batch) -> None:
         if type(message) is not Request or message.method != auth.METHOD:
