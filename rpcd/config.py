@@ -187,7 +187,7 @@ def build(config_file: str | None = None, overrides: dict[str, Any] | None = Non
 
 
 def _check_exposure(settings: Settings) -> None:
-    """Refuse a listener other hosts can reach, unless clients must authenticate or it is allowed."""
+    """Refuse a listener other hosts can reach unless clients must authenticate."""
     if settings.auth_key_file or settings.allow_public_unauthenticated:
         return
     for endpoint in settings.listen:
