@@ -75,6 +75,10 @@ def load_key(path: str) -> Key:
     return Key(secret)
 
 
+def _key(key: Key | bytes) -> Key:
+    return key if isinstance(key, Key) else Key(key)
+
+
 def new_nonce() -> str:
     """A fresh random challenge, hex-encoded."""
     return os.urandom(NONCE_BYTES).hex()
@@ -95,15 +99,15 @@ def _is_hex(value: str) -> bool:
     return all(c in string.hexdigits for c in value)
 
 
-def respond(key: Key, challenge_params: Any, client_nonce: str | None = None) -> dict:
+def respond(key: Key | bytes, challenge_params: Any, client_nonce: str | None = None) -> dict:
     """Client side: the params of the `rpc.auth` call answering the server's challenge.
 
-    Pass `client_nonce` (from `new_nonce()`) to ask the server to prove itself as well, and
-    check its reply with `check_server`.
+    `key` is a Key or the secret's bytes. Pass `client_nonce` (from `new_nonce()`) to ask
+    the server to prove itself as well, and check its reply with `check_server`.
     """
     if not isinstance(challenge_params, dict) or challenge_params.get("mechanism") != MECHANISM:
         raise AuthFailed(f"the server offers no {MECHANISM} challenge")
-    params = {"digest": key.digest(_CLIENT, _nonce(challenge_params.get("nonce")))}
+    params = {"digest": _key(key).digest(_CLIENT, _nonce(challenge_params.get("nonce")))}
     if client_nonce is not None:
         params["nonce"] = _nonce(client_nonce)
     return params
@@ -123,11 +127,11 @@ def verify(key: Key, nonce: str, params: Any) -> dict:
     return result
 
 
-def check_server(key: Key, client_nonce: str, result: Any) -> bool:
+def check_server(key: Key | bytes, client_nonce: str, result: Any) -> bool:
     """Client side: whether the server's `rpc.auth` result proves it holds the key."""
     if not isinstance(result, dict) or not isinstance(result.get("digest"), str):
         return False
-    expected = key.digest(_SERVER, client_nonce)
+    expected = _key(key).digest(_SERVER, client_nonce)
     return hmac.compare_digest(result["digest"].encode(), expected.encode())
 
 

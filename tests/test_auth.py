@@ -21,12 +21,13 @@ def test_respond_verify_roundtrip_with_mutual_proof():
     assert not auth.check_server(auth.Key(b"other"), client_nonce, result)
     assert not auth.check_server(key, auth.new_nonce(), result)
     assert not auth.check_server(key, client_nonce, {"authenticated": True})
+    assert auth.check_server(b"s3cret", client_nonce, result)  # plain bytes work too
 
 
 def test_digest_is_hmac_sha256_of_labelled_nonce():
     # Pinned independently of rpcd.auth: a client in any language can follow the README.
     nonce = "ab" * 32
-    params = auth.respond(auth.Key(b"k"), {"mechanism": "hmac-sha256", "nonce": nonce})
+    params = auth.respond(b"k", {"mechanism": "hmac-sha256", "nonce": nonce})
     expected = hmac.new(b"k", b"rpcd-auth client " + nonce.encode(), hashlib.sha256).hexdigest()
     assert params == {"digest": expected}
 
