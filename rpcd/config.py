@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -87,6 +88,12 @@ def _path(value: Any) -> str:
     return value
 
 
+def _optional_path(value: Any) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("a file path, or empty for none")
+    return value
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None) -> Any:
     """A settings field: its default, its parser/validator, its help text.
 
@@ -149,6 +156,12 @@ class Settings:
     max_blocking_time: float = _setting(
         1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
     )
+    auth_key_file: str = _setting(
+        "", _optional_path, "file holding the shared key clients must prove with the rpc.auth handshake"
+    )
+    allow_public_unauthenticated: bool = _setting(
+        False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -204,4 +217,86 @@ def build(config_file: str | None = None, overrides: dict[str, Any] | None = Non
     """Defaults, then the file, then the command line: the last word wins."""
     values = load_file(config_file) if config_file else {}
     values.update(_normalise("command line", overrides or {}))
-    return replace(Settings(), **values)
+    settings = replace(Settings(), **values)
+    _check_exposure(settings)
+    return settings
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Refuse a listener other hosts can reach unless clients must authenticate."""
+    if settings.auth_key_file or settings.allow_public_unauthenticated:
+        return
+    for endpoint in settings.listen:
+        where = public_address(endpoint)
+        if where is not None:
+            raise ConfigError(
+                f"refusing to listen on {endpoint} ({where}) without authentication: "
+                "bind it to 127.0.0.1 or ::1, set auth_key_file (--auth-key-file), or set "
+                "allow_public_unauthenticated (--allow-public-unauthenticated)"
+            )
+
+
+def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint string's type, positional and keyword arguments, as Twisted splits them.
+
+    ':' separates arguments, the first '=' separates a keyword from its value, and a
+    backslash makes the next character (such as each ':' of an IPv6 address) literal.
+    """
+    parts: list[list[tuple[str, bool]]] = [[]]
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            parts[-1].append((next(chars, ""), True))
+        elif char == ":":
+            parts.append([])
+        else:
+            parts[-1].append((char, False))
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in parts[1:]:
+        split = next((i for i, (c, escaped) in enumerate(part) if c == "=" and not escaped), None)
+        text = "".join(c for c, _ in part)
+        if split is None:
+            args.append(text)
+        else:
+            kwargs[text[:split]] = text[split + 1:]
+    return "".join(c for c, _ in parts[0]).lower(), args, kwargs
+
+
+# Where the interface sits among an endpoint type's positional arguments (after the port).
+_INTERFACE_POSITION = {"tcp": 1, "tcp6": 2, "ssl": 4}
+
+
+def public_address(endpoint: str) -> str | None:
+    """Why a listening endpoint string is reachable from other hosts, or None if it is local only.
+
+    TCP and SSL listeners are local when their interface is a loopback address; UNIX sockets
+    are local; a systemd-passed socket is local only if it is a UNIX one; anything rpcd cannot
+    read (a plugin endpoint type) counts as public.
+    """
+    kind, args, kwargs = _split_endpoint(endpoint)
+    if kind == "haproxy":
+        return public_address(endpoint.split(":", 1)[1]) if ":" in endpoint else "no address"
+    if kind == "unix":
+        return None
+    if kind == "systemd":
+        domain = kwargs.get("domain", "").upper()
+        return None if domain == "UNIX" else "a systemd-passed socket of unknown address"
+    if kind not in _INTERFACE_POSITION:
+        return f"an endpoint type rpcd cannot check, {kind!r}"
+    position = _INTERFACE_POSITION[kind]
+    interface = kwargs.get("interface", args[position] if len(args) > position else "")
+    if interface in ("", "0.0.0.0", "::"):
+        return "all interfaces"
+    if interface.lower() == "localhost" or _is_loopback(interface):
+        return None
+    return f"non-loopback address {interface}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback

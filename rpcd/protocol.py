@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gevent.event import Event
@@ -21,13 +21,14 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from zope.interface import implementer
 
-from rpcd import wire
+from rpcd import auth, wire
 from rpcd.dispatch import Call, Dispatcher
 from rpcd.wire import (
     CANCELLED,
     FRAME_TOO_LARGE,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    NOT_AUTHENTICATED,
     TOO_MANY_CONNECTIONS,
     Batch,
     Request,
@@ -53,6 +54,7 @@ class ConnectionLimits:
     byteorder: str = "big"
     max_outbuf: int = 1024 * 1024  # unsent reply bytes before the peer is no longer read
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
+    auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
 
 
 class _LegacySlot:
@@ -117,6 +119,8 @@ class RPCProtocol(Int32StringReceiver):
         self._writable.set()
         self._write_timer: Any = None
         self._abort_timer: Any = None
+        self._auth_nonce: str | None = None  # set while the auth handshake is pending
+        self._auth_call: Any = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -139,16 +143,18 @@ class RPCProtocol(Int32StringReceiver):
             transport.bufferSize = limits.max_outbuf  # where the transport pauses its producer
         transport.registerProducer(_OutbufWatch(self), True)
         self._watching_outbuf = True
+        if limits.auth_key is not None:
+            self._start_handshake()
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
-        for timer in (self._idle_call, self._write_timer, self._abort_timer):
+        for timer in (self._idle_call, self._write_timer, self._abort_timer, self._auth_call):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle_call = self._write_timer = self._abort_timer = None
+        self._idle_call = self._write_timer = self._abort_timer = self._auth_call = None
         self._writable.set()  # wake any stream waiting to write; its call is cancelled below
         if self._refused:
             return
@@ -234,6 +240,11 @@ class RPCProtocol(Int32StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:
         limit = self.MAX_LENGTH
+        if self._auth_nonce is not None:
+            self._unprocessed = b""
+            reason = f"frame too large: {length} bytes exceeds {limit} before authentication"
+            self._fail_handshake(reason, code=FRAME_TOO_LARGE)
+            return
         self._send_error(
             RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
         )
@@ -250,6 +261,9 @@ class RPCProtocol(Int32StringReceiver):
             message = wire.decode(body, self.factory.limits.max_batch)
         except RPCError as error:
             self._send_error(error)
+            return
+        if self._auth_nonce is not None:
+            self._handshake(message)
             return
         if type(message) is Request:
             self._accept(message, None)
@@ -307,6 +321,60 @@ class RPCProtocol(Int32StringReceiver):
                 error = RPCError(CANCELLED, "call cancelled by the client")
                 return self.factory.dispatcher.cancel(call, Response(call.request, error=error))
         return False
+
+    # -- the auth handshake (rpcd.auth has the message shapes) -------------------------------
+
+    def _start_handshake(self) -> None:
+        self._auth_nonce = auth.new_nonce()
+        self.MAX_LENGTH = min(auth.PREAUTH_MAX_FRAME, self.MAX_LENGTH)
+        self.sendString(wire.encode_request(auth.METHOD, auth.challenge(self._auth_nonce)))
+        clock = self.factory.clock
+        self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def _handshake(self, message: Request | Batch) -> None:
+        if type(message) is not Request or message.method != auth.METHOD:
+            error = RPCError(NOT_AUTHENTICATED, f"not authenticated: call {auth.METHOD} first")
+            if type(message) is Request:
+                self._answer_now(Response(message, error=error))
+            else:
+                self.sendString(wire.encode_error(error))
+            return
+        try:
+            result = auth.verify(self.factory.limits.auth_key, self._auth_nonce, message.params)
+        except auth.AuthFailed as exc:
+            self._fail_handshake(f"authentication failed: {exc}", message)
+            return
+        self._auth_nonce = None
+        self._auth_call.cancel()
+        self._auth_call = None
+        self.MAX_LENGTH = self.factory.limits.max_frame_bytes
+        log.debug("{peer} authenticated", peer=_peer_text(self))
+        self._answer_now(Response(message, result))
+
+    def _answer_now(self, response: Response) -> None:
+        # Before authentication nothing else is in flight, so no ordering to keep.
+        if not response.request.notification:
+            self.sendString(wire.encode(response))
+
+    def _handshake_timeout(self) -> None:
+        self._auth_call = None
+        self._fail_handshake(f"authentication timed out after {auth.HANDSHAKE_TIMEOUT:g} s")
+
+    def _fail_handshake(
+        self, reason: str, request: Request | None = None, code: int = NOT_AUTHENTICATED
+    ) -> None:
+        """Answer -32003 and close: a failed handshake gets no second try on this connection."""
+        log.warn("closing {peer}: {reason}", peer=_peer_text(self), reason=reason)
+        if self._auth_call is not None and self._auth_call.active():
+            self._auth_call.cancel()
+        self._auth_call = None
+        error = RPCError(code, reason)
+        if request is not None:
+            self._answer_now(Response(request, error=error))
+        else:
+            self.sendString(wire.encode_error(error))
+        self.pauseProducing()  # read nothing more from it
+        self.transport.loseConnection()
 
     # -- replies out (the dispatcher's sink) -------------------------------------------------
 

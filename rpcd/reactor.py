@@ -8,14 +8,19 @@ ready (the method calls) runs meanwhile. Everything else is stock Twisted.
 from __future__ import annotations
 
 import select
+import socket
 import sys
+import threading
 import warnings
 from time import perf_counter
+from typing import Any
 
 import gevent
 import gevent.monkey
 from gevent import get_hub
 from gevent.hub import Waiter
+from twisted.internet._resolver import GAIResolver
+from twisted.python.log import callWithLogger
 
 _EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
 
@@ -30,11 +35,17 @@ def monkey_patch() -> None:
     `twistd` has imported `ssl` before any plugin can run; no SSL object exists yet, so the
     patch is sound and gevent's warning about it is noise an operator should not see.
     """
-    if gevent.monkey.is_module_patched("socket"):
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", gevent.monkey.MonkeyPatchWarning)
-        gevent.monkey.patch_all()
+    if not gevent.monkey.is_module_patched("socket"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gevent.monkey.MonkeyPatchWarning)
+            gevent.monkey.patch_all()
+    # twisted.python.threadpool bound threading.Thread before the patch (twistd imports it
+    # first). A thread of that class started by the patched _start_new_thread is a greenlet
+    # whose join() never returns, so stopping any ThreadPool (the reactor's, adbapi's) would
+    # end in LoopExit. Pool threads become the patched kind: greenlets.
+    from twisted.python import threadpool
+
+    threadpool.ThreadPool.threadFactory = threading.Thread
 
 
 def _import_epollreactor():
@@ -86,9 +97,33 @@ class GeventReactor(_epollreactor.EPollReactor):
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:
-                drdw(selectable, fd, event)
+                # As EPollReactor does: the transport's logPrefix becomes the log `system`.
+                callWithLogger(selectable, drdw, selectable, fd, event)
 
     doIteration = doPoll
+
+    def _initThreads(self) -> None:
+        super()._initThreads()
+        # GAIResolver took socket.getaddrinfo as a default argument before gevent patched it:
+        # that blocking C call, run in a pool thread that is really a greenlet, would freeze
+        # the whole loop for a DNS lookup. Use the getaddrinfo socket has now (gevent's).
+        self.installNameResolver(GAIResolver(self, self.getThreadPool, socket.getaddrinfo))
+
+    # An adopted port (a systemd: listener) gets its socket from socket.fromfd, and Twisted
+    # counts on the descriptor already being non-blocking. gevent's socket object goes by its
+    # own timeout instead, which fromfd leaves unset: its accept() would then wait in the hub
+    # on EAGAIN and freeze the reactor. Say non-blocking to the object too.
+    def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: object):
+        port = super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+        port.socket.setblocking(False)
+        return port
+
+    def adoptDatagramPort(
+        self, fileDescriptor: int, addressFamily: int, protocol: object, maxPacketSize: int = 8192
+    ):
+        port = super().adoptDatagramPort(fileDescriptor, addressFamily, protocol, maxPacketSize)
+        port.socket.setblocking(False)
+        return port
 
     # Twisted re-raises a stopping signal at exit; a daemon that drained cleanly exits 0.
     def sigInt(self, number: int, frame: object = None) -> None:
@@ -138,20 +173,26 @@ class GeventReactor(_epollreactor.EPollReactor):
             if timer is not None:
                 timer.close()
 
-    # A greenlet (a method call) may schedule a timed call while the reactor waits with a
-    # timeout computed before it existed: wake the reactor so the call is not run late.
-    def callLater(self, delay: float, callable, *args, **kw):
+    # A greenlet that schedules a timed call, moves one sooner or stops the reactor does so
+    # while the reactor waits in the hub with a timeout computed before: end that wait, or
+    # the call runs only at the next I/O event. (A method returning a Deferred fired by a
+    # timer would hang; TLS flushes a worker's reply with callLater(0): it would sit unsent.)
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
         call = super().callLater(delay, callable, *args, **kw)
-        self._wake_for(call)
+        self._wake_for(call.getTime())
         return call
 
-    def _moveCallLaterSooner(self, call) -> None:
-        super()._moveCallLaterSooner(call)
-        self._wake_for(call)
+    def _moveCallLaterSooner(self, delayedCall: Any) -> None:
+        super()._moveCallLaterSooner(delayedCall)
+        self._wake_for(delayedCall.getTime())
 
-    def _wake_for(self, call) -> None:
+    def stop(self) -> None:
+        super().stop()
+        self._wake_for(0.0)
+
+    def _wake_for(self, due: float) -> None:
         waiter = self._waiter
-        if waiter is not None and (self._wait_until is None or call.getTime() < self._wait_until):
+        if waiter is not None and (self._wait_until is None or due < self._wait_until):
             self._hub.loop.run_callback(self._wake, waiter)
 
 

@@ -11,8 +11,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from rpcd import logs
+from rpcd import auth
 from rpcd.builtins import add_builtins
-from rpcd.config import Settings
+from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.process import BlockingMonitor, raise_fd_limit
@@ -61,6 +62,7 @@ class RPCService(MultiService):
             byteorder=settings.byteorder,
             max_outbuf=settings.max_outbuf,
             write_timeout=settings.write_timeout,
+            auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
         for endpoint in settings.listen:
@@ -88,6 +90,10 @@ class RPCService(MultiService):
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
             self.monitor.start()
         super().startService()
+        if self.factory.limits.auth_key is None:
+            for endpoint in filter(public_address, self.settings.listen):
+                log.warn("{endpoint} is reachable from other hosts without authentication",
+                         endpoint=endpoint)
         log.info(
             "rpcd serving {count} methods on {listen}",
             count=sum(1 for _ in self.registry), listen=", ".join(self.settings.listen),

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from rpcd import config, reactor
+from rpcd.auth import AuthKeyError
 from rpcd.config import ConfigError, Settings
 from rpcd.logs import LogError
 from rpcd.methods import LoadError
@@ -53,7 +54,7 @@ class Options(usage.Options):
 
         try:
             self.service = RPCService(settings)
-        except LoadError as exc:
+        except (LoadError, AuthKeyError) as exc:
             _fail(str(exc))
 
 
@@ -76,6 +77,9 @@ def _add_options() -> None:
             flag = f.metadata["flag"]
             setattr(Options, "opt_" + flag.replace("-", "_"), _flag_handler(f.name, flag, help_text))
             continue
+        if default is False:
+            setattr(Options, "opt_" + f.name, _switch_handler(f.name, help_text))
+            continue
         shown = ", ".join(default) if isinstance(default, tuple) else default
         doc = f"{help_text} [default: {shown if shown != '' else 'none'}]"
         setattr(Options, "opt_" + f.name, _value_handler(f.name, doc, f.name in _REPEATABLE))
@@ -97,6 +101,14 @@ def _flag_handler(key: str, flag: str, help_text: str):
         self.given[key] = False
 
     handler.__doc__ = f"turn off {help_text}"
+    return handler
+
+
+def _switch_handler(key: str, help_text: str):
+    def handler(self: Options) -> None:
+        self.given[key] = True
+
+    handler.__doc__ = help_text
     return handler
 
 

@@ -1,0 +1,104 @@
+"""rpcd.auth: the sans-IO handshake (client and server halves) and the key file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from rpcd import auth
+
+
+def test_respond_verify_roundtrip_with_mutual_proof():
+    key = auth.Key(b"s3cret")
+    nonce = auth.new_nonce()
+    client_nonce = auth.new_nonce()
+    params = auth.respond(key, auth.challenge(nonce), client_nonce)
+    result = auth.verify(key, nonce, params)
+    assert result["authenticated"] is True
+    assert auth.check_server(key, client_nonce, result)
+    assert not auth.check_server(auth.Key(b"other"), client_nonce, result)
+    assert not auth.check_server(key, auth.new_nonce(), result)
+    assert not auth.check_server(key, client_nonce, {"authenticated": True})
+    assert auth.check_server(b"s3cret", client_nonce, result)  # plain bytes work too
+
+
+def test_digest_is_hmac_sha256_of_labelled_nonce():
+    # Pinned independently of rpcd.auth: a client in any language can follow the README.
+    nonce = "ab" * 32
+    params = auth.respond(b"k", {"mechanism": "hmac-sha256", "nonce": nonce})
+    expected = hmac.new(b"k", b"rpcd-auth client " + nonce.encode(), hashlib.sha256).hexdigest()
+    assert params == {"digest": expected}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"digest": "00" * 32},
+        {"digest": 5},
+        {},
+        "digest",
+        (),
+        ({"digest": "x"},),
+    ],
+)
+def test_verify_rejects_wrong_or_malformed(params):
+    with pytest.raises(auth.AuthFailed):
+        auth.verify(auth.Key(b"k"), auth.new_nonce(), params)
+
+
+def test_verify_accepts_a_positional_params_object_and_rejects_a_replayed_digest():
+    key = auth.Key(b"k")
+    nonce = auth.new_nonce()
+    params = auth.respond(key, auth.challenge(nonce))
+    assert auth.verify(key, nonce, (params,)) == {"authenticated": True}
+    with pytest.raises(auth.AuthFailed):
+        auth.verify(key, auth.new_nonce(), params)  # a fresh challenge: the old answer is void
+
+
+def test_server_digest_is_never_a_valid_client_digest():
+    key = auth.Key(b"k")
+    nonce = auth.new_nonce()
+    server = auth.verify(key, nonce, {**auth.respond(key, auth.challenge(nonce)), "nonce": nonce})
+    with pytest.raises(auth.AuthFailed):
+        auth.verify(key, nonce, {"digest": server["digest"]})
+
+
+def test_respond_refuses_an_unknown_challenge():
+    with pytest.raises(auth.AuthFailed):
+        auth.respond(auth.Key(b"k"), {"mechanism": "md5", "nonce": "00" * 32})
+    with pytest.raises(auth.AuthFailed):
+        auth.respond(auth.Key(b"k"), {"mechanism": "hmac-sha256", "nonce": "short"})
+
+
+def test_nonces_are_fresh():
+    assert len({auth.new_nonce() for _ in range(100)}) == 100
+
+
+def test_key_never_shows_itself():
+    key = auth.Key(b"TOPSECRET")
+    assert "TOPSECRET" not in repr(key) and "TOPSECRET" not in str(key)
+    assert "TOPSECRET" not in repr([key])
+
+
+def test_load_key(tmp_path):
+    path = tmp_path / "key"
+    path.write_bytes(b"abc\n")
+    key = auth.load_key(str(path))
+    assert key.digest(b"", "00") == auth.Key(b"abc").digest(b"", "00")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_load_key_empty(tmp_path, content):
+    path = tmp_path / "key"
+    path.write_bytes(content)
+    with pytest.raises(auth.AuthKeyError, match="is empty"):
+        auth.load_key(str(path))
+
+
+def test_load_key_missing_or_unreadable(tmp_path):
+    with pytest.raises(auth.AuthKeyError, match="No such file"):
+        auth.load_key(str(tmp_path / "nope"))
+    with pytest.raises(auth.AuthKeyError, match="Is a directory"):
+        auth.load_key(str(tmp_path))
