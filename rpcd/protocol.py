@@ -15,10 +15,11 @@ from typing import Any
 from gevent.event import Event
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from rpcd import auth, wire
@@ -96,6 +97,7 @@ class _OutbufWatch:
         pass
 
 
+@implementer(IHandshakeListener)
 class RPCProtocol(Int32StringReceiver):
     """One client connection."""
 
@@ -138,16 +140,28 @@ class RPCProtocol(Int32StringReceiver):
             self.transport.loseConnection()
             return
         self._max_inflight = limits.max_inflight
-        transport = self.transport
-        if hasattr(transport, "bufferSize"):
-            transport.bufferSize = limits.max_outbuf  # where the transport pauses its producer
-        transport.registerProducer(_OutbufWatch(self), True)
-        self._watching_outbuf = True
+        # TLS pauses a registered producer while its handshake holds our writes back (the
+        # rpc.auth challenge), and our reading paused then would stall that very handshake:
+        # over TLS the watch starts in handshakeCompleted.
+        if not isinstance(self.transport, TLSMemoryBIOProtocol):
+            self._watch_outbuf()
         if limits.auth_key is not None:
             self._start_handshake()
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
+
+    def _watch_outbuf(self) -> None:
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = self.factory.limits.max_outbuf  # where it pauses its producer
+        transport.registerProducer(_OutbufWatch(self), True)
+        self._watching_outbuf = True
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: from now on a full write buffer pauses reading (IHandshakeListener)."""
+        if not self._closed and not self._refused and not self._watching_outbuf:
+            self._watch_outbuf()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True

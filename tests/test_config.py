@@ -76,12 +76,11 @@ def test_file_with_an_rpcd_table_and_dashed_keys(tmp_path):
 
 
 def test_command_line_wins_over_the_file(tmp_path):
-    path = write(tmp_path, 'max_connections = 3\nqueue_size = 9\nlisten = ["tcp:1"]\n')
-    settings = config.build(
-        path, {"max_connections": "5", "listen": ["tcp:2", "tcp:3"], "monkey_patch": False}
-    )
+    path = write(tmp_path, 'max_connections = 3\nqueue_size = 9\nlisten = ["tcp:1:interface=::1"]\n')
+    listen = ["tcp:2:interface=127.0.0.1", "unix:/tmp/rpcd.sock"]
+    settings = config.build(path, {"max_connections": "5", "listen": listen, "monkey_patch": False})
     assert settings.max_connections == 5 and settings.queue_size == 9
-    assert settings.listen == ("tcp:2", "tcp:3") and settings.monkey_patch is False
+    assert settings.listen == tuple(listen) and settings.monkey_patch is False
 
 
 @pytest.mark.parametrize(
