@@ -167,28 +167,37 @@ class Dispatcher:
 
     def _work(self) -> None:
         queue = self._queue
-        while True:
-            self._idle += 1
-            try:
-                call = queue.get()
-            finally:
-                self._idle -= 1
-            if call is None:
-                self._workers -= 1
-                return
-            if call.done:
-                continue
-            self._busy += 1
-            try:
-                self._run(call)
-            finally:
-                self._busy -= 1
+        # One timer per worker, restarted for each call (a new one only after it fires, so a
+        # raised instance never carries an old traceback into the next call).
+        timeout = Timeout(self.call_timeout)
+        try:
+            while True:
+                self._idle += 1
+                try:
+                    call = queue.get()
+                finally:
+                    self._idle -= 1
+                if call is None:
+                    self._workers -= 1
+                    return
+                if call.done:
+                    continue
+                self._busy += 1
+                try:
+                    if self._run(call, timeout):
+                        timeout.close()
+                        timeout = Timeout(self.call_timeout)
+                finally:
+                    self._busy -= 1
+        finally:
+            timeout.close()
 
-    def _run(self, call: Call) -> None:
+    def _run(self, call: Call, timeout: Timeout) -> bool:
+        """Run `call` under `timeout`, deliver its response; True if the timeout fired."""
         request = call.request
         started = time.perf_counter()
         call.worker = getcurrent()
-        timeout = Timeout(self.call_timeout)
+        fired_here = False
         timeout.start()
         try:
             try:
@@ -200,7 +209,7 @@ class Dispatcher:
                     result = self._stream(call, result)
                 response = Response(request, result)
             finally:
-                timeout.close()
+                timeout.cancel()
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
@@ -209,6 +218,7 @@ class Dispatcher:
             if fired is not timeout:
                 response = self._failed(call, fired)
             else:
+                fired_here = True
                 response = Response(
                     request,
                     error=RPCError(
@@ -222,6 +232,7 @@ class Dispatcher:
         finally:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)
+        return fired_here
 
     @staticmethod
     def _invoke(method: Method, params: tuple | dict) -> Any:
