@@ -88,6 +88,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
@@ -205,21 +210,29 @@ class Harness:
 
     # -- scenarios ---------------------------------------------------------------------------
 
-    def rate(self, server: Server, inflight: int) -> float:
+    def rate(self, server: Server, inflight: int) -> tuple[float, float]:
+        """Calls/s, and the server's CPU time per call in microseconds."""
         args = self.args
         spec = {"mode": "rate", "kind": server.kind, "port": server.port,
                 "duration": args.duration, "inflight": inflight}
+        cpu = server.cpu_seconds()
         counts = run_clients([spec] * args.clients, timeout=args.duration + 60)
-        return sum(counts) / args.duration
+        cpu = server.cpu_seconds() - cpu
+        calls = sum(counts)
+        return calls / args.duration, cpu / max(calls, 1) * 1e6
 
     def throughput(self, scenario: str, inflight: int, servers: list[Server]) -> dict[str, float]:
-        best: dict[str, list[float]] = {s.name: [] for s in servers}
+        runs: dict[str, list[tuple[float, float]]] = {s.name: [] for s in servers}
         for _ in range(self.args.repeat):  # alternate servers, so each sees the same machine
             for server in servers:
-                best[server.name].append(self.rate(server, inflight))
-        figures = {name: statistics.median(values) for name, values in best.items()}
-        for name, value in figures.items():
-            self.rows.append(Row(scenario, name, value, "calls/s"))
+                runs[server.name].append(self.rate(server, inflight))
+        figures = {}
+        for name, values in runs.items():
+            rate = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            figures[name] = rate
+            self.rows.append(Row(scenario, name, rate, "calls/s",
+                                 f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call)"))
         return figures
 
     def scenario_a(self) -> dict[str, float]:
@@ -344,7 +357,7 @@ class Harness:
                 else:
                     self.scenario_e()
             if "f" in wanted:
-                peak = figures.get(self.rpcd.name) or self.rate(self.rpcd, 1)
+                peak = figures.get(self.rpcd.name) or self.rate(self.rpcd, 1)[0]
                 self.scenario_f(peak)
         finally:
             self.stop()

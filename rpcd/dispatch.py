@@ -70,6 +70,69 @@ class Call:
         self.context: Any = None  # the sink's own bookkeeping (batch slot, legacy order)
 
 
+# Results that are plainly values: no Deferred, coroutine or generator checks needed.
+_PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes})
+
+
+class _CallTimer:
+    """A worker's per-call timeout, cheap to restart for every call.
+
+    Starting it for a call is a clock read; the libev timer behind it is started only when none
+    is running, and when it fires before the current call's deadline (it was started for an
+    earlier call) it is re-armed for the remainder. So a call is stopped at its own deadline,
+    exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
+    """
+
+    __slots__ = ("worker", "deadline", "fired", "_seconds", "_loop", "_timer", "_fires_at")
+
+    def __init__(self, worker: gevent.Greenlet) -> None:
+        self.worker = worker
+        self.deadline: float | None = None  # None: no call is running under this timer
+        self.fired: Timeout | None = None  # the exception thrown by the last expiry
+        self._seconds = 0.0
+        self._loop = gevent.get_hub().loop
+        self._timer: Any = None
+        self._fires_at = 0.0
+
+    def start(self, seconds: float) -> None:
+        self._seconds = seconds
+        deadline = self.deadline = time.monotonic() + seconds
+        if self._timer is None or deadline < self._fires_at:
+            self._arm(seconds, deadline)
+
+    def stop(self) -> None:
+        self.deadline = None
+
+    def close(self) -> None:
+        self.deadline = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def _arm(self, seconds: float, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        self._timer = self._loop.timer(seconds)
+        self._fires_at = deadline
+        self._timer.start(self._expired)
+
+    def _expired(self) -> None:
+        self._timer.close()
+        self._timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return  # idle: the next call starts it again
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._arm(remaining, deadline)
+            return
+        self.deadline = None
+        # A new instance each time, so a raised one never carries an old traceback along.
+        fired = self.fired = Timeout(self._seconds)
+        fired.close()
+        self.worker.throw(fired)
+
+
 class Dispatcher:
     """Runs calls in worker greenlets; the limits are attributes, as the settings give them."""
 
@@ -167,9 +230,7 @@ class Dispatcher:
 
     def _work(self) -> None:
         queue = self._queue
-        # One timer per worker, restarted for each call (a new one only after it fires, so a
-        # raised instance never carries an old traceback into the next call).
-        timeout = Timeout(self.call_timeout)
+        timer = _CallTimer(getcurrent())
         try:
             while True:
                 self._idle += 1
@@ -184,41 +245,40 @@ class Dispatcher:
                     continue
                 self._busy += 1
                 try:
-                    if self._run(call, timeout):
-                        timeout.close()
-                        timeout = Timeout(self.call_timeout)
+                    self._run(call, timer)
                 finally:
                     self._busy -= 1
         finally:
-            timeout.close()
+            timer.close()
 
-    def _run(self, call: Call, timeout: Timeout) -> bool:
-        """Run `call` under `timeout`, deliver its response; True if the timeout fired."""
+    def _run(self, call: Call, timer: _CallTimer) -> None:
+        """Run `call` under the worker's call timer and deliver its response."""
         request = call.request
         started = time.perf_counter()
-        call.worker = getcurrent()
-        fired_here = False
-        timeout.start()
+        call.worker = timer.worker
+        timer.start(self.call_timeout)
         try:
             try:
                 result = self._invoke(call.method, request.params)
-                if isinstance(result, Deferred):
-                    result = _wait_deferred(result)
-                elif inspect.isgenerator(result):
-                    timeout.cancel()  # a stream lasts until it ends or the client stops it
-                    result = self._stream(call, result)
+                if type(result) not in _PLAIN:
+                    if inspect.iscoroutine(result):
+                        result = Deferred.fromCoroutine(result)
+                    if isinstance(result, Deferred):
+                        result = _wait_deferred(result)
+                    elif inspect.isgenerator(result):
+                        timer.stop()  # a stream lasts until it ends or the client stops it
+                        result = self._stream(call, result)
                 response = Response(request, result)
             finally:
-                timeout.cancel()
+                timer.stop()
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
             response = cancelled.response
         except Timeout as fired:
-            if fired is not timeout:
+            if fired is not timer.fired:
                 response = self._failed(call, fired)
             else:
-                fired_here = True
                 response = Response(
                     request,
                     error=RPCError(
@@ -232,7 +292,6 @@ class Dispatcher:
         finally:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)
-        return fired_here
 
     @staticmethod
     def _invoke(method: Method, params: tuple | dict) -> Any:
@@ -246,8 +305,6 @@ class Dispatcher:
             if exc.__traceback__.tb_next is None:
                 raise method.bind_error(params) from None
             raise
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
         return result
 
     @staticmethod

@@ -117,16 +117,13 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
+        if self._pending_callbacks:
+            gevent.sleep(0)  # greenlets are ready (calls to run): one hub turn, no waiting
         if self._ready_writers:
-            self._flush_writers()
+            self._flush_writers()  # what they (or the last iteration) wrote leaves now
         # Poll first: under load events are already waiting and no hub round-trip is needed.
         events = poller.poll(0, len(self._selectables))
-        if events:
-            if self._pending_callbacks:
-                gevent.sleep(0)  # greenlets are ready: let them run before more I/O
-        elif self._pending_callbacks:
-            gevent.sleep(0)
-        elif timeout != 0:
+        if not events and timeout != 0 and not self._pending_callbacks:
             self._wait(timeout)
             if self._ready_writers:
                 self._flush_writers()
