@@ -12,6 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from gevent import getcurrent
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory
@@ -84,6 +85,9 @@ class RPCProtocol(Int32StringReceiver):
         self._last_frame = 0.0
         self._idle_call: Any = None
         self.peer_key: Any = None
+        self._out: list[bytes] | None = None  # replies from workers, written once per hub turn
+        self._batching = False
+        self._after_greenlets: Any = None  # the reactor's callAfterGreenlets, if it has one
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class RPCProtocol(Int32StringReceiver):
             self.transport.loseConnection()
             return
         self._max_inflight = limits.max_inflight
+        self._after_greenlets = getattr(factory.clock, "callAfterGreenlets", None)
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
@@ -130,6 +135,7 @@ class RPCProtocol(Int32StringReceiver):
             return
         self._idle_call = None
         log.info("closing {peer}: idle for {timeout:g} s", peer=_peer_text(self), timeout=timeout)
+        self.flush()
         self.transport.loseConnection()
 
     # -- frames in ---------------------------------------------------------------------------
@@ -232,7 +238,10 @@ class RPCProtocol(Int32StringReceiver):
         self._calls.discard(call)
         if self._closed:
             return
+        # From a worker greenlet, replies join this turn's batch (see sendString).
+        self._batching = self._after_greenlets is not None and getcurrent().parent is not None
         self._reply(response, call.context)
+        self._batching = False
         if self.paused and len(self._calls) < self._max_inflight and not self._refused:
             self.resumeProducing()
 
@@ -273,7 +282,27 @@ class RPCProtocol(Int32StringReceiver):
             self.sendString(wire.encode_error(error))
 
     def sendString(self, string: bytes) -> None:
-        self.transport.write(_PREFIXES[self.structFormat].pack(len(string)) + string)
+        frame = _PREFIXES[self.structFormat].pack(len(string)) + string
+        if self._batching:
+            # A worker's reply: gather the replies of this hub turn and write them with one
+            # transport.write when the turn ends (a pipelining client gets many per turn).
+            out = self._out
+            if out is None:
+                self._out = [frame]
+                self._after_greenlets(self.flush)
+            else:
+                out.append(frame)
+            return
+        if self._out is not None:
+            self.flush()  # what the workers wrote goes first
+        self.transport.write(frame)
+
+    def flush(self) -> None:
+        """Write the replies gathered in this hub turn (before anything closes the connection)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
 def _error_request(error: RPCError) -> Request:
@@ -365,5 +394,6 @@ class RPCFactory(Factory):
         d = defer.Deferred()
         self._all_closed.append(d)
         for protocol in list(self.connections):
+            protocol.flush()
             protocol.transport.loseConnection()
         return d

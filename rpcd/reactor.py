@@ -15,9 +15,11 @@ import gevent
 import gevent.monkey
 from gevent import get_hub
 from gevent.hub import Waiter
+from twisted.logger import Logger
 
 _EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
 _ABSENT = object()
+_log = Logger()
 
 
 def monkey_patch() -> None:
@@ -71,13 +73,23 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._ready_writers: dict = {}  # writers to try directly, before any epoll registration
         self._waiter: Waiter | None = None  # set while the reactor is parked in the hub
         self._wake_scheduled = False
+        self._after_turn: list = []
 
     # -- optimistic writes -------------------------------------------------------------------
+
+    def callAfterGreenlets(self, f) -> None:
+        """Call `f()` in the reactor once the greenlets ready now have run, before the writes
+        are flushed: a protocol gathers what its greenlets wrote into one write."""
+        self._after_turn.append(f)
+        self._wake_to_flush()
 
     def addWriter(self, writer) -> None:
         if writer in self._ready_writers or writer.fileno() in self._writes:
             return
         self._ready_writers[writer] = None
+        self._wake_to_flush()
+
+    def _wake_to_flush(self) -> None:
         if self._waiter is not None and not self._wake_scheduled:
             # Written from a greenlet while the reactor waits: wake it to flush.
             self._wake_scheduled = True
@@ -104,6 +116,13 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     def _flush_writers(self) -> None:
         """Write every remembered writer now; register with epoll those that could not finish."""
+        if self._after_turn:
+            calls, self._after_turn = self._after_turn, []
+            for f in calls:
+                try:
+                    f()
+                except BaseException:
+                    _log.failure("error in a callAfterGreenlets function")
         ready = self._ready_writers
         drdw = self._doReadOrWrite
         for writer in list(ready):
@@ -119,13 +138,13 @@ class GeventReactor(_epollreactor.EPollReactor):
         poller = self._poller
         if self._pending_callbacks:
             gevent.sleep(0)  # greenlets are ready (calls to run): one hub turn, no waiting
-        if self._ready_writers:
+        if self._ready_writers or self._after_turn:
             self._flush_writers()  # what they (or the last iteration) wrote leaves now
         # Poll first: under load events are already waiting and no hub round-trip is needed.
         events = poller.poll(0, len(self._selectables))
         if not events and timeout != 0 and not self._pending_callbacks:
             self._wait(timeout)
-            if self._ready_writers:
+            if self._ready_writers or self._after_turn:
                 self._flush_writers()
             events = poller.poll(0, len(self._selectables))
         drdw = self._doReadOrWrite
