@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
 from gevent.event import AsyncResult
-from gevent.queue import Queue
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -150,9 +150,14 @@ class Dispatcher:
         self.queue_size = queue_size
         self.call_timeout = call_timeout
         self.on_complete = on_complete
-        self._queue: Queue = Queue()
+        # The task queue: calls (None tells a worker to exit) and the workers parked in the hub
+        # waiting for one. A leaner hand-off than gevent.queue.Queue: one hub callback wakes
+        # the most recently parked worker, which then takes calls until none are left.
+        self._queue: deque = deque()
+        self._parked: list[gevent.Greenlet] = []
+        self._wake_scheduled = False
+        self._loop = gevent.get_hub().loop
         self._workers = 0
-        self._idle = 0
         self._busy = 0
         self._active: set[Call] = set()
         self._closing = False
@@ -168,7 +173,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return sum(1 for call in self._queue if call is not None)
 
     @property
     def workers(self) -> int:
@@ -191,7 +196,7 @@ class Dispatcher:
         method = self.registry.get(request.method)
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy.
-        waiting = self._queue.qsize()
+        waiting = len(self._queue)
         if waiting >= self.queue_size + self.max_workers - self._busy:
             self.refused_busy += 1
             raise RPCError(
@@ -201,11 +206,25 @@ class Dispatcher:
         call = Call(request, method, sink)
         self._active.add(call)
         self.calls_total += 1
-        self._queue.put(call)
-        if waiting >= self._idle and self._workers < self.max_workers:
+        self._queue.append(call)
+        if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
             gevent.spawn(self._work)
+        else:
+            self._wake()
         return call
+
+    def _wake(self) -> None:
+        if not self._wake_scheduled and self._parked:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        # In the hub: each woken worker runs until it blocks or the queue is empty.
+        self._wake_scheduled = False
+        queue, parked = self._queue, self._parked
+        while queue and parked:
+            parked.pop().switch()
 
     def cancel(self, call: Call, response: Response | None = None) -> bool:
         """Stop `call`: drop it if queued, kill it if running. `response` (if any) is delivered.
@@ -229,15 +248,22 @@ class Dispatcher:
     # -- the workers -------------------------------------------------------------------------
 
     def _work(self) -> None:
-        queue = self._queue
-        timer = _CallTimer(getcurrent())
+        queue, parked = self._queue, self._parked
+        me = getcurrent()
+        hub = gevent.get_hub()
+        timer = _CallTimer(me)
         try:
             while True:
-                self._idle += 1
-                try:
-                    call = queue.get()
-                finally:
-                    self._idle -= 1
+                if not queue:
+                    parked.append(me)
+                    try:
+                        hub.switch()  # parked until _wake_workers switches back here
+                    except BaseException:
+                        if me in parked:  # killed while parked
+                            parked.remove(me)
+                        raise
+                    continue
+                call = queue.popleft()
                 if call is None:
                     self._workers -= 1
                     return
@@ -360,8 +386,8 @@ class Dispatcher:
 
     def stop_workers(self) -> None:
         """Let idle workers exit (busy ones finish their call first)."""
-        for _ in range(self._workers):
-            self._queue.put(None)
+        self._queue.extend([None] * self._workers)
+        self._wake()
 
 
 def _wait_deferred(deferred: Deferred) -> Any:
