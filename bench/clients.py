@@ -196,9 +196,9 @@ def concurrent(port: int, calls: int, connections: int, seconds: float) -> float
     selector = selectors.DefaultSelector()
     _ready()
     started = time.perf_counter()
-    for sock, n in zip(socks, per):
+    for sock, n in zip(socks, per, strict=True):
         sock.sendall(b"".join(_frame(body % (seconds, i)) for i in range(n)))
-    waiting = {sock.fileno(): [sock, n, b""] for sock, n in zip(socks, per)}
+    waiting = {sock.fileno(): [sock, n, b""] for sock, n in zip(socks, per, strict=True)}
     for sock in socks:
         selector.register(sock, selectors.EVENT_READ)
     deadline = time.monotonic() + 120

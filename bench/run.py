@@ -58,8 +58,9 @@ class Server:
         self.workdir.mkdir()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if self.kind == "rpcd":
-            argv = [TWISTD, "-n", "--pidfile=", "rpcd", "--listen",
-                    f"tcp:{self.port}:interface=127.0.0.1", "--methods", "bench.methods", *self.args]
+            argv = [TWISTD, "-n", "--pidfile=", "rpcd",
+                    "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                    "--methods", "bench.methods", *self.args]
         else:
             argv = [sys.executable, str(BENCH / "servers.py"), self.kind, str(self.port)]
         self.proc = subprocess.Popen(
@@ -71,7 +72,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.output()}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return
@@ -147,6 +150,7 @@ class Row:
     unit: str
     text: str = ""  # shown instead of the figure (a skip reason, p50/p99 pair)
     higher_is_better: bool = True
+    compare: bool = True  # whether a ratio to the baseline means anything
 
 
 class Harness:
@@ -163,12 +167,13 @@ class Harness:
 
     def plan(self) -> None:
         args = self.args
-        help_text = subprocess.run([TWISTD, "rpcd", "--help"], capture_output=True, text=True).stdout
-        if "--no-access-log" in help_text:
-            self.servers += [Server("rpcd", "rpcd"), Server("rpcd --no-access-log", "rpcd", ["--no-access-log"])]
+        usage = subprocess.run([TWISTD, "rpcd", "--help"], capture_output=True, text=True)
+        self.servers.append(Server("rpcd", "rpcd"))
+        if "--no-access-log" in usage.stdout:
+            self.servers.append(Server("rpcd --no-access-log", "rpcd", ["--no-access-log"]))
         else:
-            self.servers.append(Server("rpcd", "rpcd"))
-            self.notes.append("rpcd has no --no-access-log option (no access log yet): one rpcd variant runs")
+            self.notes.append("rpcd has no --no-access-log option (no access log yet): "
+                              "one rpcd variant runs")
         self.rpcd = self.servers[-1]
         self.servers.append(Server(BASELINE, BASELINE))
         for name, module in PEERS.items():
@@ -184,7 +189,8 @@ class Harness:
         if soft < needed:
             target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            self.notes.append(f"open-file limit raised from {soft} to {target} (servers and clients inherit it)")
+            self.notes.append(f"open-file limit raised from {soft} to {target} "
+                              "(servers and clients inherit it)")
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return soft
 
@@ -242,9 +248,6 @@ class Harness:
     def scenario_b(self) -> dict[str, float]:
         label = f"b. {self.args.clients} procs, {self.args.pipeline} pipelined"
         raw = [s for s in self.servers if s.kind in RAW]
-        for s in self.servers:
-            if s.kind not in RAW:
-                self.rows.append(Row(label, s.name, None, "", "n/a: its client library has no pipelining used here"))
         return self.throughput(label, self.args.pipeline, raw)
 
     def scenario_c(self, rpcd: Server, baseline: Server) -> None:
@@ -253,8 +256,12 @@ class Harness:
         for server in (rpcd, baseline):
             spec = {"mode": "concurrent", "port": server.port, "calls": calls,
                     "connections": max(1, calls // 100), "seconds": 1.0}
-            [elapsed] = run_clients([spec], timeout=180)
-            self.rows.append(Row(label, server.name, elapsed, "s wall", higher_is_better=False))
+            # Twice: rpcd starts its workers on demand in the first burst (cold) and keeps
+            # them for the second (warm).
+            [cold] = run_clients([spec], timeout=180)
+            [warm] = run_clients([spec], timeout=180)
+            self.rows.append(Row(label, server.name, cold, "s wall",
+                                 f"{cold:.2f} s cold, {warm:.2f} s warm", higher_is_better=False))
 
     def scenario_d(self, rpcd: Server, baseline: Server) -> None:
         conns = self.args.idle
@@ -262,7 +269,8 @@ class Harness:
         for server in (rpcd, baseline):
             before = server.rss_mb()
             fds = server.open_fds()
-            procs = run_clients([{"mode": "idle", "port": server.port, "connections": conns}], timeout=120)
+            spec = {"mode": "idle", "port": server.port, "connections": conns}
+            procs = run_clients([spec], timeout=120)
             try:
                 # The client has connected them all; wait until the server's count settles.
                 deadline = time.monotonic() + 30
@@ -283,13 +291,14 @@ class Harness:
         label = "e. getlog 1,000 lines, 1 MiB vs 1 GiB log"
         script = BENCH / "getlog.py"
         if not self._has_method(self.rpcd, "getlog"):
-            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: this rpcd has no getlog"))
+            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: rpcd has no getlog"))
             return
         if not script.exists():
-            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: bench/getlog.py is missing"))
+            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: no bench/getlog.py"))
             return
-        out = subprocess.run([sys.executable, str(script), "--repeat", str(self.args.getlog_repeat)],
-                             capture_output=True, text=True, timeout=600, cwd=self.workdir).stdout
+        argv = [sys.executable, str(script), "--repeat", str(self.args.getlog_repeat)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                             cwd=self.workdir).stdout
         medians = [line for line in out.splitlines() if line.startswith("getlog ")]
         ratio = [line for line in out.splitlines() if line.startswith("ratio")]
         text = "; ".join(m.split(": ", 1)[1].split(",")[0] for m in medians)
@@ -318,7 +327,7 @@ class Harness:
             p99 = latencies[int(len(latencies) * 0.99)] * 1000
             self.rows.append(Row(label, server.name, p99 / p50, "p99/p50",
                                  f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 = {p99 / p50:.1f}x p50)",
-                                 higher_is_better=False))
+                                 higher_is_better=False, compare=False))
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -331,7 +340,8 @@ class Harness:
             limit = self.raise_open_files(max(args.idle, args.concurrent // 100) + 1000)
             if limit < args.idle + 200:
                 args.idle = limit - 200
-                self.notes.append(f"d holds {args.idle} connections: the hard open-file limit is {limit}")
+                self.notes.append(f"d holds {args.idle} connections: "
+                                  f"the hard open-file limit is {limit}")
         try:
             self.start(self.servers)
             figures: dict[str, float] = {}
@@ -352,8 +362,9 @@ class Harness:
                 server.stop()
             if "e" in wanted:
                 if args.quick:
-                    self.rows.append(Row("e. getlog 1,000 lines, 1 MiB vs 1 GiB log", self.rpcd.name,
-                                         None, "", "skipped in --quick (builds a 1 GiB file)"))
+                    self.rows.append(Row("e. getlog 1,000 lines, 1 MiB vs 1 GiB log",
+                                         self.rpcd.name, None, "",
+                                         "skipped in --quick (builds a 1 GiB file)"))
                 else:
                     self.scenario_e()
             if "f" in wanted:
@@ -368,12 +379,19 @@ class Harness:
         print(f"\nrpcd benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
               f"{args.clients} client processes, {args.duration:g} s per measurement, "
               f"median of {args.repeat}")
+        print("note: b, c, d, f load rpcd and the baseline (the peers' own clients make one call "
+              "at a time, so they run in a only)")
         for note in self.notes:
             print(f"note: {note}")
         print()
         print("| scenario | server | figure | vs baseline |")
         print("| --- | --- | --- | --- |")
         baselines = {r.scenario: r.figure for r in self.rows if r.server == BASELINE}
+        plain = {r.scenario: r.figure for r in self.rows if r.server == "rpcd" and r.figure}
+        for row in self.rows:
+            if row.server == "rpcd --no-access-log" and row.figure and row.scenario in plain:
+                cost = 1 - plain[row.scenario] / row.figure
+                print(f"note: access-log cost in {row.scenario[:2]} {cost:.0%} of calls/s")
         for row in self.rows:
             shown, ratio = row.text, ""
             if row.figure is not None:
@@ -381,7 +399,9 @@ class Harness:
                     number = f"{row.figure:,.0f}" if row.figure >= 100 else f"{row.figure:.3g}"
                     shown = f"{number} {row.unit}"
                 base = baselines.get(row.scenario)
-                if row.server == BASELINE:
+                if not row.compare:
+                    ratio = ""
+                elif row.server == BASELINE:
                     ratio = "baseline"
                 elif base:
                     ratio = f"{row.figure / base:.2f}x"
@@ -407,11 +427,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--f-fraction", type=float, default=0.5,
                         help="f's load as a fraction of rpcd's peak (a and b) rate")
     parser.add_argument("--quick", action="store_true",
-                        help="short run: 0.5 s measurements, 1,000 calls in c and connections in d")
+                        help="short run: 0.3 s measurements, 500 calls in c and connections in d")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.repeat = 0.5, 1
-        args.concurrent, args.idle = 1000, 1000
+        args.duration, args.repeat = 0.3, 1
+        args.concurrent, args.idle = 500, 500
     Harness(args).run()
 
 

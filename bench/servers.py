@@ -43,7 +43,8 @@ def twisted_baseline(port: int) -> None:
                 request = wire.decode(body)
                 func = methods.get(request.method)
                 if func is None:
-                    raise wire.RPCError(wire.METHOD_NOT_FOUND, f"method not found: {request.method}")
+                    message = f"method not found: {request.method}"
+                    raise wire.RPCError(wire.METHOD_NOT_FOUND, message)
                 result = func(*request.params)
             except wire.RPCError as error:
                 self.sendString(wire.encode_error(error))
