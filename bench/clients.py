@@ -21,7 +21,13 @@ from typing import Any
 
 PAYLOAD = "0123456789abcdef"  # the 16-byte echo argument
 _PREFIX = struct.Struct(">I")
-_TEMPLATE = b'{"jsonrpc":"2.0","method":"echo","params":["' + PAYLOAD.encode() + b'"],"id":%d}'
+# The call the raw-socket clients make: a 16-byte echo, or `ping` without arguments.
+_TEMPLATES = {
+    "echo": (b'{"jsonrpc":"2.0","method":"echo","params":["' + PAYLOAD.encode() + b'"],"id":%d}',
+             PAYLOAD),
+    "ping": (b'{"jsonrpc":"2.0","method":"ping","id":%d}', "pong"),
+}
+_TEMPLATE, _EXPECTED = _TEMPLATES["echo"]
 
 
 def _frame(body: bytes) -> bytes:
@@ -63,7 +69,7 @@ def _check_echo(sock: socket.socket) -> None:
         bodies, buffer = _split(buffer + chunk)
         if bodies:
             reply = json.loads(bodies[0])
-            if reply.get("result") != PAYLOAD:
+            if reply.get("result") != _EXPECTED:
                 raise RuntimeError(f"unexpected reply: {reply}")
             return
 
@@ -237,6 +243,8 @@ def idle(port: int, connections: int) -> int:
 
 
 def main(spec: dict) -> Any:
+    global _TEMPLATE, _EXPECTED
+    _TEMPLATE, _EXPECTED = _TEMPLATES[spec.get("method", "echo")]
     mode = spec["mode"]
     if mode == "rate":
         if spec["kind"] in ("rpcd", "twisted"):

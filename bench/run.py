@@ -51,12 +51,14 @@ class Server:
     port: int = 0
     proc: subprocess.Popen | None = None
     workdir: Path | None = None
+    pythonpath: Path = ROOT  # where its rpcd package (and bench.methods) are imported from
 
     def start(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir / self.name.replace(" ", "_").replace("-", "")
         self.workdir.mkdir()
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.pythonpath),
+                                                                         str(ROOT)])))
         if self.kind == "rpcd":
             argv = [TWISTD, "-n", "--pidfile=", "rpcd",
                     "--listen", f"tcp:{self.port}:interface=127.0.0.1",
@@ -175,6 +177,10 @@ class Harness:
             self.notes.append("rpcd has no --no-access-log option (no access log yet): "
                               "one rpcd variant runs")
         self.rpcd = self.servers[-1]
+        if args.compare_rpcd:
+            other = Server(f"rpcd@{args.compare_rpcd.name}", "rpcd", list(self.rpcd.args))
+            other.pythonpath = args.compare_rpcd.resolve()
+            self.servers.append(other)
         self.servers.append(Server(BASELINE, BASELINE))
         for name, module in PEERS.items():
             if name not in args.servers:
@@ -220,7 +226,7 @@ class Harness:
         """Calls/s, and the server's CPU time per call in microseconds."""
         args = self.args
         spec = {"mode": "rate", "kind": server.kind, "port": server.port,
-                "duration": args.duration, "inflight": inflight}
+                "duration": args.duration, "inflight": inflight, "method": args.method}
         cpu = server.cpu_seconds()
         counts = run_clients([spec] * args.clients, timeout=args.duration + 60)
         cpu = server.cpu_seconds() - cpu
@@ -242,7 +248,8 @@ class Harness:
         return figures
 
     def scenario_a(self) -> dict[str, float]:
-        label = f"a. {self.args.clients} procs, 1 in flight, 16-byte echo"
+        call = "16-byte echo" if self.args.method == "echo" else "ping"
+        label = f"a. {self.args.clients} procs, 1 in flight, {call}"
         return self.throughput(label, 1, self.servers)
 
     def scenario_b(self) -> dict[str, float]:
@@ -314,10 +321,10 @@ class Harness:
             reply = json.loads(sock.recv(size, socket.MSG_WAITALL))
         return any(m["name"] == name for m in reply.get("result", []))
 
-    def scenario_f(self, peak: float) -> None:
+    def scenario_f(self, peak: float, where: str) -> None:
         args = self.args
         rate = peak * args.f_fraction
-        label = f"f. latency at {rate:,.0f} calls/s ({args.f_fraction:g} of rpcd's peak)"
+        label = f"f. latency at {rate:,.0f} calls/s ({args.f_fraction:g} of rpcd's {where} peak)"
         for server in [s for s in self.servers if s.kind in RAW]:
             spec = {"mode": "latency", "port": server.port, "rate": rate / args.clients,
                     "duration": args.duration}
@@ -344,12 +351,11 @@ class Harness:
                                   f"the hard open-file limit is {limit}")
         try:
             self.start(self.servers)
-            figures: dict[str, float] = {}
+            peaks: dict[str, float] = {}  # rpcd's peak rate in a and in b
             if "a" in wanted:
-                figures = self.scenario_a()
+                peaks["a"] = self.scenario_a()[self.rpcd.name]
             if "b" in wanted:
-                pipelined = self.scenario_b()
-                figures = {k: max(v, pipelined.get(k, 0)) for k, v in figures.items()} or pipelined
+                peaks["b"] = self.scenario_b()[self.rpcd.name]
             baseline = next(s for s in self.servers if s.kind == BASELINE)
             if "c" in wanted:
                 server = self.dedicated("c", "--workers", str(args.concurrent),
@@ -368,8 +374,10 @@ class Harness:
                 else:
                     self.scenario_e()
             if "f" in wanted:
-                peak = figures.get(self.rpcd.name) or self.rate(self.rpcd, 1)[0]
-                self.scenario_f(peak)
+                if not peaks:
+                    peaks["a"] = self.rate(self.rpcd, 1)[0]
+                for where, peak in peaks.items():
+                    self.scenario_f(peak, "1-in-flight (a)" if where == "a" else "pipelined (b)")
         finally:
             self.stop()
         self.report()
@@ -421,11 +429,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server (median)")
     parser.add_argument("--clients", type=int, default=4, help="client processes for a, b, f")
     parser.add_argument("--pipeline", type=int, default=50, help="calls in flight per client in b")
+    parser.add_argument("--method", choices=("echo", "ping"), default="echo",
+                        help="the call rpcd and the baseline get in a and b (peers: always echo)")
     parser.add_argument("--concurrent", type=int, default=10000, help="sleeping calls in c")
     parser.add_argument("--idle", type=int, default=10000, help="idle connections in d")
     parser.add_argument("--getlog-repeat", type=int, default=20, help="getlog calls per log in e")
     parser.add_argument("--f-fraction", type=float, default=0.5,
                         help="f's load as a fraction of rpcd's peak (a and b) rate")
+    parser.add_argument("--compare-rpcd", type=Path, metavar="DIR",
+                        help="also run the rpcd package found in DIR (an older checkout, say) "
+                             "on the same load in a, b and f")
     parser.add_argument("--quick", action="store_true",
                         help="short run: 0.3 s measurements, 500 calls in c and connections in d")
     args = parser.parse_args(argv)
