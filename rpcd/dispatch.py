@@ -210,8 +210,9 @@ class Dispatcher:
         if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
             gevent.spawn(self._work)
-        else:
-            self._wake()
+        elif not self._wake_scheduled and self._parked:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake_workers)
         return call
 
     def _wake(self) -> None:
@@ -285,7 +286,17 @@ class Dispatcher:
         timer.start(self.call_timeout)
         try:
             try:
-                result = self._invoke(call.method, request.params)
+                method, params = call.method, request.params
+                try:
+                    if type(params) is tuple:
+                        result = method.func(*params)
+                    else:
+                        result = method.func(**params)
+                except TypeError as exc:
+                    # Raised by the call itself (no deeper frame): the params do not fit.
+                    if exc.__traceback__.tb_next is None:
+                        raise method.bind_error(params) from None
+                    raise
                 if type(result) not in _PLAIN:
                     if inspect.iscoroutine(result):
                         result = Deferred.fromCoroutine(result)
@@ -318,20 +329,6 @@ class Dispatcher:
         finally:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)
-
-    @staticmethod
-    def _invoke(method: Method, params: tuple | dict) -> Any:
-        try:
-            if type(params) is tuple:
-                result = method.func(*params)
-            else:
-                result = method.func(**params)
-        except TypeError as exc:
-            # Raised by the call itself (no deeper frame): the params do not fit the signature.
-            if exc.__traceback__.tb_next is None:
-                raise method.bind_error(params) from None
-            raise
-        return result
 
     @staticmethod
     def _stream(call: Call, generator: Any) -> Any:

@@ -240,7 +240,12 @@ class RPCProtocol(Int32StringReceiver):
             return
         # From a worker greenlet, replies join this turn's batch (see sendString).
         self._batching = self._after_greenlets is not None and getcurrent().parent is not None
-        self._reply(response, call.context)
+        context = call.context
+        if context is None:
+            if not response.request.notification:
+                self.sendString(wire.encode(response))
+        else:
+            self._reply(response, context)
         self._batching = False
         if self.paused and len(self._calls) < self._max_inflight and not self._refused:
             self.resumeProducing()
