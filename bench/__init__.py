@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/run.py` compares rpcd with stock Twisted and the peers."""

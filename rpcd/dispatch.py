@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
 from gevent.event import AsyncResult
-from gevent.queue import Queue
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -70,6 +70,69 @@ class Call:
         self.context: Any = None  # the sink's own bookkeeping (batch slot, legacy order)
 
 
+# Results that are plainly values: no Deferred, coroutine or generator checks needed.
+_PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes})
+
+
+class _CallTimer:
+    """A worker's per-call timeout, cheap to restart for every call.
+
+    Starting it for a call is a clock read; the libev timer behind it is started only when none
+    is running, and when it fires before the current call's deadline (it was started for an
+    earlier call) it is re-armed for the remainder. So a call is stopped at its own deadline,
+    exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
+    """
+
+    __slots__ = ("worker", "deadline", "fired", "_seconds", "_loop", "_timer", "_fires_at")
+
+    def __init__(self, worker: gevent.Greenlet) -> None:
+        self.worker = worker
+        self.deadline: float | None = None  # None: no call is running under this timer
+        self.fired: Timeout | None = None  # the exception thrown by the last expiry
+        self._seconds = 0.0
+        self._loop = gevent.get_hub().loop
+        self._timer: Any = None
+        self._fires_at = 0.0
+
+    def start(self, seconds: float) -> None:
+        self._seconds = seconds
+        deadline = self.deadline = time.monotonic() + seconds
+        if self._timer is None or deadline < self._fires_at:
+            self._arm(seconds, deadline)
+
+    def stop(self) -> None:
+        self.deadline = None
+
+    def close(self) -> None:
+        self.deadline = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def _arm(self, seconds: float, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        self._timer = self._loop.timer(seconds)
+        self._fires_at = deadline
+        self._timer.start(self._expired)
+
+    def _expired(self) -> None:
+        self._timer.close()
+        self._timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return  # idle: the next call starts it again
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._arm(remaining, deadline)
+            return
+        self.deadline = None
+        # A new instance each time, so a raised one never carries an old traceback along.
+        fired = self.fired = Timeout(self._seconds)
+        fired.close()
+        self.worker.throw(fired)
+
+
 class Dispatcher:
     """Runs calls in worker greenlets; the limits are attributes, as the settings give them."""
 
@@ -89,10 +152,15 @@ class Dispatcher:
         self.call_timeout = call_timeout
         self.on_complete = on_complete
         self.on_refused = on_refused  # a request refused at submit, never a Call
-        self._queue: Queue = Queue()
         self._waiting = 0  # queued calls not cancelled: the ones that hold a queue slot
+        # The task queue: calls (None tells a worker to exit) and the workers parked in the hub
+        # waiting for one. A leaner hand-off than gevent.queue.Queue: one hub callback wakes
+        # the most recently parked worker, which then takes calls until none are left.
+        self._queue: deque = deque()
+        self._parked: list[gevent.Greenlet] = []
+        self._wake_scheduled = False
+        self._loop = gevent.get_hub().loop
         self._workers = 0
-        self._idle = 0
         self._busy = 0
         self._active: set[Call] = set()
         self._closing = False
@@ -157,11 +225,26 @@ class Dispatcher:
         self._active.add(call)
         self.calls_total += 1
         self._waiting += 1
-        self._queue.put(call)
-        if waiting >= self._idle and self._workers < self.max_workers:
+        self._queue.append(call)
+        if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
             gevent.spawn(self._work)
+        elif not self._wake_scheduled and self._parked:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake_workers)
         return call
+
+    def _wake(self) -> None:
+        if not self._wake_scheduled and self._parked:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake_workers)
+
+    def _wake_workers(self) -> None:
+        # In the hub: each woken worker runs until it blocks or the queue is empty.
+        self._wake_scheduled = False
+        queue, parked = self._queue, self._parked
+        while queue and parked:
+            parked.pop().switch()
 
     def cancel(self, call: Call, response: Response | None = None) -> bool:
         """Stop `call`: drop it if queued, kill it if running. `response` (if any) is delivered.
@@ -194,48 +277,72 @@ class Dispatcher:
     # -- the workers -------------------------------------------------------------------------
 
     def _work(self) -> None:
-        queue = self._queue
-        while True:
-            self._idle += 1
-            try:
-                call = queue.get()
-            finally:
-                self._idle -= 1
-            if call is None:
-                self._workers -= 1
-                return
-            if call.done:
-                continue
-            self._waiting -= 1
-            self._busy += 1
-            try:
-                self._run(call)
-            finally:
-                self._busy -= 1
+        queue, parked = self._queue, self._parked
+        me = getcurrent()
+        hub = gevent.get_hub()
+        timer = _CallTimer(me)
+        try:
+            while True:
+                if not queue:
+                    parked.append(me)
+                    try:
+                        hub.switch()  # parked until _wake_workers switches back here
+                    except BaseException:
+                        if me in parked:  # killed while parked
+                            parked.remove(me)
+                        raise
+                    continue
+                call = queue.popleft()
+                if call is None:
+                    self._workers -= 1
+                    return
+                if call.done:
+                    continue
+                self._waiting -= 1
+                self._busy += 1
+                try:
+                    self._run(call, timer)
+                finally:
+                    self._busy -= 1
+        finally:
+            timer.close()
 
-    def _run(self, call: Call) -> None:
+    def _run(self, call: Call, timer: _CallTimer) -> None:
+        """Run `call` under the worker's call timer and deliver its response."""
         request = call.request
         started = time.perf_counter()
-        call.worker = getcurrent()
-        timeout = Timeout(self.call_timeout)
-        timeout.start()
+        call.worker = timer.worker
+        timer.start(self.call_timeout)
         try:
             try:
-                result = self._invoke(call.method, request.params)
-                if isinstance(result, Deferred):
-                    result = _wait_deferred(result)
-                elif inspect.isgenerator(result):
-                    timeout.cancel()  # a stream lasts until it ends or the client stops it
-                    result = self._stream(call, result)
+                method, params = call.method, request.params
+                try:
+                    if type(params) is tuple:
+                        result = method.func(*params)
+                    else:
+                        result = method.func(**params)
+                except TypeError as exc:
+                    # Raised by the call itself (no deeper frame): the params do not fit.
+                    if exc.__traceback__.tb_next is None:
+                        raise method.bind_error(params) from None
+                    raise
+                if type(result) not in _PLAIN:
+                    if inspect.iscoroutine(result):
+                        result = Deferred.fromCoroutine(result)
+                    if isinstance(result, Deferred):
+                        result = _wait_deferred(result)
+                    elif inspect.isgenerator(result):
+                        timer.stop()  # a stream lasts until it ends or the client stops it
+                        result = self._stream(call, result)
                 response = Response(request, result)
             finally:
-                timeout.close()
+                timer.stop()
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
             response = cancelled.response
         except Timeout as fired:
-            if fired is not timeout:
+            if fired is not timer.fired:
                 response = self._failed(call, fired)
             else:
                 response = Response(
@@ -251,22 +358,6 @@ class Dispatcher:
         finally:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)
-
-    @staticmethod
-    def _invoke(method: Method, params: tuple | dict) -> Any:
-        try:
-            if type(params) is tuple:
-                result = method.func(*params)
-            else:
-                result = method.func(**params)
-        except TypeError as exc:
-            # Raised by the call itself (no deeper frame): the params do not fit the signature.
-            if exc.__traceback__.tb_next is None:
-                raise method.bind_error(params) from None
-            raise
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        return result
 
     @staticmethod
     def _stream(call: Call, generator: Any) -> Any:
@@ -327,8 +418,8 @@ class Dispatcher:
 
     def stop_workers(self) -> None:
         """Let idle workers exit (busy ones finish their call first)."""
-        for _ in range(self._workers):
-            self._queue.put(None)
+        self._queue.extend([None] * self._workers)
+        self._wake()
 
 
 def _wait_deferred(deferred: Deferred) -> Any:

@@ -81,6 +81,10 @@ class GeventReactor(_epollreactor.EPollReactor):
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
+        if self._newTimedCalls:
+            # Scheduled since the reactor computed `timeout` (by a greenlet that ran in the
+            # last hub turn): due sooner than that wait would last.
+            timeout = 0
         # Poll first: under load events are already waiting and no hub round-trip is needed.
         events = poller.poll(0, len(self._selectables))
         if events or timeout == 0:

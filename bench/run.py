@@ -1,0 +1,452 @@
+"""The benchmark harness: rpcd, stock Twisted and the peers under the same load, in one run.
+
+    python bench/run.py                       # every scenario, every server installed
+    python bench/run.py --scenarios a,b --duration 10 --repeat 5
+    python bench/run.py --quick               # a short end-to-end run (the test suite's)
+
+Every server runs as a subprocess on a free 127.0.0.1 port; load comes from separate client
+processes (bench/clients.py), at most --clients at a time (plus one for c, d), each bounded
+in time. Servers are stopped by their pid. The table gives absolute figures and the ratio
+to the stock-Twisted baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+PEERS = {"rpyc": "rpyc", "zerorpc": "zerorpc", "grpc": "grpc", "xmlrpc": "xmlrpc"}
+RAW = ("rpcd", "twisted")  # speak rpcd's wire protocol: driven by the same raw-socket client
+BASELINE = "twisted"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One server under test, running as a subprocess."""
+
+    name: str
+    kind: str  # rpcd, twisted, or a peer
+    args: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    workdir: Path | None = None
+    pythonpath: Path = ROOT  # where its rpcd package (and bench.methods) are imported from
+
+    def start(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir / self.name.replace(" ", "_").replace("-", "")
+        self.workdir.mkdir()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.pythonpath),
+                                                                         str(ROOT)])))
+        if self.kind == "rpcd":
+            argv = [TWISTD, "-n", "--pidfile=", "rpcd",
+                    "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                    "--methods", "bench.methods", *self.args]
+        else:
+            argv = [sys.executable, str(BENCH / "servers.py"), self.kind, str(self.port)]
+        self.proc = subprocess.Popen(
+            argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=(self.workdir / "out.txt").open("wb"), stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.output()}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return (self.workdir / "out.txt").read_text(errors="replace")[-3000:]
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_clients(specs: list[dict], timeout: float) -> list:
+    """Start one client process per spec, let them all go at once, return their results."""
+    procs = [
+        subprocess.Popen([sys.executable, str(BENCH / "clients.py"), json.dumps(spec)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for spec in specs
+    ]
+    try:
+        for proc in procs:
+            line = proc.stdout.readline()
+            if '"ready"' not in line:
+                raise RuntimeError(f"a client failed to start: {line!r}")
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        if specs[0]["mode"] == "idle":
+            return procs  # the caller measures, then closes their stdin
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"a client failed (exit {proc.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1])["result"])
+        return results
+    except BaseException:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise
+
+
+@dataclass
+class Row:
+    scenario: str
+    server: str
+    figure: float | None
+    unit: str
+    text: str = ""  # shown instead of the figure (a skip reason, p50/p99 pair)
+    higher_is_better: bool = True
+    compare: bool = True  # whether a ratio to the baseline means anything
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="rpcd-bench-"))
+        self.servers: list[Server] = []
+        self.dedicated_servers: list[Server] = []
+        self.rpcd: Server | None = None  # the variant the targets hold for
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        args = self.args
+        usage = subprocess.run([TWISTD, "rpcd", "--help"], capture_output=True, text=True)
+        self.servers.append(Server("rpcd", "rpcd"))
+        if "--no-access-log" in usage.stdout:
+            self.servers.append(Server("rpcd --no-access-log", "rpcd", ["--no-access-log"]))
+        else:
+            self.notes.append("rpcd has no --no-access-log option (no access log yet): "
+                              "one rpcd variant runs")
+        self.rpcd = self.servers[-1]
+        if args.compare_rpcd:
+            other = Server(f"rpcd@{args.compare_rpcd.name}", "rpcd", list(self.rpcd.args))
+            other.pythonpath = args.compare_rpcd.resolve()
+            self.servers.append(other)
+        self.servers.append(Server(BASELINE, BASELINE))
+        for name, module in PEERS.items():
+            if name not in args.servers:
+                continue
+            if importlib.util.find_spec(module) is None:
+                self.notes.append(f"{name}: skipped, not installed (pip install -e '.[bench]')")
+                continue
+            self.servers.append(Server(name, name))
+
+    def raise_open_files(self, needed: int) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            self.notes.append(f"open-file limit raised from {soft} to {target} "
+                              "(servers and clients inherit it)")
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return soft
+
+
+    def dedicated(self, scenario: str, *args: str) -> Server:
+        """A fresh rpcd for one scenario, with the limits that scenario needs raised."""
+        server = Server(f"{self.rpcd.name} ({scenario})", "rpcd", [*self.rpcd.args, *args])
+        self.notes.append(f"{scenario} runs its own rpcd with {' '.join(server.args)}")
+        self.dedicated_servers.append(server)
+        self.start([server])
+        return server
+
+    def start(self, servers: list[Server]) -> None:
+        for server in servers:
+            server.start(self.workdir)
+        for server in servers:
+            server.wait_ready()
+
+    def stop(self) -> None:
+        for server in self.servers + self.dedicated_servers:
+            server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- scenarios ---------------------------------------------------------------------------
+
+    def rate(self, server: Server, inflight: int) -> tuple[float, float]:
+        """Calls/s, and the server's CPU time per call in microseconds."""
+        args = self.args
+        spec = {"mode": "rate", "kind": server.kind, "port": server.port,
+                "duration": args.duration, "inflight": inflight, "method": args.method}
+        cpu = server.cpu_seconds()
+        counts = run_clients([spec] * args.clients, timeout=args.duration + 60)
+        cpu = server.cpu_seconds() - cpu
+        calls = sum(counts)
+        return calls / args.duration, cpu / max(calls, 1) * 1e6
+
+    def throughput(self, scenario: str, inflight: int, servers: list[Server]) -> dict[str, float]:
+        runs: dict[str, list[tuple[float, float]]] = {s.name: [] for s in servers}
+        for _ in range(self.args.repeat):  # alternate servers, so each sees the same machine
+            for server in servers:
+                runs[server.name].append(self.rate(server, inflight))
+        figures = {}
+        for name, values in runs.items():
+            rate = statistics.median(v[0] for v in values)
+            cpu = statistics.median(v[1] for v in values)
+            figures[name] = rate
+            self.rows.append(Row(scenario, name, rate, "calls/s",
+                                 f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call)"))
+        return figures
+
+    def scenario_a(self) -> dict[str, float]:
+        call = "16-byte echo" if self.args.method == "echo" else "ping"
+        label = f"a. {self.args.clients} procs, 1 in flight, {call}"
+        return self.throughput(label, 1, self.servers)
+
+    def scenario_b(self) -> dict[str, float]:
+        label = f"b. {self.args.clients} procs, {self.args.pipeline} pipelined"
+        raw = [s for s in self.servers if s.kind in RAW]
+        return self.throughput(label, self.args.pipeline, raw)
+
+    def scenario_c(self, rpcd: Server, baseline: Server) -> None:
+        calls = self.args.concurrent
+        label = f"c. {calls:,} concurrent calls sleeping 1 s"
+        for server in (rpcd, baseline):
+            spec = {"mode": "concurrent", "port": server.port, "calls": calls,
+                    "connections": max(1, calls // 100), "seconds": 1.0}
+            # Twice: rpcd starts its workers on demand in the first burst (cold) and keeps
+            # them for the second (warm).
+            [cold] = run_clients([spec], timeout=180)
+            [warm] = run_clients([spec], timeout=180)
+            self.rows.append(Row(label, server.name, cold, "s wall",
+                                 f"{cold:.2f} s cold, {warm:.2f} s warm", higher_is_better=False))
+
+    def scenario_d(self, rpcd: Server, baseline: Server) -> None:
+        conns = self.args.idle
+        label = f"d. {conns:,} idle connections"
+        for server in (rpcd, baseline):
+            before = server.rss_mb()
+            fds = server.open_fds()
+            spec = {"mode": "idle", "port": server.port, "connections": conns}
+            procs = run_clients([spec], timeout=120)
+            try:
+                # The client has connected them all; wait until the server's count settles.
+                deadline = time.monotonic() + 30
+                held, last = server.open_fds() - fds, -1
+                while (held != last or held < conns - 10) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    held, last = server.open_fds() - fds, held
+                rss = server.rss_mb()
+            finally:
+                for proc in procs:
+                    proc.stdin.close()
+                    proc.wait(60)
+            self.rows.append(Row(label, server.name, rss, "MB RSS",
+                                 f"{rss:.0f} MB RSS ({before:.0f} MB before; {held:,} held)",
+                                 higher_is_better=False))
+
+    def scenario_e(self) -> None:
+        label = "e. getlog 1,000 lines, 1 MiB vs 1 GiB log"
+        script = BENCH / "getlog.py"
+        if not self._has_method(self.rpcd, "getlog"):
+            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: rpcd has no getlog"))
+            return
+        if not script.exists():
+            self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: no bench/getlog.py"))
+            return
+        argv = [sys.executable, str(script), "--repeat", str(self.args.getlog_repeat)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                             cwd=self.workdir).stdout
+        medians = [line for line in out.splitlines() if line.startswith("getlog ")]
+        ratio = [line for line in out.splitlines() if line.startswith("ratio")]
+        text = "; ".join(m.split(": ", 1)[1].split(",")[0] for m in medians)
+        figure = float(ratio[0].rsplit(" ", 1)[1]) if ratio else None
+        self.rows.append(Row(label, self.rpcd.name, figure, "x (1 GiB / 1 MiB)",
+                             f"{text}; ratio {figure}", higher_is_better=False))
+
+    def _has_method(self, server: Server, name: str) -> bool:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            body = b'{"jsonrpc":"2.0","method":"rpc.methods","id":1}'
+            sock.sendall(len(body).to_bytes(4, "big") + body)
+            size = int.from_bytes(sock.recv(4, socket.MSG_WAITALL), "big")
+            reply = json.loads(sock.recv(size, socket.MSG_WAITALL))
+        return any(m["name"] == name for m in reply.get("result", []))
+
+    def scenario_f(self, peak: float, where: str) -> None:
+        args = self.args
+        rate = peak * args.f_fraction
+        label = f"f. latency at {rate:,.0f} calls/s ({args.f_fraction:g} of rpcd's {where} peak)"
+        for server in [s for s in self.servers if s.kind in RAW]:
+            spec = {"mode": "latency", "port": server.port, "rate": rate / args.clients,
+                    "duration": args.duration}
+            results = run_clients([spec] * args.clients, timeout=args.duration + 60)
+            latencies = sorted(x for r in results for x in r)
+            p50 = latencies[len(latencies) // 2] * 1000
+            p99 = latencies[int(len(latencies) * 0.99)] * 1000
+            self.rows.append(Row(label, server.name, p99 / p50, "p99/p50",
+                                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 = {p99 / p50:.1f}x p50)",
+                                 higher_is_better=False, compare=False))
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        args = self.args
+        wanted = set(args.scenarios)
+        self.plan()
+        needs_many = wanted & {"c", "d"}
+        if needs_many:
+            limit = self.raise_open_files(max(args.idle, args.concurrent // 100) + 1000)
+            if limit < args.idle + 200:
+                args.idle = limit - 200
+                self.notes.append(f"d holds {args.idle} connections: "
+                                  f"the hard open-file limit is {limit}")
+        try:
+            self.start(self.servers)
+            peaks: dict[str, float] = {}  # rpcd's peak rate in a and in b
+            if "a" in wanted:
+                peaks["a"] = self.scenario_a()[self.rpcd.name]
+            if "b" in wanted:
+                peaks["b"] = self.scenario_b()[self.rpcd.name]
+            baseline = next(s for s in self.servers if s.kind == BASELINE)
+            if "c" in wanted:
+                server = self.dedicated("c", "--workers", str(args.concurrent),
+                                        "--queue-size", str(max(10000, args.concurrent)))
+                self.scenario_c(server, baseline)
+                server.stop()
+            if "d" in wanted:
+                server = self.dedicated("d", "--max-connections", str(args.idle + 100))
+                self.scenario_d(server, baseline)
+                server.stop()
+            if "e" in wanted:
+                if args.quick:
+                    self.rows.append(Row("e. getlog 1,000 lines, 1 MiB vs 1 GiB log",
+                                         self.rpcd.name, None, "",
+                                         "skipped in --quick (builds a 1 GiB file)"))
+                else:
+                    self.scenario_e()
+            if "f" in wanted:
+                if not peaks:
+                    peaks["a"] = self.rate(self.rpcd, 1)[0]
+                for where, peak in peaks.items():
+                    self.scenario_f(peak, "1-in-flight (a)" if where == "a" else "pipelined (b)")
+        finally:
+            self.stop()
+        self.report()
+
+    def report(self) -> None:
+        args = self.args
+        print(f"\nrpcd benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+              f"{args.clients} client processes, {args.duration:g} s per measurement, "
+              f"median of {args.repeat}")
+        print("note: b, c, d, f load rpcd and the baseline (the peers' own clients make one call "
+              "at a time, so they run in a only)")
+        for note in self.notes:
+            print(f"note: {note}")
+        print()
+        print("| scenario | server | figure | vs baseline |")
+        print("| --- | --- | --- | --- |")
+        baselines = {r.scenario: r.figure for r in self.rows if r.server == BASELINE}
+        plain = {r.scenario: r.figure for r in self.rows if r.server == "rpcd" and r.figure}
+        for row in self.rows:
+            if row.server == "rpcd --no-access-log" and row.figure and row.scenario in plain:
+                cost = 1 - plain[row.scenario] / row.figure
+                print(f"note: access-log cost in {row.scenario[:2]} {cost:.0%} of calls/s")
+        for row in self.rows:
+            shown, ratio = row.text, ""
+            if row.figure is not None:
+                if not shown:
+                    number = f"{row.figure:,.0f}" if row.figure >= 100 else f"{row.figure:.3g}"
+                    shown = f"{number} {row.unit}"
+                base = baselines.get(row.scenario)
+                if not row.compare:
+                    ratio = ""
+                elif row.server == BASELINE:
+                    ratio = "baseline"
+                elif base:
+                    ratio = f"{row.figure / base:.2f}x"
+            print(f"| {row.scenario} | {row.server} | {shown} | {ratio} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default="a,b,c,d,e,f",
+                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                        help="which scenarios to run, e.g. a,b (default: a,b,c,d,e,f)")
+    parser.add_argument("--servers", default=",".join(PEERS),
+                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                        help="which peers to compare (default: all installed); rpcd and "
+                             "the Twisted baseline always run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per server (median)")
+    parser.add_argument("--clients", type=int, default=4, help="client processes for a, b, f")
+    parser.add_argument("--pipeline", type=int, default=50, help="calls in flight per client in b")
+    parser.add_argument("--method", choices=("echo", "ping"), default="echo",
+                        help="the call rpcd and the baseline get in a and b (peers: always echo)")
+    parser.add_argument("--concurrent", type=int, default=10000, help="sleeping calls in c")
+    parser.add_argument("--idle", type=int, default=10000, help="idle connections in d")
+    parser.add_argument("--getlog-repeat", type=int, default=20, help="getlog calls per log in e")
+    parser.add_argument("--f-fraction", type=float, default=0.5,
+                        help="f's load as a fraction of rpcd's peak (a and b) rate")
+    parser.add_argument("--compare-rpcd", type=Path, metavar="DIR",
+                        help="also run the rpcd package found in DIR (an older checkout, say) "
+                             "on the same load in a, b and f")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run: 0.3 s measurements, 500 calls in c and connections in d")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat = 0.3, 1
+        args.concurrent, args.idle = 500, 500
+    Harness(args).run()
+
+
+if __name__ == "__main__":
+    main()
