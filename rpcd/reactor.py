@@ -81,19 +81,31 @@ class GeventReactor(_epollreactor.EPollReactor):
         """Call `f()` in the reactor once the greenlets ready now have run, before the writes
         are flushed: a protocol gathers what its greenlets wrote into one write."""
         self._after_turn.append(f)
-        self._wake_to_flush()
+        self._wake_soon()
 
     def addWriter(self, writer) -> None:
         if writer in self._ready_writers or writer.fileno() in self._writes:
             return
         self._ready_writers[writer] = None
-        self._wake_to_flush()
+        self._wake_soon()
 
-    def _wake_to_flush(self) -> None:
+    def _wake_soon(self) -> None:
         if self._waiter is not None and not self._wake_scheduled:
-            # Written from a greenlet while the reactor waits: wake it to flush.
+            # Something a greenlet did while the reactor waits needs the reactor now.
             self._wake_scheduled = True
             self._hub.loop.run_callback(self._wake)
+
+    # A greenlet (a method returning a Deferred, say) may schedule a timed call while the
+    # reactor waits with a timeout computed before it: wake the reactor to wait again with
+    # the new deadline, or the call would run only at the next unrelated event.
+    def callLater(self, delay: float, callable, *args, **kw):
+        call = super().callLater(delay, callable, *args, **kw)
+        self._wake_soon()
+        return call
+
+    def _moveCallLaterSooner(self, delayedCall) -> None:
+        super()._moveCallLaterSooner(delayedCall)
+        self._wake_soon()
 
     def removeWriter(self, writer) -> None:
         if self._ready_writers.pop(writer, _ABSENT) is _ABSENT:
@@ -138,6 +150,8 @@ class GeventReactor(_epollreactor.EPollReactor):
         poller = self._poller
         if self._pending_callbacks:
             gevent.sleep(0)  # greenlets are ready (calls to run): one hub turn, no waiting
+            if timeout != 0:
+                timeout = self.timeout()  # they may have scheduled timed calls meanwhile
         if self._ready_writers or self._after_turn:
             self._flush_writers()  # what they (or the last iteration) wrote leaves now
         # Poll first: under load events are already waiting and no hub round-trip is needed.
