@@ -595,7 +595,7 @@ class Client:
             sock.settimeout(remaining)
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             except OSError as exc:
                 raise self._handshake_lost(_reason(exc)) from exc

@@ -5,14 +5,16 @@ after a restart; a client with a key refuses a server that asks for no authentic
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
 
 from rpcd import auth
 from rpcd.client import (
@@ -22,7 +24,7 @@ from rpcd.client import (
     NotAuthenticated,
 )
 from rpcd.twisted_client import RPCConnection, connect
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import ROOT, Daemon, free_port
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 KEY = b"client-auth-test-key-\x00\xff-0123456789"
@@ -128,6 +130,60 @@ def test_reconnect_after_restart_authenticates_again(start_daemon, key_file):
     start_daemon("--auth-key-file", key_file, port=port)
     assert c.call("add", 2, 2) == 4  # a new connection, and a new handshake on it
     c.close()
+
+
+class TwistedClientAuthTests(unittest.TestCase):
+    """The Twisted client (trial-style: it needs the running global reactor)."""
+
+    timeout = 30
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.workdir = Path(tempfile.mkdtemp(prefix="rpcd-twisted-auth-"))
+        cls.key_file = str(cls.workdir / "rpcd.key")
+        Path(cls.key_file).write_bytes(KEY + b"\n")
+        cls.wrong_key_file = str(cls.workdir / "wrong.key")
+        Path(cls.wrong_key_file).write_bytes(b"not the key\n")
+        cls.daemons = []
+        for extra in (["--auth-key-file", cls.key_file], []):
+            port = free_port()
+            args = ["--listen", f"tcp:{port}:interface=127.0.0.1",
+                    "--methods", "tests.integration.methods", *extra]
+            daemon = Daemon(cls.workdir, args, port)
+            cls.daemons.append(daemon)
+            daemon.wait_ready()
+        cls.endpoint, cls.open_endpoint = (f"tcp:127.0.0.1:{d.port}" for d in cls.daemons)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        for daemon in cls.daemons:
+            daemon.terminate()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    @defer.inlineCallbacks
+    def test_right_key(self):
+        conn = yield connect(reactor, self.endpoint, auth_key_file=self.key_file)
+        self.addCleanup(conn.close)
+        self.assertIsInstance(conn, RPCConnection)
+        self.assertEqual((yield conn.callRemote("add", 2, 3)), 5)
+        items: list = []
+        self.assertEqual((yield conn.streamRemote(items.append, "ticker", 3)), 3)
+        self.assertEqual(items, [0, 1, 2])
+
+    @defer.inlineCallbacks
+    def test_wrong_key_and_no_key(self):
+        with self.assertRaises(NotAuthenticated):
+            yield connect(reactor, self.endpoint, auth_key_file=self.wrong_key_file)
+        conn = yield connect(reactor, self.endpoint)  # no key: connected, but refused calls
+        self.addCleanup(conn.close)
+        with self.assertRaises(NotAuthenticated):
+            yield conn.callRemote("add", 1, 2)
+
+    @defer.inlineCallbacks
+    def test_key_against_a_server_without_auth(self):
+        with self.assertRaises(AuthenticationFailed) as caught:
+            yield connect(reactor, self.open_endpoint, auth_key=KEY, auth_timeout=0.5)
+        self.assertIn("did not ask for authentication within 0.5 s", str(caught.exception))
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
