@@ -4,11 +4,13 @@ after a restart; a client with a key refuses a server that asks for no authentic
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 
@@ -83,6 +85,36 @@ def test_threads_share_one_authenticated_connection(daemon, key_file):
         # Eight callers racing to connect: one connection, one handshake.
         assert c.call("rpc.stats")["connections"]["accepted"] == accepted + 1
         c.close()
+
+
+GREENLETS = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import json, sys
+    import gevent
+    from rpcd.client import Client
+
+    endpoint, key_file = f"tcp:127.0.0.1:{sys.argv[1]}", sys.argv[2]
+    probe = Client(endpoint, timeout=20, auth_key_file=key_file)
+    accepted = probe.call("rpc.stats")["connections"]["accepted"]
+    c = Client(endpoint, timeout=20, auth_key_file=key_file)
+    adds = [gevent.spawn(c.call, "add", i, i) for i in range(50)]  # all racing to connect
+    gevent.joinall(adds, raise_error=True)
+    print(json.dumps({
+        "adds": [g.value for g in adds],
+        "new_connections": probe.call("rpc.stats")["connections"]["accepted"] - accepted,
+    }))
+""")
+
+
+def test_greenlets_share_one_authenticated_connection(daemon, key_file):
+    out = subprocess.run(
+        [sys.executable, "-c", GREENLETS, str(daemon.port), key_file], cwd=ROOT,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {"adds": [2 * i for i in range(50)], "new_connections": 1}
 
 
 def test_wrong_key_and_no_key(daemon, wrong_key_file):
