@@ -56,7 +56,10 @@ class RPCConnection(Int32StringReceiver):
         self._nonce: str | None = None  # ours, while the server's proof is awaited
 
     def connectionMade(self) -> None:
-        self._ready = Deferred() if self._key is not None else succeed(self)
+        if self._key is None:
+            self._ready = succeed(self)
+        else:  # cancelling the wait for the handshake drops the connection
+            self._ready = Deferred(lambda _: self.transport.loseConnection())
 
     def _authenticated(self, reactor: Any, timeout: float | None) -> Deferred:
         """Fires with this connection once the handshake is done (at once without a key);

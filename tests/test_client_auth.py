@@ -7,6 +7,7 @@ import json
 import struct
 
 import pytest
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -140,3 +141,11 @@ def test_twisted_no_challenge_times_out():
     ready.addErrback(failure.append)
     assert failure[0].check(AuthenticationFailed) and transport.disconnecting
     assert "did not ask for authentication within 0.5 s" in str(failure[0].value)
+
+
+def test_twisted_cancelling_the_wait_drops_the_connection():
+    _, transport, ready = connected(Clock())
+    ready.cancel()
+    failure = []
+    ready.addErrback(failure.append)
+    assert failure[0].check(CancelledError) and transport.disconnecting
