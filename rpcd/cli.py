@@ -1,7 +1,8 @@
 """`rpcd-call`: call a method of a running rpcd from the shell and print the result as JSON.
 
-Exit codes: 0 success, 1 the server answered with an error (or no reply in time), 2 usage
-error, 3 cannot connect or the connection broke.
+Exit codes: 0 success, 1 the server answered with an error (or no reply in time, or the
+auth handshake failed), 2 usage error (also an unreadable key file), 3 cannot connect or
+the connection broke.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 import orjson
 
+from rpcd.auth import AuthKeyError
 from rpcd.client import (
     DEFAULT_ENDPOINT,
+    AuthenticationFailed,
     Client,
     ConnectFailed,
     ConnectionLost,
@@ -31,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Call a method of a running rpcd and print its result as JSON "
         "(indented on a terminal, compact otherwise). Each ARG and VALUE is parsed as "
         "JSON when it is valid JSON, else taken as a string.",
-        epilog="exit codes: 0 ok, 1 remote error, 2 usage error, 3 cannot connect",
+        epilog="exit codes: 0 ok, 1 remote error or failed authentication, 2 usage error, "
+        "3 cannot connect",
     )
     parser.add_argument(
         "-c", "--connect", metavar="ENDPOINT",
@@ -42,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-t", "--timeout", type=float, metavar="SECONDS",
         help="give up waiting for the reply (or the next streamed item) after this long",
+    )
+    parser.add_argument(
+        "--auth-key-file", metavar="FILE", default=os.environ.get("RPCD_AUTH_KEY_FILE") or None,
+        help="shared key file for a server started with --auth-key-file "
+        "(default: $RPCD_AUTH_KEY_FILE)",
     )
     parser.add_argument("--byteorder", choices=("big", "little"), default="big",
                         help="length-prefix byte order, as the server's --byteorder")
@@ -126,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if options.args and named:
         parser.error("give positional ARGs or named arguments (-k, getlog shortcuts), not both")
     try:
-        client = Client(options.connect, timeout=options.timeout, byteorder=options.byteorder)
+        client = Client(options.connect, timeout=options.timeout, byteorder=options.byteorder,
+                        auth_key_file=options.auth_key_file)
     except ValueError as exc:
         parser.error(str(exc))
+    except AuthKeyError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     out = _Output(sys.stdout)
     try:
         with client:
@@ -139,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 args = [_value(arg) for arg in options.args]
                 return _call(client, out, options.method, args, named, options.timeout)
+    except AuthenticationFailed as exc:
+        return _fail(f"authentication failed: {exc}", EXIT_REMOTE)
     except ConnectFailed as exc:
         return _fail(f"{exc} — is rpcd running?", EXIT_CONNECT)
     except ConnectionLost as exc:

@@ -7,7 +7,12 @@ nobody reading becomes the reader, hands every reply it reads to its owner, and 
 job on when its own reply is in. Locks, sockets and `select` are looked up at call time, so
 a client built after `gevent.monkey.patch_all()` is cooperative.
 
-Nothing here imports Twisted, gevent or the server's modules; `rpcd.wire` is only the codes.
+With a shared key (`auth_key_file=` or `auth_key=`) each new connection passes the
+`rpc.auth` handshake (`rpcd.auth`) before it carries any call: the connecting caller does
+it on the bare socket under the connect lock, so no other caller sees the connection early.
+
+Nothing here imports Twisted, gevent or the server's modules; `rpcd.wire` is only the codes
+and `rpcd.auth` the sans-IO handshake messages.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from rpcd import auth
 from rpcd.wire import (
     CALL_TIMEOUT,
     CANCELLED,
@@ -147,6 +153,16 @@ class ConnectFailed(ConnectionError):
 
 class ConnectionLost(ConnectionError):
     """The connection broke while calls were pending; the next call reconnects."""
+
+
+class AuthenticationFailed(ConnectionError):
+    """The client has a key but the server did not prove it holds it too: it sent no
+    `rpc.auth` challenge in time (a server without `--auth-key-file`, or something else
+    listening there), a malformed one, or a wrong proof. The connection is closed.
+
+    A wrong key on the client's side is the server's -32003 instead, `NotAuthenticated`;
+    catch both for "the keys do not match". Retrying helps with neither.
+    """
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -381,6 +397,12 @@ class Client:
 
     `timeout` bounds each call's wait for its reply (None: wait for ever); a call may pass
     its own as `_timeout=`. Past it the call raises TimeoutError and is cancelled on the server.
+
+    `auth_key_file` (or the key itself as `auth_key` bytes) makes every new connection pass
+    the server's `rpc.auth` handshake, mutually: the server must prove it holds the key too.
+    The handshake is bounded by `connect_timeout` (and `timeout`, if shorter); it fails with
+    `NotAuthenticated` (the server rejects our key) or `AuthenticationFailed` (the server
+    asked for no authentication, or its proof is wrong).
     """
 
     # A reply larger than this is taken as a corrupt stream.
@@ -394,7 +416,11 @@ class Client:
         timeout: float | None = 60.0,
         connect_timeout: float = 10.0,
         byteorder: str = "big",
+        auth_key_file: str | None = None,
+        auth_key: bytes | auth.Key | None = None,
     ) -> None:
+        if auth_key_file is not None and auth_key is not None:
+            raise ValueError("give auth_key_file or auth_key, not both")
         if port is not None:
             host = f"[{endpoint}]" if ":" in endpoint else endpoint
             endpoint = f"tcp:host={host}:port={port}"
@@ -403,6 +429,12 @@ class Client:
         self.endpoint = Endpoint.parse(endpoint)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        # Read once, here: a bad file fails the constructor (auth.AuthKeyError), not a call.
+        self._key: auth.Key | None = (
+            auth.load_key(auth_key_file) if auth_key_file is not None
+            else None if auth_key is None
+            else auth_key if isinstance(auth_key, auth.Key) else auth.Key(auth_key)
+        )
         self._prefix = struct.Struct("!I" if byteorder == "big" else "<I")
         self._lock = threading.Lock()  # guards connection and slot state
         self._send_lock = threading.Lock()  # keeps each frame's bytes together on the socket
@@ -476,9 +508,110 @@ class Client:
             conn = self._conn
             if conn is None or conn.broken:
                 sock = _open_socket(self.endpoint, self.connect_timeout)
+                leftover = b""
+                if self._key is not None:
+                    try:
+                        leftover = self._authenticate(sock, self._key)
+                    except BaseException:
+                        sock.close()
+                        raise
                 sock.settimeout(self.timeout)
-                conn = self._conn = _Connection(sock)
+                conn = _Connection(sock)
+                conn.buffer += leftover
+                self._conn = conn
             return conn
+
+    # -- the auth handshake ------------------------------------------------------------------
+
+    def _authenticate(self, sock: socket.socket, key: auth.Key) -> bytes:
+        """Answer the server's challenge on `sock` (not yet shared) and check its proof.
+
+        Returns whatever the server sent after its answer, for the connection's buffer.
+        """
+        bounds = [t for t in (self.connect_timeout, self.timeout) if t]
+        wait = min(bounds) if bounds else None
+        deadline = _deadline(wait)
+        buffer = bytearray()
+        challenge = self._handshake_frame(sock, buffer, deadline)
+        if challenge is None:
+            raise AuthenticationFailed(
+                f"{self.endpoint.text} did not ask for authentication within {wait:g} s "
+                "(is it started with --auth-key-file?)"
+            )
+        if type(challenge) is not dict or challenge.get("method") != auth.METHOD:
+            self._raise_if_error(challenge)
+            raise AuthenticationFailed(
+                f"{self.endpoint.text} did not ask for authentication: it sent {challenge!r:.80}"
+            )
+        mine = auth.new_nonce()
+        try:
+            params = auth.respond(key, challenge.get("params"), mine)
+        except auth.AuthFailed as exc:
+            raise AuthenticationFailed(f"{self.endpoint.text}: {exc}") from None
+        call_id = next(self._ids)
+        body = orjson.dumps(make_request(auth.METHOD, params, call_id))
+        try:
+            sock.sendall(self._prefix.pack(len(body)) + body)
+        except OSError as exc:
+            raise self._handshake_lost(_reason(exc)) from exc
+        while True:
+            reply = self._handshake_frame(sock, buffer, deadline)
+            if reply is None:
+                raise TimeoutError(f"no answer to {auth.METHOD} within {wait:g} s")
+            if type(reply) is dict and reply.get("id") == call_id:
+                break
+            self._raise_if_error(reply)  # e.g. the refusal of a connection over the limit
+        if "error" in reply:
+            raise RemoteError.from_object(reply["error"])
+        if not auth.check_server(key, mine, reply.get("result")):
+            raise AuthenticationFailed(
+                f"{self.endpoint.text} did not prove it holds the key (wrong server digest)"
+            )
+        return bytes(buffer)
+
+    def _handshake_frame(
+        self, sock: socket.socket, buffer: bytearray, deadline: float | None
+    ) -> Any:
+        """The next message from `sock` (consumed from `buffer`); None past `deadline`."""
+        while True:
+            if len(buffer) >= 4:
+                (size,) = self._prefix.unpack_from(buffer)
+                if size > auth.PREAUTH_MAX_FRAME:
+                    raise AuthenticationFailed(
+                        f"{self.endpoint.text} sent a {size}-byte frame during the auth handshake"
+                    )
+                if len(buffer) - 4 >= size:
+                    frame = bytes(buffer[4 : 4 + size])
+                    del buffer[: 4 + size]
+                    try:
+                        return orjson.loads(frame)
+                    except orjson.JSONDecodeError:
+                        raise AuthenticationFailed(
+                            f"{self.endpoint.text} sent a frame that is not JSON"
+                        ) from None
+            remaining = _remaining(deadline)
+            if remaining == 0:
+                return None
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise self._handshake_lost(_reason(exc)) from exc
+            if not data:
+                raise self._handshake_lost("closed by the server")
+            buffer += data
+
+    def _handshake_lost(self, reason: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"connection to {self.endpoint.text} lost during the auth handshake: {reason}"
+        )
+
+    @staticmethod
+    def _raise_if_error(message: Any) -> None:
+        if type(message) is dict and "error" in message:
+            raise RemoteError.from_object(message["error"])
 
     def _closed_while_idle(self, conn: _Connection) -> bool:
         """With nothing pending, read what the server sent meanwhile: has it closed (idle

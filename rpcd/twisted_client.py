@@ -2,7 +2,9 @@
 
 Replies fail with the blocking client's exception classes (`RemoteError` and its
 subclasses, `ConnectionLost`, `ConnectFailed`). Cancelling a call's Deferred sends
-`rpc.cancel` for it, so the server stops the work too.
+`rpc.cancel` for it, so the server stops the work too. With a shared key the connection
+answers the server's `rpc.auth` challenge (mutually, as the blocking client does) before
+`connect` hands it out.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from typing import Any
 
 import orjson
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from rpcd import auth
 from rpcd.client import (
     CANCEL_METHOD,
+    AuthenticationFailed,
     ConnectFailed,
     ConnectionLost,
     RemoteError,
@@ -36,7 +40,7 @@ class RPCConnection(Int32StringReceiver):
 
     MAX_LENGTH = 256 * 1024 * 1024
 
-    def __init__(self, byteorder: str = "big") -> None:
+    def __init__(self, byteorder: str = "big", auth_key: auth.Key | bytes | None = None) -> None:
         if byteorder not in ("big", "little"):
             raise ValueError("byteorder must be 'big' or 'little'")
         if byteorder == "little":
@@ -46,6 +50,65 @@ class RPCConnection(Int32StringReceiver):
         self._streams: dict[int, Callable[[Any], None]] = {}
         self._closed: Deferred = Deferred()
         self._lost: Failure | None = None
+        self._key = auth.Key(auth_key) if isinstance(auth_key, bytes) else auth_key
+        # Fires with self once authenticated (at once without a key), or fails.
+        self._ready: Deferred | None = None
+        self._nonce: str | None = None  # ours, while the server's proof is awaited
+
+    def connectionMade(self) -> None:
+        if self._key is None:
+            self._ready = succeed(self)
+        else:  # cancelling the wait for the handshake drops the connection
+            self._ready = Deferred(lambda _: self.transport.loseConnection())
+
+    def _authenticated(self, reactor: Any, timeout: float | None) -> Deferred:
+        """Fires with this connection once the handshake is done (at once without a key);
+        fails with NotAuthenticated, AuthenticationFailed or ConnectionLost, closing it."""
+        ready = self._ready
+        if timeout is not None and not ready.called:
+            timer = reactor.callLater(timeout, self._no_challenge, timeout)
+
+            def stop_timer(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            ready.addBoth(stop_timer)
+        return ready
+
+    def _no_challenge(self, timeout: float) -> None:
+        if self._nonce is None:
+            reason = f"the server did not ask for authentication within {timeout:g} s"
+            self._auth_failed(AuthenticationFailed(reason))
+        else:
+            self._auth_failed(TimeoutError(f"no answer to {auth.METHOD} within {timeout:g} s"))
+
+    def _auth_failed(self, error: Exception) -> None:
+        if not self._ready.called:
+            self._ready.errback(error)
+        if self.transport is not None and self._lost is None:
+            self.transport.loseConnection()
+
+    def _challenged(self, params: Any) -> None:
+        if self._ready.called or self._nonce is not None:
+            return  # not waiting for a challenge (no key, or one answered already)
+        self._nonce = auth.new_nonce()
+        try:
+            answer = auth.respond(self._key, params, self._nonce)
+        except auth.AuthFailed as exc:
+            self._auth_failed(AuthenticationFailed(str(exc)))
+            return
+        self._call(auth.METHOD, answer, None).addCallbacks(self._answered, self._refused)
+
+    def _answered(self, result: Any) -> None:
+        if not auth.check_server(self._key, self._nonce, result):
+            reason = "the server did not prove it holds the key (wrong server digest)"
+            self._auth_failed(AuthenticationFailed(reason))
+        elif not self._ready.called:
+            self._ready.callback(self)
+
+    def _refused(self, failure: Failure) -> None:
+        self._auth_failed(failure.value)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -114,7 +177,9 @@ class RPCConnection(Int32StringReceiver):
     def _dispatch(self, message: dict) -> None:
         if "method" in message:
             params = message.get("params")
-            if message["method"] == STREAM_METHOD and isinstance(params, dict):
+            if message["method"] == auth.METHOD and self._key is not None:
+                self._challenged(params)
+            elif message["method"] == STREAM_METHOD and isinstance(params, dict):
                 on_item = self._streams.get(params.get("id"))
                 if on_item is not None:
                     on_item(params.get("item"))
@@ -147,6 +212,8 @@ class RPCConnection(Int32StringReceiver):
         closed.callback(None)
 
     def _fail_all(self, failure: Failure) -> None:
+        if self._ready is not None and not self._ready.called:
+            self._ready.errback(failure)
         pending, self._pending = self._pending, {}
         self._streams.clear()
         for d in pending.values():
@@ -154,17 +221,31 @@ class RPCConnection(Int32StringReceiver):
 
 
 def connect(
-    reactor: Any, endpoint: str | IStreamClientEndpoint, *, byteorder: str = "big"
+    reactor: Any,
+    endpoint: str | IStreamClientEndpoint,
+    *,
+    byteorder: str = "big",
+    auth_key_file: str | None = None,
+    auth_key: auth.Key | bytes | None = None,
+    auth_timeout: float | None = 10.0,
 ) -> Deferred:
     """Connect to rpcd; the Deferred fires with an `RPCConnection` or fails with ConnectFailed.
 
     `endpoint` is a Twisted client endpoint string (`tcp:127.0.0.1:5354`, `unix:PATH`,
-    `ssl:HOST:PORT`, `tls:...`) or an endpoint object.
+    `ssl:HOST:PORT`, `tls:...`) or an endpoint object. With `auth_key_file` (or `auth_key`
+    bytes) the Deferred fires only once the `rpc.auth` handshake is done, within
+    `auth_timeout` seconds; else it fails with NotAuthenticated (the server rejects the key),
+    AuthenticationFailed (the server asked for no authentication, or its proof is wrong) or
+    ConnectionLost. A key file that cannot be read raises `rpcd.auth.AuthKeyError` at once.
     """
+    if auth_key_file is not None and auth_key is not None:
+        raise ValueError("give auth_key_file or auth_key, not both")
+    if auth_key_file is not None:
+        auth_key = auth.load_key(auth_key_file)
     text = endpoint if isinstance(endpoint, str) else repr(endpoint)
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
-    d = connectProtocol(endpoint, RPCConnection(byteorder))
+    d = connectProtocol(endpoint, RPCConnection(byteorder, auth_key))
 
     def failed(failure: Failure) -> Failure:
         value = failure.trap(netError.ConnectError) and failure.value
@@ -176,4 +257,5 @@ def connect(
             reason = value.string or failure.getErrorMessage()
         raise ConnectFailed(text, reason)
 
-    return d.addErrback(failed)
+    d.addErrback(failed)
+    return d.addCallback(lambda conn: conn._authenticated(reactor, auth_timeout))

@@ -97,7 +97,10 @@ class ScriptedPeer:
         def recv_request():
             nonlocal buffer
             while len(buffer) < 4 or len(buffer) < 4 + struct.unpack("!I", buffer[:4])[0]:
-                buffer += conn.recv(65536)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise EOFError("the client closed the connection")
+                buffer += chunk
             size = struct.unpack("!I", buffer[:4])[0]
             message, buffer = json.loads(buffer[4 : 4 + size]), buffer[4 + size :]
             return message

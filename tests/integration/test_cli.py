@@ -26,7 +26,8 @@ def daemon(start_daemon):
 
 def run(*args: str, endpoint: str | None = None, env: dict | None = None, timeout: float = 20):
     argv = [RPCD_CALL, *(("-c", endpoint) if endpoint else ()), *args]
-    environ = {k: v for k, v in os.environ.items() if k != "RPCD_ENDPOINT"}
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")}
     environ.update(env or {})
     return subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True,
                           timeout=timeout)
