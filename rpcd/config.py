@@ -1,4 +1,4 @@
-"""Typed settings: defaults <- TOML file <- command line, each value checked with a clear message."""
+"""Typed settings: defaults <- TOML file <- command line, each value checked clearly."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ class ConfigError(Exception):
 def _endpoints(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1")
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise ValueError(
+            "a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1"
+        )
     return tuple(value)
 
 
@@ -58,7 +64,12 @@ def _seconds(allow_zero: bool) -> Callable[[Any], float]:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(allowed) from None
-        if number != number or number < 0 or (number == 0 and not allow_zero) or number == float("inf"):
+        if (
+            number != number
+            or number < 0
+            or (number == 0 and not allow_zero)
+            or number == float("inf")
+        ):
             raise ValueError(allowed)
         return number
 
@@ -77,7 +88,16 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 def _boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "1",
+        "false",
+        "no",
+        "off",
+        "0",
+    ):
         return value.lower() in ("true", "yes", "on", "1")
     raise ValueError("true or false")
 
@@ -94,7 +114,9 @@ def _optional_path(value: Any) -> str:
     return value
 
 
-def _setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None) -> Any:
+def _setting(
+    default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None
+) -> Any:
     """A settings field: its default, its parser/validator, its help text.
 
     `flag` names a command-line switch that turns a default-true setting off.
@@ -110,24 +132,47 @@ class Settings:
     """Every operator setting, with its default. Keys in the TOML file are these names."""
 
     listen: tuple[str, ...] = _setting(
-        ("tcp:5354:interface=127.0.0.1",), _endpoints,
+        ("tcp:5354:interface=127.0.0.1",),
+        _endpoints,
         "endpoint to listen on (any Twisted endpoint string); repeat for several",
     )
     methods: tuple[str, ...] = _setting(
         (), _modules, "module whose @method functions to serve (pkg.mod or pkg.mod:obj); repeatable"
     )
-    max_connections: int = _setting(1024, _integer(1), "maximum open connections, all listeners together")
-    max_connections_per_peer: int = _setting(0, _integer(0), "maximum open connections per peer address (0 = no limit)")
-    max_frame_bytes: int = _setting(4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted, in bytes")
-    idle_timeout: float = _setting(300.0, _seconds(True), "close a connection that sends no frame for this long (0 = never)")
-    call_timeout: float = _setting(30.0, _seconds(False), "a call running longer is stopped and answered -32001")
-    queue_size: int = _setting(10000, _integer(0), "calls that may wait for a worker; more are refused with -32000")
-    workers: int = _setting(1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)")
-    max_inflight: int = _setting(128, _integer(1), "calls pending per connection before it is no longer read")
+    max_connections: int = _setting(
+        1024, _integer(1), "maximum open connections, all listeners together"
+    )
+    max_connections_per_peer: int = _setting(
+        0, _integer(0), "maximum open connections per peer address (0 = no limit)"
+    )
+    max_frame_bytes: int = _setting(
+        4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted, in bytes"
+    )
+    idle_timeout: float = _setting(
+        300.0, _seconds(True), "close a connection that sends no frame for this long (0 = never)"
+    )
+    call_timeout: float = _setting(
+        30.0, _seconds(False), "a call running longer is stopped and answered -32001"
+    )
+    queue_size: int = _setting(
+        10000, _integer(0), "calls that may wait for a worker; more are refused with -32000"
+    )
+    workers: int = _setting(
+        1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)"
+    )
+    max_inflight: int = _setting(
+        128, _integer(1), "calls pending per connection before it is no longer read"
+    )
     max_batch: int = _setting(100, _integer(1), "largest JSON-RPC batch accepted")
-    shutdown_grace: float = _setting(10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish")
-    byteorder: str = _setting("big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little")
-    monkey_patch: bool = _setting(True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch")
+    shutdown_grace: float = _setting(
+        10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish"
+    )
+    byteorder: str = _setting(
+        "big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little"
+    )
+    monkey_patch: bool = _setting(
+        True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch"
+    )
     log_file: str = _setting(
         "rpcd.log", _path, "rpcd's log file (relative to the working directory at start-up)"
     )
@@ -138,7 +183,8 @@ class Settings:
         5, _integer(0, 1000), "rotated log files kept: FILE.1 (newest) ... FILE.N"
     )
     log_level: str = _setting(
-        "info", _choice("debug", "info", "warn", "error", "critical"),
+        "info",
+        _choice("debug", "info", "warn", "error", "critical"),
         "lowest level written to the log file",
     )
     log_format: str = _setting(
@@ -157,7 +203,9 @@ class Settings:
         1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
     )
     auth_key_file: str = _setting(
-        "", _optional_path, "file holding the shared key clients must prove with the rpc.auth handshake"
+        "",
+        _optional_path,
+        "file holding the shared key clients must prove with the rpc.auth handshake",
     )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
@@ -170,7 +218,9 @@ class Settings:
 
 _FIELDS = {f.name: f for f in fields(Settings)}
 # A switch such as --no-monkey-patch is also accepted as its own key: no_monkey_patch = true.
-_NEGATED = {f.metadata["flag"].replace("-", "_"): f.name for f in fields(Settings) if f.metadata["flag"]}
+_NEGATED = {
+    f.metadata["flag"].replace("-", "_"): f.name for f in fields(Settings) if f.metadata["flag"]
+}
 
 
 def _check(key: str, value: Any) -> Any:
@@ -259,7 +309,7 @@ def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
         if split is None:
             args.append(text)
         else:
-            kwargs[text[:split]] = text[split + 1:]
+            kwargs[text[:split]] = text[split + 1 :]
     return "".join(c for c, _ in parts[0]).lower(), args, kwargs
 
 

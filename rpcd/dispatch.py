@@ -348,7 +348,8 @@ class Dispatcher:
                 response = Response(
                     request,
                     error=RPCError(
-                        CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
+                        CALL_TIMEOUT,
+                        f"call timed out: {request.method} ran past {self.call_timeout:g} s",
                     ),
                 )
         except RPCError as error:
@@ -375,11 +376,15 @@ class Dispatcher:
     @staticmethod
     def _failed(call: Call, exc: BaseException) -> Response:
         log.failure(
-            "method {method} raised {exc_type}", Failure(exc), LogLevel.error,
-            method=call.request.method, exc_type=type(exc).__name__,
+            "method {method} raised {exc_type}",
+            Failure(exc),
+            LogLevel.error,
+            method=call.request.method,
+            exc_type=type(exc).__name__,
         )
         error = RPCError(
-            INTERNAL_ERROR, f"internal error: {call.request.method} raised {type(exc).__name__}",
+            INTERNAL_ERROR,
+            f"internal error: {call.request.method} raised {type(exc).__name__}",
             {"type": type(exc).__name__},
         )
         return Response(call.request, error=error)
@@ -413,7 +418,9 @@ class Dispatcher:
 
     def _expire(self) -> None:
         for call in list(self._active):
-            error = RPCError(SHUTTING_DOWN, "shutting down: the call did not finish within the shutdown grace")
+            error = RPCError(
+                SHUTTING_DOWN, "shutting down: the call did not finish within the shutdown grace"
+            )
             self.cancel(call, Response(call.request, error=error))
 
     def stop_workers(self) -> None:

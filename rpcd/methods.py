@@ -109,7 +109,9 @@ class Registry:
 
     def add(self, name: str, func: Callable, *, builtin: bool = False) -> None:
         if name.startswith(RESERVED_PREFIX) and not builtin:
-            raise LoadError(f"method name {name!r} is reserved: names beginning with 'rpc.' are the server's")
+            raise LoadError(
+                f"method name {name!r} is reserved: names beginning with 'rpc.' are the server's"
+            )
         if name in self._methods:
             raise LoadError(f"method {name!r} is defined twice")
         self._methods[name] = Method(name, func, _signature(func))
@@ -118,7 +120,9 @@ class Registry:
         try:
             return self._methods[name]
         except KeyError:
-            raise RPCError(METHOD_NOT_FOUND, f"method not found: {name}", {"method": name}) from None
+            raise RPCError(
+                METHOD_NOT_FOUND, f"method not found: {name}", {"method": name}
+            ) from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._methods
@@ -141,7 +145,9 @@ class Registry:
             try:
                 target = getattr(module, attr)
             except AttributeError:
-                raise LoadError(f"methods module {module_name!r} has no attribute {attr!r}") from None
+                raise LoadError(
+                    f"methods module {module_name!r} has no attribute {attr!r}"
+                ) from None
             if inspect.isclass(target):
                 target = target()
             for name, member in inspect.getmembers(target, callable):
@@ -154,5 +160,7 @@ class Registry:
                     self.add(name, member)
         added = len(self._methods) - before
         if added == 0:
-            raise LoadError(f"methods module {spec!r} exposes no methods (mark them with @rpcd.method)")
+            raise LoadError(
+                f"methods module {spec!r} exposes no methods (mark them with @rpcd.method)"
+            )
         return added

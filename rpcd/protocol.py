@@ -249,7 +249,8 @@ class RPCProtocol(Int32StringReceiver):
         self._write_timer = None
         log.warn(
             "aborting {peer}: its unsent replies stayed over max_outbuf for {timeout:g} s",
-            peer=_peer_text(self), timeout=self.factory.limits.write_timeout,
+            peer=_peer_text(self),
+            timeout=self.factory.limits.write_timeout,
         )
         self.transport.abortConnection()
 
@@ -263,7 +264,9 @@ class RPCProtocol(Int32StringReceiver):
             self._fail_handshake(reason, code=FRAME_TOO_LARGE)
             return
         self._send_error(
-            RPCError(FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}")
+            RPCError(
+                FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}"
+            )
         )
         self._unprocessed = b""  # never buffer the oversized body
         self.close()
@@ -355,7 +358,9 @@ class RPCProtocol(Int32StringReceiver):
         elif isinstance(params, tuple) and len(params) == 1:
             target = params[0]
         else:
-            raise RPCError(INVALID_PARAMS, 'invalid params for rpc.cancel: expected {"id": CALL_ID}')
+            raise RPCError(
+                INVALID_PARAMS, 'invalid params for rpc.cancel: expected {"id": CALL_ID}'
+            )
         for call in self._calls:
             if call.request.id == target and not call.request.legacy:
                 error = RPCError(CANCELLED, "call cancelled by the client")
@@ -520,14 +525,18 @@ class RPCFactory(Factory):
         protocol.peer = _peer_text(protocol)
         if len(self.connections) >= limits.max_connections:
             return self._refuse(
-                protocol, "max_connections", limits.max_connections,
+                protocol,
+                "max_connections",
+                limits.max_connections,
                 f"too many connections: the server's limit of {limits.max_connections} is reached",
             )
         key = _peer_key(protocol)
         if limits.max_connections_per_peer and key is not None:
             if self._per_peer[key] >= limits.max_connections_per_peer:
                 return self._refuse(
-                    protocol, "max_connections_per_peer", limits.max_connections_per_peer,
+                    protocol,
+                    "max_connections_per_peer",
+                    limits.max_connections_per_peer,
                     f"too many connections: {key} has reached the per-peer limit of "
                     f"{limits.max_connections_per_peer}",
                 )
@@ -543,7 +552,9 @@ class RPCFactory(Factory):
         self.refused[limit] += 1
         log.warn(
             "connection from {peer} refused: {limit} {value} reached",
-            peer=protocol.peer, limit=limit, value=value,
+            peer=protocol.peer,
+            limit=limit,
+            value=value,
         )
         return RPCError(TOO_MANY_CONNECTIONS, message, {"limit": limit})
 

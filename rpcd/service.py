@@ -1,4 +1,4 @@
-"""Builds the running daemon: listeners, dispatcher and connection factory, and graceful shutdown."""
+"""Builds the running daemon: listeners, dispatcher, connection factory, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from rpcd import logs
-from rpcd import auth
+from rpcd import auth, logs
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
@@ -37,7 +36,9 @@ def build_registry(settings: Settings, stats: Any) -> Registry:
 class RPCService(MultiService):
     """The daemon: its listeners are child services; stopping drains calls before closing."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None, reactor: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None = None, reactor: Any = None
+    ) -> None:
         super().__init__()
         self.monitor: BlockingMonitor | None = None
         if reactor is None:
@@ -74,8 +75,11 @@ class RPCService(MultiService):
         """Write every log event from now on to the log file too (raises logs.LogError)."""
         settings = self.settings
         self.log = logs.LogFile(
-            settings.log_file, max_bytes=settings.log_rotate_bytes, backups=settings.log_backups,
-            level=settings.log_level, fmt=settings.log_format,
+            settings.log_file,
+            max_bytes=settings.log_rotate_bytes,
+            backups=settings.log_backups,
+            level=settings.log_level,
+            fmt=settings.log_format,
         )
         self.log.start()
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.
@@ -92,11 +96,14 @@ class RPCService(MultiService):
         super().startService()
         if self.factory.limits.auth_key is None:
             for endpoint in filter(public_address, self.settings.listen):
-                log.warn("{endpoint} is reachable from other hosts without authentication",
-                         endpoint=endpoint)
+                log.warn(
+                    "{endpoint} is reachable from other hosts without authentication",
+                    endpoint=endpoint,
+                )
         log.info(
             "rpcd serving {count} methods on {listen}",
-            count=sum(1 for _ in self.registry), listen=", ".join(self.settings.listen),
+            count=sum(1 for _ in self.registry),
+            listen=", ".join(self.settings.listen),
         )
 
     @defer.inlineCallbacks
@@ -110,7 +117,10 @@ class RPCService(MultiService):
         try:
             yield closed
         except defer.CancelledError:
-            log.warn("rpcd stopping: {n} connections did not close in time", n=len(self.factory.connections))
+            log.warn(
+                "rpcd stopping: {n} connections did not close in time",
+                n=len(self.factory.connections),
+            )
         else:
             timer.cancel()
         if self.monitor is not None:

@@ -25,7 +25,7 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Serve JSON-RPC 2.0 (and the legacy {\"in\", \"params\"} envelope) over 4-byte "
+        'Serve JSON-RPC 2.0 (and the legacy {"in", "params"} envelope) over 4-byte '
         "length-prefixed frames, running each call in a gevent worker greenlet. "
         "The command line wins over the config file, which wins over the defaults."
     )
@@ -63,7 +63,9 @@ def _install_reactor(settings: Settings) -> None:
         from twisted.internet import reactor as current
 
         if not isinstance(current, reactor.GeventReactor):
-            _fail(f"rpcd runs on the gevent reactor, not {type(current).__name__}: drop the -r option")
+            _fail(
+                f"rpcd runs on the gevent reactor, not {type(current).__name__}: drop the -r option"
+            )
         return
     reactor.install(patch=settings.monkey_patch)
 
@@ -75,7 +77,9 @@ def _add_options() -> None:
         default = f.default
         if f.metadata["flag"]:
             flag = f.metadata["flag"]
-            setattr(Options, "opt_" + flag.replace("-", "_"), _flag_handler(f.name, flag, help_text))
+            setattr(
+                Options, "opt_" + flag.replace("-", "_"), _flag_handler(f.name, flag, help_text)
+            )
             continue
         if default is False:
             setattr(Options, "opt_" + f.name, _switch_handler(f.name, help_text))

@@ -8,7 +8,7 @@ as a result (an unencodable result becomes an internal-error response).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -110,7 +110,7 @@ class Response:
     error: RPCError | None = None
 
 
-Message = Union[Request, Batch]
+Message = Request | Batch
 
 
 def _load(body: bytes) -> Any:
@@ -133,7 +133,8 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
             raise RPCError(INVALID_REQUEST, "invalid request: empty batch")
         if len(obj) > max_batch:
             raise RPCError(
-                INVALID_REQUEST, f"invalid request: batch of {len(obj)} exceeds max_batch {max_batch}"
+                INVALID_REQUEST,
+                f"invalid request: batch of {len(obj)} exceeds max_batch {max_batch}",
             )
         items: list[Request | RPCError] = []
         for entry in obj:
@@ -144,7 +145,9 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
             except RPCError as err:
                 items.append(err)
         return Batch(tuple(items))
-    raise RPCError(INVALID_REQUEST, f"invalid request: expected an object, got {type(obj).__name__}")
+    raise RPCError(
+        INVALID_REQUEST, f"invalid request: expected an object, got {type(obj).__name__}"
+    )
 
 
 def _request(obj: dict) -> Request:
@@ -160,7 +163,9 @@ def _request(obj: dict) -> Request:
         raise RPCError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=rid)
     method = obj.get("method")
     if type(method) is not str:
-        raise RPCError(INVALID_REQUEST, 'invalid request: "method" must be a string', request_id=rid)
+        raise RPCError(
+            INVALID_REQUEST, 'invalid request: "method" must be a string', request_id=rid
+        )
     params = obj.get("params", ())
     if type(params) is list:
         params = tuple(params)
@@ -233,7 +238,9 @@ def encode_error(error: RPCError) -> bytes:
 
 def encode_stream_item(call_id: Any, item: Any) -> bytes:
     """Encode one item of a streaming call as an `rpc.stream` notification."""
-    return _dumps({"jsonrpc": "2.0", "method": STREAM_METHOD, "params": {"id": call_id, "item": item}})
+    return _dumps(
+        {"jsonrpc": "2.0", "method": STREAM_METHOD, "params": {"id": call_id, "item": item}}
+    )
 
 
 def encode_request(method: str, params: Any = (), id: Any = _NO_ID) -> bytes:

@@ -76,7 +76,9 @@ def test_file_with_an_rpcd_table_and_dashed_keys(tmp_path):
 
 
 def test_command_line_wins_over_the_file(tmp_path):
-    path = write(tmp_path, 'max_connections = 3\nqueue_size = 9\nlisten = ["tcp:1:interface=::1"]\n')
+    path = write(
+        tmp_path, 'max_connections = 3\nqueue_size = 9\nlisten = ["tcp:1:interface=::1"]\n'
+    )
     listen = ["tcp:2:interface=127.0.0.1", "unix:/tmp/rpcd.sock"]
     settings = config.build(path, {"max_connections": "5", "listen": listen, "monkey_patch": False})
     assert settings.max_connections == 5 and settings.queue_size == 9
