@@ -16,6 +16,8 @@ from tests.rawclient import RawClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+# The shared key the auth tests start rpcd with (bytes a text editor would mangle included).
+KEY = b"integration-test-key-\x00\xff-0123456789"
 
 
 def free_port() -> int:
@@ -111,3 +113,11 @@ def start_daemon(tmp_path):
     yield start
     for daemon in started:
         daemon.terminate()
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "rpcd.key"
+    path.write_bytes(KEY + b"\n")
+    path.chmod(0o600)
+    return str(path)

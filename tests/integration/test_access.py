@@ -11,18 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import ROOT, TWISTD, Daemon, free_port
+from tests.integration.conftest import KEY, ROOT, TWISTD, Daemon, free_port
 from tests.rawclient import RawClient, authenticate
-
-KEY = b"integration-test-key-\x00\xff-0123456789"
-
-
-@pytest.fixture
-def key_file(tmp_path):
-    path = tmp_path / "rpcd.key"
-    path.write_bytes(KEY + b"\n")
-    path.chmod(0o600)
-    return str(path)
 
 
 def run_twistd(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -26,18 +26,9 @@ from rpcd.client import (
     NotAuthenticated,
 )
 from rpcd.twisted_client import RPCConnection, connect
-from tests.integration.conftest import ROOT, Daemon, free_port
+from tests.integration.conftest import KEY, ROOT, Daemon, free_port
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
-KEY = b"client-auth-test-key-\x00\xff-0123456789"
-
-
-@pytest.fixture
-def key_file(tmp_path):
-    path = tmp_path / "rpcd.key"
-    path.write_bytes(KEY + b"\n")
-    path.chmod(0o600)
-    return str(path)
 
 
 @pytest.fixture
