@@ -229,12 +229,12 @@ class Dispatcher:
         if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
             gevent.spawn(self._work)
-        elif not self._wake_scheduled and self._parked:
-            self._wake_scheduled = True
-            self._loop.run_callback(self._wake_workers)
+        else:
+            self._wake()
         return call
 
     def _wake(self) -> None:
+        """Have a parked worker take the queued calls (one hub callback per turn)."""
         if not self._wake_scheduled and self._parked:
             self._wake_scheduled = True
             self._loop.run_callback(self._wake_workers)
