@@ -194,7 +194,7 @@ class RPCProtocol(Int32StringReceiver):
             self._idle_call = clock.callLater(remaining, self._check_idle)
             return
         self._idle_call = None
-        log.info("closing {peer}: idle for {timeout:g} s", peer=_peer_text(self), timeout=timeout)
+        log.info("closing {peer}: idle for {timeout:g} s", peer=self.peer, timeout=timeout)
         self.close()
 
     def close(self) -> None:
@@ -212,7 +212,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def _abort(self) -> None:
         self._abort_timer = None
-        log.warn("aborting {peer}: it did not read its replies", peer=_peer_text(self))
+        log.warn("aborting {peer}: it did not read its replies", peer=self.peer)
         self.transport.abortConnection()
 
     # -- reading paused, for one reason or several -------------------------------------------
@@ -249,7 +249,7 @@ class RPCProtocol(Int32StringReceiver):
         self._write_timer = None
         log.warn(
             "aborting {peer}: its unsent replies stayed over max_outbuf for {timeout:g} s",
-            peer=_peer_text(self),
+            peer=self.peer,
             timeout=self.factory.limits.write_timeout,
         )
         self.transport.abortConnection()
@@ -393,7 +393,7 @@ class RPCProtocol(Int32StringReceiver):
         self._auth_call.cancel()
         self._auth_call = None
         self.MAX_LENGTH = self.factory.limits.max_frame_bytes
-        log.debug("{peer} authenticated", peer=_peer_text(self))
+        log.debug("{peer} authenticated", peer=self.peer)
         self._answer_now(Response(message, result))
 
     def _answer_now(self, response: Response) -> None:
@@ -409,7 +409,7 @@ class RPCProtocol(Int32StringReceiver):
         self, reason: str, request: Request | None = None, code: int = NOT_AUTHENTICATED
     ) -> None:
         """Answer -32003 and close: a failed handshake gets no second try on this connection."""
-        log.warn("closing {peer}: {reason}", peer=_peer_text(self), reason=reason)
+        log.warn("closing {peer}: {reason}", peer=self.peer, reason=reason)
         if self._auth_call is not None and self._auth_call.active():
             self._auth_call.cancel()
         self._auth_call = None
