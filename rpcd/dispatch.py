@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -43,7 +43,9 @@ class Sink(Protocol):
 
     def deliver(self, call: Call, response: Response) -> None: ...
 
-    def stream(self, call: Call, item: Any) -> None: ...
+    def stream(self, call: Call, item: Any) -> bool:
+        """Send one item; False when the peer lags: the stream waits for `writable(sink)`."""
+        ...
 
 
 class CallCancelled(BaseException):
@@ -58,7 +60,7 @@ class CallCancelled(BaseException):
 class Call:
     """One accepted request on its way through the queue."""
 
-    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "context")
+    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "route")
 
     def __init__(self, request: Request, method: Method, sink: Sink) -> None:
         self.request = request
@@ -67,7 +69,7 @@ class Call:
         self.worker: gevent.Greenlet | None = None
         self.done = False
         self.accepted_at = time.perf_counter()
-        self.context: Any = None  # the sink's own bookkeeping (batch slot, legacy order)
+        self.route: Any = None  # where the sink puts the reply (rpcd.session routes)
 
 
 # Results that are plainly values: no Deferred, coroutine or generator checks needed.
@@ -163,10 +165,11 @@ class Dispatcher:
         self._workers = 0
         self._busy = 0
         self._active: set[Call] = set()
-        self._closing = False
+        self._draining = False
         self._drained: Deferred | None = None
+        # Streams waiting for their sink's peer to read: sink -> the events they wait on.
+        self._lagging: dict[Sink, list[Event]] = {}
         self.calls_total = 0
-        self.refused_busy = 0
         self.stats = CallStats()
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
@@ -188,8 +191,14 @@ class Dispatcher:
         return self._busy
 
     @property
-    def closing(self) -> bool:
-        return self._closing
+    def draining(self) -> bool:
+        """Whether a drain has started (new calls are refused; rpc.health turns NOT_SERVING)."""
+        return self._draining
+
+    @property
+    def refused_busy(self) -> int:
+        """Calls refused with -32000, as the stats count them."""
+        return self.stats.errors[SERVER_BUSY]
 
     # -- accepting work ----------------------------------------------------------------------
 
@@ -203,7 +212,7 @@ class Dispatcher:
             raise
 
     def _submit(self, request: Request, sink: Sink) -> Call:
-        if self._closing:
+        if self._draining:
             self.stats.refused(SHUTTING_DOWN)
             raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
         try:
@@ -215,7 +224,6 @@ class Dispatcher:
         # against the queue: capacity is queue_size plus the workers not busy.
         waiting = self._waiting
         if waiting >= self.queue_size + self.max_workers - self._busy:
-            self.refused_busy += 1
             self.stats.refused(SERVER_BUSY)
             raise RPCError(
                 SERVER_BUSY,
@@ -360,18 +368,39 @@ class Dispatcher:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)
 
-    @staticmethod
-    def _stream(call: Call, generator: Any) -> Any:
+    def _stream(self, call: Call, generator: Any) -> Any:
         try:
             # Refuse now: a stream may not yield its first item for a long time.
             if call.request.legacy or call.request.notification:
                 raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
+            sink = call.sink
             while True:
-                call.sink.stream(call, next(generator))
+                if sink.stream(call, next(generator)) is False:
+                    self._wait_writable(sink)
         except StopIteration as stop:
             return stop.value
         finally:
             generator.close()
+
+    def _wait_writable(self, sink: Sink) -> None:
+        """Hold this stream until its peer has read what was sent (a cancel ends the wait)."""
+        event = Event()
+        waiting = self._lagging.setdefault(sink, [])
+        waiting.append(event)
+        try:
+            event.wait()
+        finally:
+            if not event.is_set():
+                waiting.remove(event)
+                if not waiting:
+                    del self._lagging[sink]
+
+    def writable(self, sink: Sink) -> None:
+        """`sink`'s peer can take more (or is gone): wake the streams waiting on it."""
+        waiting = self._lagging.pop(sink, None)
+        if waiting:
+            for event in waiting:
+                event.set()
 
     @staticmethod
     def _failed(call: Call, exc: BaseException) -> Response:
@@ -408,7 +437,7 @@ class Dispatcher:
     def drain(self, grace: float, clock: Any) -> Deferred:
         """Refuse new calls; fire when every accepted call has finished, or after `grace`
         seconds, when what remains is answered with -32005."""
-        self._closing = True
+        self._draining = True
         if not self._active:
             return succeed(None)
         drained = self._drained = Deferred()

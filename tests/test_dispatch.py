@@ -1,4 +1,5 @@
-"""The Dispatcher under gevent: concurrency, queue limit, timeout, cancel, Deferreds, drain.
+"""The Dispatcher under gevent: concurrency, queue limit, faults, timeout, cancel, Deferreds,
+streams, drain.
 
 The test process is not monkey-patched: methods block with gevent primitives, and the test
 hands the hub control with `gevent.idle()` or waits for a reply with a bounded timeout.
@@ -15,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from rpcd.dispatch import Call, Dispatcher
+from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.wire import (
     CALL_TIMEOUT,
@@ -28,30 +29,7 @@ from rpcd.wire import (
     Response,
     RPCError,
 )
-
-
-class Sink:
-    """Collects what the dispatcher delivers, by request id."""
-
-    def __init__(self) -> None:
-        self.responses: dict[Any, Response] = {}
-        self.items: list[tuple[Any, Any]] = []
-        self._arrived = Event()
-
-    def deliver(self, call: Call, response: Response) -> None:
-        assert call.request.id not in self.responses, "delivered twice"
-        self.responses[call.request.id] = response
-        self._arrived.set()
-
-    def stream(self, call: Call, item: Any) -> None:
-        self.items.append((call.request.id, item))
-
-    def wait(self, rid: Any, timeout: float = 5.0) -> Response:
-        with gevent.Timeout(timeout):
-            while rid not in self.responses:
-                self._arrived.clear()
-                self._arrived.wait()
-        return self.responses[rid]
+from tests.conftest import CollectingSink as Sink
 
 
 class Methods:
@@ -178,6 +156,7 @@ def test_queue_full_is_refused_at_once(methods):
             refused.append(error)
     assert len(accepted) == 15 and len(refused) == 5
     assert all(e.code == SERVER_BUSY for e in refused) and dispatcher.refused_busy == 5
+    assert dispatcher.stats.summary()["errors"] == {str(SERVER_BUSY): 5}
     assert "queue_size 10" in refused[0].message
     gevent.idle()
     assert dispatcher.busy == 5 and dispatcher.queued == 10
@@ -190,6 +169,42 @@ def test_queue_full_is_refused_at_once(methods):
         assert sink.wait(i).result == "q"
     dispatcher.submit(req("echo", 1, id="after"), sink)
     assert sink.wait("after").result == 1
+
+
+def test_queue_overflow_counts_workers_started_midway_the_same(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=50, queue_size=1000), Sink()
+    accepted, refused = [], []
+    for i in range(2000):
+        try:
+            accepted.append(dispatcher.submit(req("hold", "o", id=i), sink))
+        except RPCError as error:
+            assert error.code == SERVER_BUSY
+            refused.append(i)
+        if i == 500:
+            gevent.sleep(0)  # workers start and take calls midway: the total is the same
+    assert len(accepted) == 1050 and len(refused) == 950
+    assert dispatcher.busy == 50 and dispatcher.queued == 1000
+    methods.gate("o").set()
+    sink.wait_count(1050)
+    assert dispatcher.in_flight == 0  # none silently dropped
+    assert set(sink.responses) == {c.request.id for c in accepted}
+
+
+def test_cancelled_queued_calls_free_their_slots(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=2, queue_size=10), Sink()
+    calls = [dispatcher.submit(req("hold", "c", id=i), sink) for i in range(12)]
+    gevent.sleep(0)
+    with pytest.raises(RPCError):
+        dispatcher.submit(req("hold", "c", id="extra"), sink)
+    for call in calls[2:]:  # the client went away: its queued calls are dropped
+        dispatcher.cancel(call)
+    assert dispatcher.queued == 0
+    more = [dispatcher.submit(req("hold", "c", id=f"new{i}"), sink) for i in range(10)]
+    assert len(more) == 10
+    methods.gate("c").set()
+    sink.wait_count(12)
+    gevent.idle()
+    assert dispatcher.in_flight == 0 and len(sink.delivered) == 12  # cancelled: no reply
 
 
 def test_unknown_method_is_refused_at_submit(methods):
@@ -232,10 +247,16 @@ def test_exception_is_an_internal_error_and_the_traceback_is_logged(methods):
 
 def test_timeout_stops_a_method_that_catches_exception(methods):
     dispatcher, sink = dispatcher_for(methods, call_timeout=0.05), Sink()
-    dispatcher.submit(req("stubborn"), sink)
+    call = dispatcher.submit(req("stubborn"), sink)
+    gevent.sleep(0)
+    worker = call.worker
+    assert worker is not None
     error = sink.wait(1).error
     assert error.code == CALL_TIMEOUT and "0.05 s" in error.message
-    assert dispatcher.in_flight == 0 and dispatcher.busy == 0
+    assert call.worker is None and dispatcher.in_flight == 0 and dispatcher.busy == 0
+    assert not worker.dead  # the worker greenlet lives on, back on the queue
+    dispatcher.submit(req("echo", "after", id=2), sink)
+    assert sink.wait(2).result == "after"
 
 
 def test_cancel_a_queued_call(methods):
@@ -258,8 +279,9 @@ def test_cancel_a_queued_call(methods):
 def test_cancel_a_running_call(methods):
     dispatcher, sink = dispatcher_for(methods), Sink()
     running = dispatcher.submit(req("hold", "r", id=1), sink)
-    silent = dispatcher.submit(req("hold", "s", id=2), sink)
-    gevent.idle()
+    silent = dispatcher.submit(req("stubborn", id=2), sink)  # catches Exception: killed anyway
+    gevent.sleep(0.02)
+    assert dispatcher.busy == 2
     answer = Response(running.request, error=RPCError(-32006, "cancelled"))
     assert dispatcher.cancel(running, answer)
     assert dispatcher.cancel(silent)  # as on disconnect: nothing to deliver
@@ -269,7 +291,7 @@ def test_cancel_a_running_call(methods):
     methods.gate("r").set()
     methods.gate("s").set()
     gevent.idle()
-    assert methods.finished == [] and 2 not in sink.responses
+    assert methods.finished == [] and 2 not in sink.responses and silent.done
     # The workers survive a cancel and take new calls.
     dispatcher.submit(req("echo", "next", id=3), sink)
     assert sink.wait(3).result == "next" and dispatcher.workers == 2
@@ -314,7 +336,7 @@ def test_generator_streams_its_items_then_its_return_value(methods):
 
 def test_stream_refused_by_the_sink_ends_the_call(methods):
     class NoStreams(Sink):
-        def stream(self, call, item):
+        def stream(self, call, item) -> bool:
             raise RPCError(-32600, "streaming needs a JSON-RPC 2.0 call with an id")
 
     dispatcher, sink = dispatcher_for(methods), NoStreams()
@@ -343,7 +365,7 @@ def test_drain_with_nothing_in_flight_fires_at_once(methods):
     dispatcher = dispatcher_for(methods)
     fired = []
     dispatcher.drain(10, Clock()).addCallback(fired.append)
-    assert fired == [None] and dispatcher.closing
+    assert fired == [None] and dispatcher.draining
 
 
 def test_drain_fires_when_the_calls_finish(methods):
