@@ -10,7 +10,6 @@ It never runs method code and never blocks.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,22 +28,6 @@ from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
 from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
 log = Logger()
-
-try:
-    from rpcd.auth import ServerHandshake
-except ImportError:  # until rpcd.auth has its server state machine (helper "codec")
-
-    class ServerHandshake:  # type: ignore[no-redef]
-        def __init__(self, key: auth.Key) -> None:
-            self._key = key
-            self._nonce = auth.new_nonce()
-            self.challenge_params = auth.challenge(self._nonce)
-
-        def verify(self, params: Any) -> dict:
-            return auth.verify(self._key, self._nonce, params)
-
-
-_PREFIX = {"big": struct.Struct("!I"), "little": struct.Struct("<I")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +74,7 @@ class RPCProtocol(Protocol):
 
     def __init__(self) -> None:
         self._session: Session | None = None  # None: refused at admission
-        self._unprocessed = b""
+        self._decoder: wire.FrameDecoder | None = None
         self._closed = False  # nothing more in or out
         self._last_frame = 0.0
         self._idle_call: Any = None
@@ -110,15 +93,16 @@ class RPCProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         limits = factory.limits
-        self._prefix = _PREFIX[limits.byteorder]
-        self._max_length = limits.max_frame_bytes
+        self._byteorder = limits.byteorder
+        decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
             self._pause("refused")  # read nothing from a refused peer: its one answer is this
             self.sendString(wire.encode_error(refusal))
             self.transport.loseConnection()
             return
-        handshake = ServerHandshake(limits.auth_key) if limits.auth_key is not None else None
+        key = limits.auth_key
+        handshake = auth.ServerHandshake(key) if key is not None else None
         session = self._session = Session(
             factory.dispatcher,
             self,
@@ -133,7 +117,7 @@ class RPCProtocol(Protocol):
         if not isinstance(self.transport, TLSMemoryBIOProtocol):
             self._watch_outbuf()
         if handshake is not None:
-            self._max_length = min(auth.PREAUTH_MAX_FRAME, self._max_length)
+            decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, decoder.max_frame_bytes)
             session.begin()
             clock = factory.clock
             self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
@@ -240,26 +224,19 @@ class RPCProtocol(Protocol):
     # -- frames in ---------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        # One buffer walked by offset with a prebuilt Struct. It stops while reading is
-        # paused (the in-flight cap); _resume calls it again with b"" to go on.
-        buffer = self._unprocessed + data if self._unprocessed else data
-        offset = 0
-        end = len(buffer)
-        unpack = self._prefix.unpack_from
-        pauses = self._pauses
-        while end - offset >= 4 and not pauses:
-            (length,) = unpack(buffer, offset)
-            if length > self._max_length:
-                self._unprocessed = b""  # never buffer the oversized body
-                self._frame_too_large(length)
-                return
-            start = offset + 4
-            offset = start + length
-            if offset > end:
-                offset = start - 4
-                break
-            self.stringReceived(buffer[start:offset])
-        self._unprocessed = buffer[offset:] if offset else buffer
+        # Frames are taken while reading is not paused (the in-flight cap); _resume calls
+        # this again with b"" to go on with the frames already buffered.
+        decoder = self._decoder
+        decoder.receive(data)
+        next_frame, pauses = decoder.next_frame, self._pauses
+        try:
+            while not pauses:
+                body = next_frame()
+                if body is None:
+                    return
+                self.stringReceived(body)
+        except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
+            self._frame_too_large(error)
 
     def stringReceived(self, body: bytes) -> None:
         session = self._session
@@ -271,12 +248,12 @@ class RPCProtocol(Protocol):
         if decision is not None:
             self._decided(decision)
 
-    def _frame_too_large(self, length: int) -> None:
+    def _frame_too_large(self, error: wire.FrameTooLarge) -> None:
         session = self._session
         if session is None or self._closed:
             return
         authenticating = session.authenticating
-        session.frame_too_large(length, self._max_length)
+        session.frame_too_large(error)
         if authenticating:
             self._decided(CLOSE)
             return
@@ -291,7 +268,7 @@ class RPCProtocol(Protocol):
         elif decision == AUTHENTICATED:
             self._auth_call.cancel()
             self._auth_call = None
-            self._max_length = self.factory.limits.max_frame_bytes
+            self._decoder.max_frame_bytes = self.factory.limits.max_frame_bytes
             log.debug("{peer} authenticated", peer=self.peer)
         elif decision == CLOSE:
             reason = self._session.failure
@@ -332,7 +309,7 @@ class RPCProtocol(Protocol):
         return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        self.transport.write(self._prefix.pack(len(string)) + string)
+        self.transport.write(wire.encode_frame(string, self._byteorder))
 
 
 def _peer_text(protocol: RPCProtocol) -> str:

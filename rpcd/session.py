@@ -201,13 +201,15 @@ class Session:
             return RESUME
         return None
 
-    def frame_too_large(self, length: int, limit: int) -> int:
-        """The peer announced a frame past `limit`: answer -32004 and close."""
+    def frame_too_large(self, error: wire.FrameTooLarge) -> int:
+        """The peer announced a frame past the decoder's limit: answer -32004 and close."""
         if self._handshake is not None:
-            reason = f"frame too large: {length} bytes exceeds {limit} before authentication"
+            reason = (
+                f"frame too large: {error.length} bytes exceeds {error.limit} before authentication"
+            )
             return self._fail_handshake(reason, None, FRAME_TOO_LARGE)
-        self.failure = f"frame too large: {length} bytes exceeds max_frame_bytes {limit}"
-        self._send(wire.encode_error(RPCError(FRAME_TOO_LARGE, self.failure)))
+        self.failure = error.message
+        self._send(wire.encode_error(error))
         return CLOSE
 
     def handshake_timed_out(self, seconds: float) -> int:

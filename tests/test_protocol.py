@@ -544,7 +544,7 @@ def test_frame_too_large_gets_one_error_then_close_at_once_without_buffering(pre
     assert f"{length} bytes exceeds max_frame_bytes 100" in error["error"]["message"]
     assert transport.disconnecting  # no clock advance: the close is immediate
     assert transport.producerState == "paused"
-    assert protocol._unprocessed == b""  # nothing of the body is kept
+    assert protocol._decoder.buffered() == 0  # nothing of the body is kept
     # The call in flight finishing must not restart reading on a connection being closed.
     dispatcher.finish(dispatcher.submitted[0], "late")
     assert transport.producerState == "paused"

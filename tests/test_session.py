@@ -13,7 +13,7 @@ import pytest
 
 from rpcd import auth
 from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
-from rpcd.wire import CANCELLED, Response, RPCError
+from rpcd.wire import CANCELLED, FrameTooLarge, Response, RPCError
 from tests.conftest import RecordingDispatcher
 
 
@@ -278,7 +278,7 @@ def test_handshake_timeout_and_oversized_frame_close():
     assert "timed out after 5 s" in peer.session.failure
     assert peer.out()[0]["error"]["code"] == -32003
     peer = Peer(handshake=Handshake())
-    assert peer.session.frame_too_large(5000, 4096) == CLOSE
+    assert peer.session.frame_too_large(FrameTooLarge(5000, 4096)) == CLOSE
     assert "before authentication" in peer.session.failure
     assert peer.out()[0]["error"]["code"] == -32004
 
@@ -288,7 +288,7 @@ def test_handshake_timeout_and_oversized_frame_close():
 
 def test_frame_too_large_is_answered_then_closed():
     peer = Peer()
-    assert peer.session.frame_too_large(101, 100) == CLOSE
+    assert peer.session.frame_too_large(FrameTooLarge(101, 100)) == CLOSE
     [error] = peer.out()
     assert error["id"] is None and error["error"]["code"] == -32004
     assert "101 bytes exceeds max_frame_bytes 100" in error["error"]["message"]
