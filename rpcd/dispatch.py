@@ -364,6 +364,10 @@ class Dispatcher:
             response = Response(request, error=error)
         except Exception as exc:
             response = self._failed(call, exc)
+        except BaseException as exc:
+            # SystemExit (argparse on bad input), KeyboardInterrupt, GeneratorExit, a custom
+            # subclass: the method's failure, answered like any other; the worker lives on.
+            response = self._failed(call, exc)
         finally:
             call.worker = None
         self._finish(call, response, time.perf_counter() - started)

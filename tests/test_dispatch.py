@@ -424,3 +424,30 @@ def test_drain_at_grace_also_answers_calls_still_queued(methods):
     assert sink.wait(0).error.code == SHUTTING_DOWN
     gevent.idle()
     assert fired == [None]
+
+
+# -- method code that misbehaves (issue 10) ----------------------------------------------------
+
+
+class Custom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "exc", [SystemExit(2), KeyboardInterrupt(), GeneratorExit(), Custom("x")], ids=type
+)
+def test_a_base_exception_is_an_internal_error_and_the_worker_survives(methods, exc):
+    def raiser():
+        raise exc
+
+    methods.registry.add("raiser", raiser)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    for i in range(3):  # as many as there are workers, and more
+        dispatcher.submit(req("raiser", id=i), sink)
+        error = sink.wait(i).error
+        assert error.code == INTERNAL_ERROR and error.data == {"type": type(exc).__name__}
+    dispatcher.submit(req("echo", "after", id="after"), sink)
+    assert sink.wait("after").result == "after"
+    gevent.idle()
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0 and dispatcher.workers == 1
+    assert dispatcher.stats.summary()["errors"] == {str(INTERNAL_ERROR): 3}
