@@ -49,12 +49,12 @@ class Sink(Protocol):
 
 
 class CallCancelled(BaseException):
-    """Thrown into a worker to stop its call. A BaseException so `except Exception` can't eat it."""
+    """Thrown into a worker to stop its call. A BaseException so `except Exception` can't eat it
+    (a method that eats it anyway is abandoned: its call was answered when it was thrown)."""
 
-    def __init__(self, call: Call, response: Response | None) -> None:
+    def __init__(self, call: Call) -> None:
         super().__init__()
         self.call = call
-        self.response = response
 
 
 class Call:
@@ -85,19 +85,34 @@ class _CallTimer:
     exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
     """
 
-    __slots__ = ("worker", "deadline", "fired", "_seconds", "_loop", "_timer", "_fires_at")
+    __slots__ = (
+        "worker",
+        "call",
+        "deadline",
+        "fired",
+        "_expired_call",
+        "_seconds",
+        "_loop",
+        "_timer",
+        "_fires_at",
+    )
 
-    def __init__(self, worker: gevent.Greenlet) -> None:
+    def __init__(
+        self, worker: gevent.Greenlet, expired: Callable[[_CallTimer, Call], None]
+    ) -> None:
         self.worker = worker
+        self.call: Call | None = None  # the call the deadline is for
         self.deadline: float | None = None  # None: no call is running under this timer
         self.fired: Timeout | None = None  # the exception thrown by the last expiry
+        self._expired_call = expired  # answers the call and stops the worker, in the hub
         self._seconds = 0.0
         self._loop = gevent.get_hub().loop
         self._timer: Any = None
         self._fires_at = 0.0
 
-    def start(self, seconds: float) -> None:
+    def start(self, seconds: float, call: Call) -> None:
         self._seconds = seconds
+        self.call = call
         deadline = self.deadline = time.monotonic() + seconds
         if self._timer is None or deadline < self._fires_at:
             self._arm(seconds, deadline)
@@ -132,7 +147,7 @@ class _CallTimer:
         # A new instance each time, so a raised one never carries an old traceback along.
         fired = self.fired = Timeout(self._seconds)
         fired.close()
-        self.worker.throw(fired)
+        self._expired_call(self, self.call)
 
 
 class Dispatcher:
@@ -165,6 +180,7 @@ class Dispatcher:
         self._workers = 0
         self._busy = 0
         self._active: set[Call] = set()
+        self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
         self._draining = False
         self._drained: Deferred | None = None
         # Streams waiting for their sink's peer to read: sink -> the events they wait on.
@@ -267,8 +283,8 @@ class Dispatcher:
             self._waiting -= 1
             self._finish(call, response, 0.0)
         else:
-            # Thrown from the hub, and only if the worker is still on this call by then.
-            gevent.get_hub().loop.run_callback(self._throw, worker, call, response)
+            # From the hub, and only if the worker is still on this call by then.
+            self._loop.run_callback(self._cancel_running, worker, call, response)
         return True
 
     def running_in(self, greenlet: Any) -> Call | None:
@@ -278,9 +294,37 @@ class Dispatcher:
                 return call
         return None
 
-    def _throw(self, worker: gevent.Greenlet, call: Call, response: Response | None) -> None:
+    def _cancel_running(
+        self, worker: gevent.Greenlet, call: Call, response: Response | None
+    ) -> None:
         if call.worker is worker and not call.done:
-            worker.throw(CallCancelled(call, response))
+            # The answer is the server's: given now, whatever the method does with the throw.
+            self._finish(call, response, 0.0)
+            self._interrupt(worker, call, CallCancelled(call))
+
+    def _timed_out(self, timer: _CallTimer, call: Call) -> None:
+        if call.done or call.worker is not timer.worker:
+            return
+        request = call.request
+        error = RPCError(
+            CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
+        )
+        self._finish(call, Response(request, error=error), self.call_timeout)
+        self._interrupt(timer.worker, call, timer.fired)
+
+    def _interrupt(self, worker: gevent.Greenlet, call: Call, exc: BaseException) -> None:
+        """Throw `exc` into the worker running `call` (already answered); if the method eats
+        it and runs on, abandon the worker: its slot is free for a new one, and it exits when
+        the method ends."""
+        worker.throw(exc)
+        if call.worker is worker:
+            self._abandoned.add(worker)
+            self._busy -= 1
+            self._workers -= 1
+            log.warn(
+                "method {method} ran on after its call was stopped: its worker is abandoned",
+                method=call.request.method,
+            )
 
     # -- the workers -------------------------------------------------------------------------
 
@@ -288,7 +332,8 @@ class Dispatcher:
         queue, parked = self._queue, self._parked
         me = getcurrent()
         hub = gevent.get_hub()
-        timer = _CallTimer(me)
+        abandoned = self._abandoned
+        timer = _CallTimer(me, self._timed_out)
         try:
             while True:
                 if not queue:
@@ -311,7 +356,13 @@ class Dispatcher:
                 try:
                     self._run(call, timer)
                 finally:
-                    self._busy -= 1
+                    left = abandoned and me in abandoned
+                    if left:
+                        abandoned.discard(me)  # already counted out
+                    else:
+                        self._busy -= 1
+                if left:
+                    return
         finally:
             timer.close()
 
@@ -320,7 +371,7 @@ class Dispatcher:
         request = call.request
         started = time.perf_counter()
         call.worker = timer.worker
-        timer.start(self.call_timeout)
+        timer.start(self.call_timeout, call)
         try:
             try:
                 method, params = call.method, request.params
@@ -348,18 +399,11 @@ class Dispatcher:
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
-            response = cancelled.response
+            return  # answered when it was cancelled
         except Timeout as fired:
-            if fired is not timer.fired:
-                response = self._failed(call, fired)
-            else:
-                response = Response(
-                    request,
-                    error=RPCError(
-                        CALL_TIMEOUT,
-                        f"call timed out: {request.method} ran past {self.call_timeout:g} s",
-                    ),
-                )
+            if fired is timer.fired:
+                return  # answered at the deadline
+            response = self._failed(call, fired)
         except RPCError as error:
             response = Response(request, error=error)
         except Exception as exc:
@@ -370,7 +414,8 @@ class Dispatcher:
             response = self._failed(call, exc)
         finally:
             call.worker = None
-        self._finish(call, response, time.perf_counter() - started)
+        if not call.done:  # else answered at its deadline or cancel; the method ran on
+            self._finish(call, response, time.perf_counter() - started)
 
     def _stream(self, call: Call, generator: Any) -> Any:
         try:

@@ -451,3 +451,63 @@ def test_a_base_exception_is_an_internal_error_and_the_worker_survives(methods, 
     gevent.idle()
     assert dispatcher.in_flight == 0 and dispatcher.busy == 0 and dispatcher.workers == 1
     assert dispatcher.stats.summary()["errors"] == {str(INTERNAL_ERROR): 3}
+
+
+def _hostile(methods):
+    """A method that swallows everything thrown into it until `methods.released` is set."""
+    methods.released = Event()
+
+    def hostile():
+        while not methods.released.is_set():
+            try:
+                gevent.sleep(0.005)
+            except BaseException:  # noqa: S110 - the point of the test
+                pass
+        return "normal"
+
+    methods.registry.add("hostile", hostile)
+
+
+def test_the_deadline_is_the_servers_whatever_the_method_catches(methods):
+    _hostile(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1, call_timeout=0.05), Sink()
+    dispatcher.submit(req("hostile", id=1), sink)
+    error = sink.wait(1, timeout=1.0).error
+    assert error.code == CALL_TIMEOUT
+    # The worker is abandoned and its slot accounted: a new one serves the next call.
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0 and dispatcher.workers == 0
+    dispatcher.submit(req("echo", "next", id=2), sink)
+    assert sink.wait(2, timeout=1.0).result == "next"
+    methods.released.set()
+    gevent.sleep(0.02)
+    assert list(sink.responses) == [1, 2]  # the late normal result is never delivered
+    assert dispatcher.workers == 1 and dispatcher.stats.summary()["errors"] == {"-32001": 1}
+
+
+def test_a_cancel_is_answered_at_once_whatever_the_method_catches(methods):
+    _hostile(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    call = dispatcher.submit(req("hostile", id=1), sink)
+    gevent.sleep(0.01)
+    answer = Response(call.request, error=RPCError(-32006, "cancelled"))
+    assert dispatcher.cancel(call, answer)
+    assert sink.wait(1, timeout=0.5) is answer
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0
+    methods.released.set()
+    gevent.sleep(0.02)
+    assert list(sink.responses) == [1]
+
+
+def test_the_shutdown_grace_is_kept_whatever_the_method_catches(methods):
+    _hostile(methods)
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("hostile", id=1), sink)
+    gevent.sleep(0.01)
+    fired = []
+    dispatcher.drain(1, clock).addCallback(fired.append)
+    clock.advance(1)
+    assert sink.wait(1, timeout=0.5).error.code == SHUTTING_DOWN
+    assert fired == [None] and dispatcher.in_flight == 0
+    methods.released.set()
+    gevent.sleep(0.02)
