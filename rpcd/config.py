@@ -160,6 +160,9 @@ class Settings:
     workers: int = _setting(
         1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)"
     )
+    max_streams: int = _setting(
+        1000, _integer(1), "streams open at once (each outside the workers); more get -32000"
+    )
     max_inflight: int = _setting(
         128, _integer(1), "calls pending per connection before it is no longer read"
     )

@@ -159,6 +159,7 @@ class Dispatcher:
         *,
         max_workers: int = 1000,
         queue_size: int = 10000,
+        max_streams: int = 1000,
         call_timeout: float = 30.0,
         on_complete: Callable[[Call, Response, float], None] | None = None,
         on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
@@ -166,6 +167,7 @@ class Dispatcher:
         self.registry = registry
         self.max_workers = max_workers
         self.queue_size = queue_size
+        self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
         self.call_timeout = call_timeout
         self.on_complete = on_complete
         self.on_refused = on_refused  # a request refused at submit, never a Call
@@ -180,6 +182,7 @@ class Dispatcher:
         self._workers = 0
         self._busy = 0
         self._active: set[Call] = set()
+        self._streaming: set[gevent.Greenlet] = set()  # the greenlets running streams
         self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
         self._draining = False
         self._drained: Deferred | None = None
@@ -205,6 +208,11 @@ class Dispatcher:
     @property
     def busy(self) -> int:
         return self._busy
+
+    @property
+    def streams(self) -> int:
+        """Streams open, each in its own greenlet (not a worker)."""
+        return len(self._streaming)
 
     @property
     def draining(self) -> bool:
@@ -319,8 +327,11 @@ class Dispatcher:
         worker.throw(exc)
         if call.worker is worker:
             self._abandoned.add(worker)
-            self._busy -= 1
-            self._workers -= 1
+            if worker in self._streaming:
+                self._streaming.discard(worker)
+            else:
+                self._busy -= 1
+                self._workers -= 1
             log.warn(
                 "method {method} ran on after its call was stopped: its worker is abandoned",
                 method=call.request.method,
@@ -372,6 +383,7 @@ class Dispatcher:
         started = time.perf_counter()
         call.worker = timer.worker
         timer.start(self.call_timeout, call)
+        stream = None
         try:
             try:
                 method, params = call.method, request.params
@@ -392,7 +404,8 @@ class Dispatcher:
                         result = _wait_deferred(result)
                     elif inspect.isgenerator(result):
                         timer.stop()  # a stream lasts until it ends or the client stops it
-                        result = self._stream(call, result)
+                        self._admit_stream(call, result)
+                        stream = result
                 response = Response(request, result)
             finally:
                 timer.stop()
@@ -414,22 +427,56 @@ class Dispatcher:
             response = self._failed(call, exc)
         finally:
             call.worker = None
-        if not call.done:  # else answered at its deadline or cancel; the method ran on
+        if stream is not None:
+            # The stream goes on in a greenlet of its own: its waits hold no worker.
+            call.worker = greenlet = gevent.spawn(self._stream, call, stream)
+            self._streaming.add(greenlet)
+        elif not call.done:  # else answered at its deadline or cancel; the method ran on
             self._finish(call, response, time.perf_counter() - started)
 
-    def _stream(self, call: Call, generator: Any) -> Any:
-        try:
-            # Refuse now: a stream may not yield its first item for a long time.
-            if call.request.legacy or call.request.notification:
-                raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
-            sink = call.sink
-            while True:
-                if sink.stream(call, next(generator)) is False:
-                    self._wait_writable(sink)
-        except StopIteration as stop:
-            return stop.value
-        finally:
+    def _admit_stream(self, call: Call, generator: Any) -> None:
+        """Refuse a stream now if it cannot be served: it may not yield for a long time."""
+        request = call.request
+        if request.legacy or request.notification:
             generator.close()
+            raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
+        if len(self._streaming) >= self.max_streams:
+            generator.close()
+            raise RPCError(
+                SERVER_BUSY,
+                f"server busy: {len(self._streaming)} streams open (max_streams "
+                f"{self.max_streams})",
+            )
+
+    def _stream(self, call: Call, generator: Any) -> None:
+        """A stream's own greenlet: send its items, then its return value as the answer."""
+        me = getcurrent()
+        request = call.request
+        started = time.perf_counter()
+        try:
+            try:
+                sink = call.sink
+                while True:
+                    if sink.stream(call, next(generator)) is False:
+                        self._wait_writable(sink)
+            except StopIteration as stop:
+                response = Response(request, stop.value)
+            finally:
+                generator.close()
+        except CallCancelled as cancelled:
+            if cancelled.call is not call:
+                raise
+            return  # answered when it was cancelled
+        except RPCError as error:
+            response = Response(request, error=error)
+        except BaseException as exc:
+            response = self._failed(call, exc)
+        finally:
+            call.worker = None
+            self._streaming.discard(me)
+            self._abandoned.discard(me)
+        if not call.done:
+            self._finish(call, response, time.perf_counter() - started)
 
     def _wait_writable(self, sink: Sink) -> None:
         """Hold this stream until its peer has read what was sent (a cancel ends the wait)."""
@@ -487,6 +534,11 @@ class Dispatcher:
         """Refuse new calls; fire when every accepted call has finished, or after `grace`
         seconds, when what remains is answered with -32005."""
         self._draining = True
+        # A stream has no end of its own to wait for: each ends now with its final answer.
+        for call in list(self._active):
+            if call.worker in self._streaming:
+                error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
+                self.cancel(call, Response(call.request, error=error))
         if not self._active:
             return succeed(None)
         drained = self._drained = Deferred()

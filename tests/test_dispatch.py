@@ -511,3 +511,75 @@ def test_the_shutdown_grace_is_kept_whatever_the_method_catches(methods):
     assert fired == [None] and dispatcher.in_flight == 0
     methods.released.set()
     gevent.sleep(0.02)
+
+
+# -- streams and workers (issue 10) -----------------------------------------------------------
+
+
+def _endless(methods):
+    def endless(delay=0.005):
+        n = 0
+        while True:
+            gevent.sleep(delay)
+            n += 1
+            yield n
+
+    methods.registry.add("endless", endless)
+
+
+def test_a_waiting_stream_holds_no_worker(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    for i in range(3):
+        dispatcher.submit(req("endless", id=f"s{i}"), sink)
+    gevent.sleep(0.03)
+    assert {rid for rid, _ in sink.items} == {"s0", "s1", "s2"}  # all three stream at once
+    dispatcher.submit(req("echo", "served", id=1), sink)
+    assert sink.wait(1, timeout=1.0).result == "served"
+    assert dispatcher.busy == 0 and dispatcher.streams == 3
+
+
+def test_waiting_streams_hold_no_worker_even_when_the_peer_lags(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    sink.accept = False  # the peer reads nothing: each stream waits after its first item
+    dispatcher.submit(req("endless", id="s"), sink)
+    gevent.sleep(0.03)
+    assert sink.items == [("s", 1)]
+    dispatcher.submit(req("echo", "served", id=1), sink)
+    assert sink.wait(1, timeout=1.0).result == "served"
+    sink.accept = True
+    dispatcher.writable(sink)
+    gevent.sleep(0.03)
+    assert len(sink.items) > 2
+
+
+def test_streams_past_max_streams_are_refused_busy(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_streams=2), Sink()
+    first = dispatcher.submit(req("endless", id="s0"), sink)
+    dispatcher.submit(req("endless", id="s1"), sink)
+    dispatcher.submit(req("endless", id="s2"), sink)
+    error = sink.wait("s2", timeout=1.0).error
+    assert error.code == SERVER_BUSY and "max_streams 2" in error.message
+    assert dispatcher.streams == 2
+    dispatcher.cancel(first)
+    gevent.sleep(0.01)
+    assert dispatcher.streams == 1
+    dispatcher.submit(req("endless", id="s3"), sink)
+    gevent.sleep(0.02)
+    assert dispatcher.streams == 2 and "s3" in {rid for rid, _ in sink.items}
+
+
+def test_streams_end_at_once_on_drain_with_their_final_answer(methods):
+    _endless(methods)
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("endless", id="s"), sink)
+    gevent.sleep(0.02)
+    fired = []
+    dispatcher.drain(10, clock).addCallback(fired.append)
+    final = sink.wait("s", timeout=1.0)  # no clock advance: not at the end of the grace
+    assert final.error.code == SHUTTING_DOWN
+    gevent.idle()
+    assert fired == [None] and dispatcher.streams == 0 and dispatcher.in_flight == 0
