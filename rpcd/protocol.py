@@ -16,7 +16,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -66,7 +70,7 @@ class _OutbufWatch:
         pass
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class RPCProtocol(Protocol):
     """One client connection."""
 
@@ -148,6 +152,30 @@ class RPCProtocol(Protocol):
             return
         session.abandon()  # a stream waiting for this peer to read is cancelled with the rest
         self.factory.release(self)
+
+    def readConnectionLost(self) -> None:
+        """The peer half-closed (shutdown(SHUT_WR)): answer every frame already received,
+        past the in-flight cap too, then close (IHalfCloseableProtocol)."""
+        session = self._session
+        if session is None or self._closed:
+            self.transport.loseConnection()
+            return
+        decoder = self._decoder
+        try:
+            while not self._closed and "closing" not in self._pauses:
+                body = decoder.next_frame()
+                if body is None:
+                    break
+                self.stringReceived(body)
+        except wire.FrameTooLarge as error:
+            self._frame_too_large(error)
+            return
+        decoder.clear()  # a partial frame is owed nothing
+        if session.read_closed() == CLOSE:
+            self.close()
+
+    def writeConnectionLost(self) -> None:
+        """Never for TCP (IHalfCloseableProtocol); rpcd does not half-close its side."""
 
     def _check_idle(self) -> None:
         clock = self.factory.clock

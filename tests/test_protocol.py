@@ -19,6 +19,7 @@ from gevent.event import Event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -892,3 +893,29 @@ def test_key_never_logged(log_events):
     assert any("authentication failed" in repr(e) for e in log_events)
     text = repr(log_events) + repr(c.factory.limits)
     assert SECRET.decode() not in text
+
+
+# -- half-close (issue 10) --------------------------------------------------------------------
+
+
+def test_half_close_gets_every_reply_owed_then_closes():
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, max_inflight=8))
+    protocol.dataReceived(b"".join(frame(call("work", id=i)) for i in range(50)))
+    assert len(dispatcher.running()) == 8  # the rest still buffered: past the in-flight cap
+    assert IHalfCloseableProtocol.providedBy(protocol)
+    protocol.readConnectionLost()  # what `printf ... | nc` does: shutdown(SHUT_WR)
+    while dispatcher.running():
+        assert not transport.disconnecting
+        running = dispatcher.running()
+        assert len(running) <= 8
+        dispatcher.finish(running[0], running[0].request.id)
+    assert sorted(r["result"] for r in replies(transport)) == list(range(50))
+    assert transport.disconnecting
+
+
+def test_half_close_with_nothing_owed_closes_at_once():
+    protocol, transport = connect(make_factory())
+    protocol.dataReceived(frame(call("work", id=1))[:-3])  # a partial frame is owed nothing
+    protocol.readConnectionLost()
+    assert transport.disconnecting and transport.value() == b""
