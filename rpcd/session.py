@@ -124,6 +124,7 @@ class Session:
         "_direct",
         "_held",
         "_legacy",
+        "_legacy_peer",
         "_read_closed",
     )
 
@@ -148,6 +149,7 @@ class Session:
         self._direct = _Direct(send)
         self._held: deque[tuple[Request, Any]] = deque()  # requests past the in-flight cap
         self._legacy: deque[_LegacySlot] = deque()
+        self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
 
     # -- state the glue reads ---------------------------------------------------------------
@@ -178,8 +180,10 @@ class Session:
         if self._handshake is not None:
             return self._authenticate(message)
         if type(message) is Request:
+            self._legacy_peer = message.legacy
             self._accept(message, self._direct)
         else:
+            self._legacy_peer = False
             self._accept_batch(message)
         if len(self.calls) >= self._max_inflight:
             return PAUSE
@@ -289,6 +293,9 @@ class Session:
 
     def _refuse_frame(self, error: RPCError) -> None:
         """A frame that decoded to no request: its error, in the envelope the peer speaks."""
+        if not error.legacy and self._legacy_peer and error.code == wire.PARSE_ERROR:
+            # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
+            error = RPCError(error.code, error.message, error.data, legacy=True)
         if error.legacy:
             self._legacy.append(_LegacySlot(self, wire.encode_error(error)))
             self._flush_legacy()

@@ -312,5 +312,35 @@ def test_abandon_cancels_everything_and_drops_what_was_held():
     peer = Peer(max_inflight=2)
     peer.receive([call("w", i, id=i) for i in range(4)])
     peer.session.abandon()
-    assert peer.dispatcher.cancelled == peer.dispatcher.submitted[:2]
+    assert (
+        set(peer.dispatcher.cancelled) == set(peer.dispatcher.submitted)
+        and len(peer.dispatcher.submitted) == 2
+    )
     assert not peer.session.owes_replies and peer.out() == []
+
+
+# -- issue 10 ---------------------------------------------------------------------------------
+
+
+def test_a_parse_error_on_a_legacy_connection_takes_its_place_in_legacy_shape():
+    peer = Peer()
+    peer.receive({"in": "first"})
+    peer.receive(b"{not json")
+    peer.receive({"in": "second"})
+    assert peer.out() == []  # the error waits for the reply before it
+    first, second = peer.dispatcher.submitted
+    peer.dispatcher.finish(second, 2)
+    peer.dispatcher.finish(first, 1)
+    replies = peer.out()
+    assert replies[0] == {"out": "first", "result": 1}
+    assert replies[1]["out"] == "error" and replies[1]["result"]["code"] == -32700
+    assert replies[2] == {"out": "second", "result": 2}
+
+
+def test_a_parse_error_on_a_jsonrpc_connection_stays_jsonrpc():
+    peer = Peer()
+    peer.receive({"in": "first"})
+    peer.receive(call("now", id=1))  # the connection speaks JSON-RPC again
+    peer.receive(b"{not json")
+    [error] = peer.out()
+    assert error["jsonrpc"] == "2.0" and error["id"] is None and error["error"]["code"] == -32700
