@@ -186,8 +186,9 @@ class Dispatcher:
         self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
         self._draining = False
         self._drained: Deferred | None = None
-        # Streams waiting for their sink's peer to read: sink -> the events they wait on.
-        self._lagging: dict[Sink, list[Event]] = {}
+        # Sinks whose peer lags (unsent replies past the connection's bound) -> what waits for
+        # it to read: streams (their Events) and calls not started yet (Calls).
+        self._lagging: dict[Sink, list[Event | Call]] = {}
         self.calls_total = 0
         self.stats = CallStats()
 
@@ -343,7 +344,7 @@ class Dispatcher:
         queue, parked = self._queue, self._parked
         me = getcurrent()
         hub = gevent.get_hub()
-        abandoned = self._abandoned
+        abandoned, lagging = self._abandoned, self._lagging
         timer = _CallTimer(me, self._timed_out)
         try:
             while True:
@@ -361,6 +362,9 @@ class Dispatcher:
                     self._workers -= 1
                     return
                 if call.done:
+                    continue
+                if lagging and call.sink in lagging:
+                    lagging[call.sink].append(call)  # its peer lags: wait, still queued
                     continue
                 self._waiting -= 1
                 self._busy += 1
@@ -486,17 +490,27 @@ class Dispatcher:
         try:
             event.wait()
         finally:
-            if not event.is_set():
+            if not event.is_set() and waiting is self._lagging.get(sink) and event in waiting:
                 waiting.remove(event)
-                if not waiting:
-                    del self._lagging[sink]
+
+    def lagging(self, sink: Sink) -> None:
+        """`sink`'s peer lags: start none of its calls until `writable(sink)`, so what the
+        connection buffers stays about its bound plus the replies of calls already running."""
+        self._lagging.setdefault(sink, [])
 
     def writable(self, sink: Sink) -> None:
-        """`sink`'s peer can take more (or is gone): wake the streams waiting on it."""
+        """`sink`'s peer can take more (or is gone): its held calls go back to the front of
+        the queue, in order, and the streams waiting on it wake."""
         waiting = self._lagging.pop(sink, None)
-        if waiting:
-            for event in waiting:
-                event.set()
+        if not waiting:
+            return
+        calls = [w for w in waiting if type(w) is Call]
+        if calls:
+            self._queue.extendleft(reversed(calls))
+            self._wake()
+        for w in waiting:
+            if type(w) is not Call:
+                w.set()
 
     @staticmethod
     def _failed(call: Call, exc: BaseException) -> Response:

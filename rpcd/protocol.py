@@ -45,7 +45,9 @@ class ConnectionLimits:
     max_inflight: int = 128
     max_batch: int = 100
     byteorder: str = "big"
-    max_outbuf: int = 1024 * 1024  # unsent reply bytes before the peer is no longer read
+    # Unsent reply bytes past which the peer is no longer read and none of its calls starts:
+    # a connection holds about max_outbuf plus the replies of the calls already running.
+    max_outbuf: int = 1024 * 1024
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
 
@@ -151,6 +153,7 @@ class RPCProtocol(Protocol):
         if session is None:
             return
         session.abandon()  # a stream waiting for this peer to read is cancelled with the rest
+        self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
         self.factory.release(self)
 
     def readConnectionLost(self) -> None:
@@ -229,6 +232,7 @@ class RPCProtocol(Protocol):
         if self._closed or "outbuf" in self._pauses:
             return
         self._pause("outbuf")
+        self.factory.dispatcher.lagging(self)  # no new call of ours starts until it reads
         self._write_timer = self.factory.clock.callLater(
             self.factory.limits.write_timeout, self._write_stalled
         )

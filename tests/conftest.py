@@ -62,6 +62,7 @@ class RecordingDispatcher:
         self.submitted: list[Call] = []
         self.cancelled: list[Call] = []
         self.woken: list[Any] = []  # sinks passed to writable()
+        self.lagged: list[Any] = []  # sinks passed to lagging()
 
     def submit(self, request: Any, sink: Any) -> Call:
         call = Call(request, None, sink)
@@ -79,6 +80,9 @@ class RecordingDispatcher:
 
     def writable(self, sink: Any) -> None:
         self.woken.append(sink)
+
+    def lagging(self, sink: Any) -> None:
+        self.lagged.append(sink)
 
     def finish(self, call: Call, result: Any = "ok") -> None:
         call.done = True

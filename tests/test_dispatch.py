@@ -546,12 +546,31 @@ def test_waiting_streams_hold_no_worker_even_when_the_peer_lags(methods):
     dispatcher.submit(req("endless", id="s"), sink)
     gevent.sleep(0.03)
     assert sink.items == [("s", 1)]
-    dispatcher.submit(req("echo", "served", id=1), sink)
-    assert sink.wait(1, timeout=1.0).result == "served"
+    other = Sink()  # another client (the lagging one's own calls wait for it to read)
+    dispatcher.submit(req("echo", "served", id=1), other)
+    assert other.wait(1, timeout=1.0).result == "served"
     sink.accept = True
     dispatcher.writable(sink)
     gevent.sleep(0.03)
     assert len(sink.items) > 2
+
+
+def test_a_lagging_peers_calls_wait_until_it_reads_and_others_are_served(methods):
+    dispatcher, sink, other = dispatcher_for(methods), Sink(), Sink()
+    dispatcher.lagging(sink)
+    for i in range(3):
+        dispatcher.submit(req("echo", i, id=i), sink)
+    dispatcher.submit(req("echo", "other", id="o"), other)
+    assert other.wait("o", timeout=1.0).result == "other"
+    gevent.idle()
+    assert sink.responses == {} and dispatcher.queued == 3
+    cancelled = dispatcher.submit(req("echo", 9, id=9), sink)
+    dispatcher.cancel(cancelled)  # a held call cancelled is dropped, not run later
+    dispatcher.writable(sink)
+    sink.wait_count(3, timeout=1.0)
+    gevent.idle()
+    assert [r.request.id for r in sink.delivered] == [0, 1, 2]  # in order, once each
+    assert dispatcher.queued == 0 and dispatcher.in_flight == 0
 
 
 def test_streams_past_max_streams_are_refused_busy(methods):

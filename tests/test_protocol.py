@@ -919,3 +919,42 @@ def test_half_close_with_nothing_owed_closes_at_once():
     protocol.dataReceived(frame(call("work", id=1))[:-3])  # a partial frame is owed nothing
     protocol.readConnectionLost()
     assert transport.disconnecting and transport.value() == b""
+
+
+# -- memory per connection (issue 10) ---------------------------------------------------------
+
+
+def test_no_new_call_starts_while_a_peers_unsent_replies_are_past_max_outbuf():
+    registry = Registry()
+    ran = []
+
+    def big(i):
+        ran.append(i)
+        return "x" * 5000
+
+    registry.add("big", big)
+    clock = Clock()
+    protocol, transport, _ = _greedy(clock, Dispatcher(registry), max_outbuf=4096)
+    protocol.dataReceived(b"".join(frame(call("big", i, id=i)) for i in range(20)))
+    gevent.idle()
+    # The first reply took the unsent bytes past 4096: no other call started, so the
+    # connection holds max_outbuf plus one reply, not twenty replies.
+    assert ran == [0] and transport.unsent < 4096 + 5100
+    for n in range(2, 21):
+        transport.flush()  # the peer reads: one more call runs, and fills it again
+        gevent.idle()
+        assert len(ran) == n
+    assert sorted(r["id"] for r in replies(transport)) == list(range(20))
+
+
+def test_a_lagging_peer_that_goes_away_leaves_nothing_in_the_dispatcher():
+    registry = Registry()
+    registry.add("big", lambda: "x" * 5000)
+    dispatcher = Dispatcher(registry)
+    protocol, transport, _ = _greedy(Clock(), dispatcher, max_outbuf=4096)
+    protocol.dataReceived(b"".join(frame(call("big", id=i)) for i in range(5)))
+    gevent.idle()
+    assert dispatcher.queued == 4
+    disconnect(protocol)
+    gevent.idle()
+    assert dispatcher.queued == 0 and dispatcher.in_flight == 0 and dispatcher._lagging == {}
