@@ -210,6 +210,9 @@ class Settings:
         _optional_path,
         "file holding the shared key clients must prove with the rpc.auth handshake",
     )
+    max_unauthenticated: int = _setting(
+        64, _integer(1), "connections still in the auth handshake; past it the oldest is dropped"
+    )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
     )

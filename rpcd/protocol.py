@@ -50,6 +50,7 @@ class ConnectionLimits:
     max_outbuf: int = 1024 * 1024
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
+    max_unauthenticated: int = 64  # connections still in the handshake; the oldest goes first
 
 
 @implementer(IPushProducer)
@@ -180,6 +181,13 @@ class RPCProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         """Never for TCP (IHalfCloseableProtocol); rpcd does not half-close its side."""
 
+    def drop(self, error: RPCError) -> None:
+        """Answer `error` and close: the factory gave this unauthenticated slot to a newer one."""
+        if self._closed or "closing" in self._pauses:
+            return
+        self.sendString(wire.encode_error(error))
+        self.close()
+
     def _check_idle(self) -> None:
         clock = self.factory.clock
         timeout = self.factory.limits.idle_timeout
@@ -301,6 +309,7 @@ class RPCProtocol(Protocol):
             self._auth_call.cancel()
             self._auth_call = None
             self._decoder.max_frame_bytes = self.factory.limits.max_frame_bytes
+            self.factory.authenticated(self)
             log.debug("{peer} authenticated", peer=self.peer)
         elif decision == CLOSE:
             reason = self._session.failure
@@ -374,6 +383,7 @@ class RPCFactory(Factory):
         self.clock = clock
         self.connections: set[RPCProtocol] = set()
         self._per_peer: Counter = Counter()
+        self._unauthenticated: dict[RPCProtocol, None] = {}  # oldest first
         self.accepted = 0
         self.refused: Counter = Counter()
         self._all_closed: list[defer.Deferred] = []
@@ -382,7 +392,9 @@ class RPCFactory(Factory):
         """Count a new connection in, or say why it is refused."""
         limits = self.limits
         protocol.peer = _peer_text(protocol)
-        if len(self.connections) >= limits.max_connections:
+        unauthenticated = self._unauthenticated
+        full = len(self.connections) >= limits.max_connections
+        if full and not unauthenticated:
             return self._refuse(
                 protocol,
                 "max_connections",
@@ -399,6 +411,14 @@ class RPCFactory(Factory):
                     f"too many connections: {key} has reached the per-peer limit of "
                     f"{limits.max_connections_per_peer}",
                 )
+        if full:
+            # Unauthenticated connections go first (sshd's MaxStartups): a client holding the
+            # key gets in past sockets that never authenticate.
+            self._drop_oldest_unauthenticated("max_connections", limits.max_connections)
+        if limits.auth_key is not None:
+            if len(unauthenticated) >= limits.max_unauthenticated:
+                self._drop_oldest_unauthenticated("max_unauthenticated", limits.max_unauthenticated)
+            unauthenticated[protocol] = None
         protocol.peer_key = key
         if key is not None:
             self._per_peer[key] += 1
@@ -406,6 +426,29 @@ class RPCFactory(Factory):
         self.accepted += 1
         log.info("connection from {peer} opened", peer=protocol.peer)
         return None
+
+    def _drop_oldest_unauthenticated(self, limit: str, value: int) -> None:
+        oldest = next(iter(self._unauthenticated))
+        self.refused[limit] += 1
+        log.warn(
+            "dropping unauthenticated {peer} for a newer connection: {limit} {value} reached",
+            peer=oldest.peer,
+            limit=limit,
+            value=value,
+        )
+        self.release(oldest)  # counted out now: its slot is the newcomer's
+        oldest.drop(
+            RPCError(
+                TOO_MANY_CONNECTIONS,
+                f"too many connections: dropped while unauthenticated for a newer connection "
+                f"({limit} {value} reached)",
+                {"limit": limit},
+            )
+        )
+
+    def authenticated(self, protocol: RPCProtocol) -> None:
+        """`protocol` passed the handshake: it is never dropped for a newcomer."""
+        self._unauthenticated.pop(protocol, None)
 
     def _refuse(self, protocol: RPCProtocol, limit: str, value: int, message: str) -> RPCError:
         self.refused[limit] += 1
@@ -419,6 +462,7 @@ class RPCFactory(Factory):
 
     def release(self, protocol: RPCProtocol) -> None:
         """Count a closed connection out."""
+        self._unauthenticated.pop(protocol, None)
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)

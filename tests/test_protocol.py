@@ -958,3 +958,55 @@ def test_a_lagging_peer_that_goes_away_leaves_nothing_in_the_dispatcher():
     disconnect(protocol)
     gevent.idle()
     assert dispatcher.queued == 0 and dispatcher.in_flight == 0 and dispatcher._lagging == {}
+
+
+# -- unauthenticated connections (issue 10) ---------------------------------------------------
+
+
+def _auth_factory(**limits: Any) -> RPCFactory:
+    return make_factory(
+        RecordingDispatcher(), Clock(), idle_timeout=0, auth_key=auth.Key(SECRET), **limits
+    )
+
+
+def _authenticate(protocol: Any, transport: StringTransport) -> list:
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(SECRET), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    return replies(transport)
+
+
+def test_a_full_server_drops_an_unauthenticated_connection_for_a_new_one():
+    factory = _auth_factory(max_connections=20)
+    squatters = [connect(factory, IPv4Address("TCP", "10.9.9.9", 1000 + i)) for i in range(25)]
+    holder, transport = connect(factory, IPv4Address("TCP", "10.0.0.7", 5000))
+    assert not transport.disconnecting
+    [reply] = _authenticate(holder, transport)
+    assert reply["result"]["authenticated"] is True
+    assert len(factory.connections) == 20 and holder in factory.connections
+    dropped = [t for _, t in squatters if t.disconnecting]
+    assert len(dropped) == 6  # the oldest, each when a newer connection needed its slot
+    error = unframe(dropped[-1].value())[-1]
+    assert error["error"]["code"] == -32002 and error["error"]["data"] == {
+        "limit": "max_connections"
+    }
+    # Once authenticated it is never dropped for a newcomer.
+    for i in range(30):
+        connect(factory, IPv4Address("TCP", "10.9.9.9", 3000 + i))
+    assert not transport.disconnecting and holder in factory.connections
+
+
+def test_unauthenticated_connections_have_a_cap_of_their_own():
+    factory = _auth_factory(max_unauthenticated=3)
+    conns = [connect(factory, IPv4Address("TCP", "10.9.9.9", 1000 + i)) for i in range(5)]
+    assert [t.disconnecting for _, t in conns] == [True, True, False, False, False]
+    error = unframe(conns[0][1].value())[-1]
+    assert error["error"]["data"] == {"limit": "max_unauthenticated"}
+    assert "max_unauthenticated 3" in error["error"]["message"]
+    assert len(factory.connections) == 3 and factory.refused["max_unauthenticated"] == 2
+    protocol, transport = conns[2]
+    _authenticate(protocol, transport)
+    connect(factory, IPv4Address("TCP", "10.9.9.9", 2000))
+    assert not transport.disconnecting  # authenticated: no longer counted, never dropped
