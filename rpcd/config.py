@@ -213,6 +213,12 @@ class Settings:
     max_unauthenticated: int = _setting(
         64, _integer(1), "connections still in the auth handshake; past it the oldest is dropped"
     )
+    auth_failure_delay: float = _setting(
+        0.1,
+        _seconds(True),
+        "after a peer's failed handshake its next one is read this late, doubled per failure "
+        "up to 10 s (0 = off)",
+    )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
     )

@@ -33,6 +33,26 @@ from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
 log = Logger()
 
+AUTH_DELAY_MAX = 10.0  # the longest a peer's next handshake waits after its failures
+AUTH_LOG_INTERVAL = 60.0  # one log line per peer per interval for its failed handshakes
+AUTH_FORGET = 600.0  # failures older than this no longer slow the peer
+_AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten first
+
+
+class _Failures:
+    """One peer's failed handshakes: how many in a row, and what was not logged yet."""
+
+    __slots__ = ("count", "last", "logged_at", "unlogged", "reason", "peer", "flush")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0.0
+        self.logged_at = float("-inf")
+        self.unlogged = 0
+        self.reason = ""
+        self.peer = "-"
+        self.flush: Any = None  # the timer that logs the unlogged count
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
@@ -51,6 +71,8 @@ class ConnectionLimits:
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
     max_unauthenticated: int = 64  # connections still in the handshake; the oldest goes first
+    auth_failure_delay: float = 0.1  # a peer's next handshake is read this late, doubled per
+    # failure up to AUTH_DELAY_MAX (0: off)
 
 
 @implementer(IPushProducer)
@@ -127,7 +149,14 @@ class RPCProtocol(Protocol):
             decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, decoder.max_frame_bytes)
             session.begin()
             clock = factory.clock
-            self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
+            delay = factory.auth_delay(self)
+            if delay > 0:
+                # This peer failed lately: its answer is read only after a growing delay,
+                # and the handshake's own time starts then.
+                self._pause("penalty")
+                self._auth_call = clock.callLater(delay, self._penalty_over)
+            else:
+                self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
@@ -315,7 +344,7 @@ class RPCProtocol(Protocol):
             reason = self._session.failure
             if reason is not None:
                 # A failed handshake: answered, read nothing more, no second try.
-                log.warn("closing {peer}: {reason}", peer=self.peer, reason=reason)
+                self.factory.auth_failed(self, reason)
                 if self._auth_call is not None and self._auth_call.active():
                     self._auth_call.cancel()
                 self._auth_call = None
@@ -323,6 +352,11 @@ class RPCProtocol(Protocol):
                 self.transport.loseConnection()
             else:
                 self.close()
+
+    def _penalty_over(self) -> None:
+        clock = self.factory.clock
+        self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self._resume("penalty")
 
     def _handshake_timeout(self) -> None:
         self._auth_call = None
@@ -369,6 +403,11 @@ def _peer_key(protocol: RPCProtocol) -> Any:
     return None  # UNIX sockets and the like have no address to limit by
 
 
+def _failure_key(protocol: RPCProtocol) -> Any:
+    # By address (a new port each attempt is the same peer); UNIX peers all count as one.
+    return protocol.peer_key if protocol.peer_key is not None else protocol.peer
+
+
 class RPCFactory(Factory):
     """Builds connections and enforces the connection limits across them."""
 
@@ -384,6 +423,7 @@ class RPCFactory(Factory):
         self.connections: set[RPCProtocol] = set()
         self._per_peer: Counter = Counter()
         self._unauthenticated: dict[RPCProtocol, None] = {}  # oldest first
+        self._auth_failures: dict[Any, _Failures] = {}  # by peer address, oldest first
         self.accepted = 0
         self.refused: Counter = Counter()
         self._all_closed: list[defer.Deferred] = []
@@ -447,8 +487,63 @@ class RPCFactory(Factory):
         )
 
     def authenticated(self, protocol: RPCProtocol) -> None:
-        """`protocol` passed the handshake: it is never dropped for a newcomer."""
+        """`protocol` passed the handshake: it is never dropped for a newcomer, and its peer's
+        failures are forgotten."""
         self._unauthenticated.pop(protocol, None)
+        failures = self._auth_failures.pop(_failure_key(protocol), None)
+        if failures is not None and failures.flush is not None and failures.flush.active():
+            failures.flush.cancel()
+            self._log_failures(failures)
+
+    def auth_delay(self, protocol: RPCProtocol) -> float:
+        """How long to wait before reading a new connection's handshake (its peer's failures)."""
+        base = self.limits.auth_failure_delay
+        failures = self._auth_failures.get(_failure_key(protocol))
+        if base <= 0 or failures is None:
+            return 0.0
+        if self.clock.seconds() - failures.last > AUTH_FORGET:
+            return 0.0
+        return min(base * 2 ** min(failures.count - 1, 32), AUTH_DELAY_MAX)
+
+    def auth_failed(self, protocol: RPCProtocol, reason: str) -> None:
+        """Count a failed handshake against its peer; log one line per peer per interval."""
+        key = _failure_key(protocol)
+        table = self._auth_failures
+        failures = table.pop(key, None)  # re-inserted last: the table is oldest first
+        if failures is None:
+            failures = _Failures()
+            if len(table) >= _AUTH_PEERS:
+                oldest = table.pop(next(iter(table)))
+                if oldest.flush is not None and oldest.flush.active():
+                    oldest.flush.cancel()
+        table[key] = failures
+        now = self.clock.seconds()
+        failures.count += 1
+        failures.last = now
+        failures.reason = reason
+        failures.peer = protocol.peer
+        if now - failures.logged_at >= AUTH_LOG_INTERVAL:
+            failures.logged_at = now
+            log.warn("closing {peer}: {reason}", peer=protocol.peer, reason=reason)
+            return
+        failures.unlogged += 1
+        if failures.flush is None or not failures.flush.active():
+            wait = failures.logged_at + AUTH_LOG_INTERVAL - now
+            failures.flush = self.clock.callLater(wait, self._log_failures, failures)
+
+    def _log_failures(self, failures: _Failures) -> None:
+        failures.flush = None
+        if failures.unlogged:
+            log.warn(
+                "{count} more authentication failures from {peer} in {interval:g} s "
+                "(the last: {reason})",
+                count=failures.unlogged,
+                peer=failures.peer,
+                interval=AUTH_LOG_INTERVAL,
+                reason=failures.reason,
+            )
+            failures.unlogged = 0
+            failures.logged_at = self.clock.seconds()
 
     def _refuse(self, protocol: RPCProtocol, limit: str, value: int, message: str) -> RPCError:
         self.refused[limit] += 1

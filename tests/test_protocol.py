@@ -22,7 +22,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rpcd import auth
@@ -1010,3 +1010,57 @@ def test_unauthenticated_connections_have_a_cap_of_their_own():
     _authenticate(protocol, transport)
     connect(factory, IPv4Address("TCP", "10.9.9.9", 2000))
     assert not transport.disconnecting  # authenticated: no longer counted, never dropped
+
+
+def _fail_auth(factory: RPCFactory, peer: Any) -> StringTransport:
+    protocol, transport = connect(factory, peer)
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(b"wrong"), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    return transport
+
+
+def test_auth_failures_slow_the_next_attempts_of_that_peer_only():
+    factory = _auth_factory(auth_failure_delay=0.1)
+    clock = factory.clock
+    bad = IPv4Address("TCP", "10.6.6.6", 1)
+    for _ in range(3):
+        failed = _fail_auth(factory, bad)
+        clock.advance(0.3)  # the second and third attempts are read after 0.1 s and 0.2 s
+        [reply] = replies(failed)
+        assert reply["error"]["code"] == -32003
+    protocol, transport = connect(factory, IPv4Address("TCP", "10.6.6.6", 2))
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(SECRET), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    assert replies(transport) == []  # not read yet: 0.1 s doubled per failure, 0.4 s now
+    clock.advance(0.399)
+    assert replies(transport) == []
+    clock.advance(0.001)
+    assert replies(transport)[0]["result"]["authenticated"] is True
+    # The handshake timer started after the delay: the client had its whole 5 s.
+    other, other_transport = connect(factory, IPv4Address("TCP", "10.0.0.8", 3))
+    assert _authenticate(other, other_transport)[0]["result"]["authenticated"] is True
+    # A success forgets the peer's failures.
+    again, again_transport = connect(factory, IPv4Address("TCP", "10.6.6.6", 4))
+    assert _authenticate(again, again_transport)[0]["result"]["authenticated"] is True
+
+
+def test_auth_failures_are_logged_once_per_peer_per_interval_with_a_count(log_events):
+    factory = _auth_factory(auth_failure_delay=0)
+    bad = IPv4Address("TCP", "10.6.6.6", 1)
+    for _ in range(10):
+        _fail_auth(factory, bad)
+    _fail_auth(factory, IPv4Address("TCP", "10.7.7.7", 1))
+
+    def lines():
+        return [e for e in log_events if "authentication fail" in formatEvent(e)]
+
+    assert len(lines()) == 2  # one per peer
+    factory.clock.advance(60)
+    [summary] = lines()[2:]
+    assert summary["count"] == 9 and summary["peer"] == "10.6.6.6:1"
