@@ -34,7 +34,9 @@ from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 log = Logger()
 
 AUTH_DELAY_MAX = 10.0  # the longest a peer's next handshake waits after its failures
-AUTH_LOG_INTERVAL = 60.0  # one log line per peer per interval for its failed handshakes
+# One log line per peer per interval for its failed handshakes, and one per error code for
+# frames that decoded to no request; the rest are counted in a line at the interval's end.
+AUTH_LOG_INTERVAL = 60.0
 AUTH_FORGET = 600.0  # failures older than this no longer slow the peer
 _AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten first
 
@@ -139,6 +141,7 @@ class RPCProtocol(Protocol):
             max_inflight=limits.max_inflight,
             max_batch=limits.max_batch,
             handshake=handshake,
+            on_frame_error=self._frame_error,
         )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
@@ -317,12 +320,16 @@ class RPCProtocol(Protocol):
         if decision is not None:
             self._decided(decision)
 
+    def _frame_error(self, error: RPCError) -> None:
+        self.factory.frame_error(self, error.code, error.message)
+
     def _frame_too_large(self, error: wire.FrameTooLarge) -> None:
         session = self._session
         if session is None or self._closed:
             return
         authenticating = session.authenticating
-        session.frame_too_large(error)
+        session.frame_too_large(error, error.likely_cause(self._byteorder))
+        self.factory.frame_error(self, error.code, session.failure)
         if authenticating:
             self._decided(CLOSE)
             return
@@ -424,6 +431,7 @@ class RPCFactory(Factory):
         self._per_peer: Counter = Counter()
         self._unauthenticated: dict[RPCProtocol, None] = {}  # oldest first
         self._auth_failures: dict[Any, _Failures] = {}  # by peer address, oldest first
+        self._frame_errors: dict[int, _Failures] = {}  # by error code: what to log when
         self.accepted = 0
         self.refused: Counter = Counter()
         self._all_closed: list[defer.Deferred] = []
@@ -530,6 +538,44 @@ class RPCFactory(Factory):
         if failures.flush is None or not failures.flush.active():
             wait = failures.logged_at + AUTH_LOG_INTERVAL - now
             failures.flush = self.clock.callLater(wait, self._log_failures, failures)
+
+    def frame_error(self, protocol: RPCProtocol, code: int, message: str) -> None:
+        """Count a frame that decoded to no request (rpc.stats); log it, one line per code per
+        interval at most, the rest as a count at the interval's end."""
+        self.dispatcher.stats.refused(code)
+        now = self.clock.seconds()
+        entry = self._frame_errors.get(code)
+        if entry is None:
+            entry = self._frame_errors[code] = _Failures()
+        entry.peer, entry.reason = protocol.peer, message
+        if now - entry.logged_at >= AUTH_LOG_INTERVAL:
+            entry.logged_at = now
+            log.warn(
+                "frame error {code} from {peer}: {message}",
+                code=code,
+                peer=protocol.peer,
+                message=message,
+            )
+            return
+        entry.unlogged += 1
+        if entry.flush is None or not entry.flush.active():
+            wait = entry.logged_at + AUTH_LOG_INTERVAL - now
+            entry.flush = self.clock.callLater(wait, self._log_frame_errors, code, entry)
+
+    def _log_frame_errors(self, code: int, entry: _Failures) -> None:
+        entry.flush = None
+        if entry.unlogged:
+            log.warn(
+                "{count} more frame errors {code} in {interval:g} s (the last from {peer}: "
+                "{message})",
+                count=entry.unlogged,
+                code=code,
+                interval=AUTH_LOG_INTERVAL,
+                peer=entry.peer,
+                message=entry.reason,
+            )
+            entry.unlogged = 0
+            entry.logged_at = self.clock.seconds()
 
     def _log_failures(self, failures: _Failures) -> None:
         failures.flush = None

@@ -126,6 +126,7 @@ class Session:
         "_legacy",
         "_legacy_peer",
         "_read_closed",
+        "_on_frame_error",
     )
 
     def __init__(
@@ -137,6 +138,7 @@ class Session:
         max_inflight: int = 128,
         max_batch: int = 100,
         handshake: Handshake | None = None,
+        on_frame_error: Callable[[RPCError], None] | None = None,
     ) -> None:
         self.calls: set[Any] = set()  # submitted and not yet answered
         self.failure: str | None = None  # why the last CLOSE was decided, for the log
@@ -151,6 +153,7 @@ class Session:
         self._legacy: deque[_LegacySlot] = deque()
         self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
+        self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
 
     # -- state the glue reads ---------------------------------------------------------------
 
@@ -205,15 +208,18 @@ class Session:
             return RESUME
         return None
 
-    def frame_too_large(self, error: wire.FrameTooLarge) -> int:
-        """The peer announced a frame past the decoder's limit: answer -32004 and close."""
+    def frame_too_large(self, error: wire.FrameTooLarge, cause: str | None = None) -> int:
+        """The peer announced a frame past the decoder's limit: answer -32004 and close.
+        `cause` names what the prefix most likely is (an HTTP request, the wrong byte order)."""
+        suffix = f": {cause}" if cause else ""
         if self._handshake is not None:
             reason = (
-                f"frame too large: {error.length} bytes exceeds {error.limit} before authentication"
+                f"frame too large: {error.length} bytes exceeds {error.limit} "
+                f"before authentication{suffix}"
             )
             return self._fail_handshake(reason, None, FRAME_TOO_LARGE)
-        self.failure = error.message
-        self._send(wire.encode_error(error))
+        self.failure = error.message + suffix
+        self._send(wire.encode_error(RPCError(FRAME_TOO_LARGE, self.failure)))
         return CLOSE
 
     def handshake_timed_out(self, seconds: float) -> int:
@@ -293,6 +299,8 @@ class Session:
 
     def _refuse_frame(self, error: RPCError) -> None:
         """A frame that decoded to no request: its error, in the envelope the peer speaks."""
+        if self._on_frame_error is not None:
+            self._on_frame_error(error)
         if not error.legacy and self._legacy_peer and error.code == wire.PARSE_ERROR:
             # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
             error = RPCError(error.code, error.message, error.data, legacy=True)

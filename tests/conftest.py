@@ -52,6 +52,7 @@ import struct  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from rpcd.dispatch import Call  # noqa: E402
+from rpcd.stats import CallStats  # noqa: E402
 from rpcd.wire import Response  # noqa: E402
 
 
@@ -63,6 +64,7 @@ class RecordingDispatcher:
         self.cancelled: list[Call] = []
         self.woken: list[Any] = []  # sinks passed to writable()
         self.lagged: list[Any] = []  # sinks passed to lagging()
+        self.stats = CallStats()
 
     def submit(self, request: Any, sink: Any) -> Call:
         call = Call(request, None, sink)

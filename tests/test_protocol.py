@@ -1064,3 +1064,45 @@ def test_auth_failures_are_logged_once_per_peer_per_interval_with_a_count(log_ev
     factory.clock.advance(60)
     [summary] = lines()[2:]
     assert summary["count"] == 9 and summary["peer"] == "10.6.6.6:1"
+
+
+# -- frame-level errors the operator sees (issue 10) ------------------------------------------
+
+
+def test_frame_level_errors_are_counted_in_the_stats():
+    dispatcher = Dispatcher(Registry())
+    factory = make_factory(dispatcher, max_frame_bytes=100)
+    protocol, _ = connect(factory)
+    protocol.dataReceived(frame(b"{not json") + frame(b"17"))
+    protocol.dataReceived(struct.pack("!I", 101))
+    assert dispatcher.stats.summary()["errors"] == {"-32700": 1, "-32600": 1, "-32004": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: rpcd\r\n\r\n", "looks like an HTTP request"),
+        (frame(call("ping"), "<I"), "the length prefix looks little-endian"),
+    ],
+)
+def test_a_too_large_prefix_names_its_likely_cause(data, cause, log_events):
+    protocol, transport = connect(make_factory())
+    protocol.dataReceived(data)
+    [error] = replies(transport)
+    assert error["error"]["code"] == -32004 and cause in error["error"]["message"]
+    assert transport.disconnecting
+    assert any(cause in formatEvent(e) for e in log_events)
+
+
+def test_frame_errors_are_logged_once_per_interval_with_a_count(log_events):
+    factory = make_factory()
+    for i in range(10):
+        protocol, _ = connect(factory, IPv4Address("TCP", "10.1.1.1", 7000 + i))
+        protocol.dataReceived(frame(b"{not json"))
+
+    def lines():
+        return [formatEvent(e) for e in log_events if "-32700" in formatEvent(e)]
+
+    assert len(lines()) == 1 and "10.1.1.1:7000" in lines()[0]
+    factory.clock.advance(60)
+    assert len(lines()) == 2 and "9 more" in lines()[1]
