@@ -38,6 +38,7 @@ def _huge_prefix(port: int) -> tuple[dict, float]:
         sent = time.monotonic()
         data = b""
         while True:
+            assert time.monotonic() - sent < 10, f"not closed within 10 s: {data[:200]!r}"
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:
@@ -50,8 +51,8 @@ def _huge_prefix(port: int) -> tuple[dict, float]:
     return json.loads(data[4 : 4 + n]), closed
 
 
-def test_huge_length_prefix_is_refused_and_closed(start_daemon):
-    d = start_daemon()
+def test_huge_length_prefix_is_refused_and_closed(shared_daemon):
+    d = shared_daemon
     before = rss(d.proc.pid)
     for _ in range(20):
         reply, closed = _huge_prefix(d.port)
@@ -77,8 +78,8 @@ def _flood(port: int, frames: int, errors: list, offset: int) -> None:
     client.close()
 
 
-def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(start_daemon):
-    d = start_daemon()
+def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(shared_daemon):
+    d = shared_daemon
     valid = d.client()
     assert valid.call("add", 0, 0)["result"] == 0
     start_rss = rss(d.proc.pid)
@@ -92,7 +93,9 @@ def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(start_da
     for thread in threads:
         thread.start()
     results = []
+    deadline = time.monotonic() + 60
     while any(thread.is_alive() for thread in threads) or len(results) < 50:
+        assert time.monotonic() < deadline, "the flood was not answered within 60 s"
         n = len(results)
         results.append(valid.call("add", n, 1).get("result") == n + 1)
         results.append(valid.call("sleep", 0.001).get("result") == 0.001)  # timers still fire

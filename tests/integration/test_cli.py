@@ -5,23 +5,38 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from rpcd.client import Client
-from tests.integration.conftest import ROOT, free_port
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 
 
 @pytest.fixture
-def daemon(start_daemon):
-    return start_daemon()
+def daemon(shared_daemon):
+    """Every test here only needs a daemon with the default settings."""
+    return shared_daemon
+
+
+def read_line(stream, timeout: float = 20) -> str:
+    """One line from a child's pipe, failing the test if none comes within `timeout`."""
+    # A thread, not select(): the pipe's buffer may already hold the line select would wait for.
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert line, f"no output within {timeout} s"
+    return line[0]
 
 
 def run(*args: str, endpoint: str | None = None, env: dict | None = None, timeout: float = 20):
@@ -64,7 +79,12 @@ def test_indented_json_on_a_terminal(daemon):
     )
     os.close(secondary)
     chunks = []
+    deadline = time.monotonic() + 20
     while True:
+        ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"rpcd-call did not finish within 20 s: {b''.join(chunks)!r}")
         try:
             chunk = os.read(main, 4096)
         except OSError:  # EIO: the child closed the terminal
@@ -127,14 +147,18 @@ def test_getlog_shortcuts_map_to_named_params(daemon):
                                       "follow": False}
 
 
-def test_follow_streams_until_ctrl_c(daemon):
-    ep = endpoint_of(daemon)
+def test_follow_streams_until_ctrl_c(start_daemon):
+    ep = endpoint_of(start_daemon())  # its own daemon: the stats below count from zero
     proc = subprocess.Popen(
         [RPCD_CALL, "-c", ep, "fakelog", "-f", "--grep", "x"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    first = json.loads(proc.stdout.readline())
-    second = json.loads(proc.stdout.readline())
+    try:
+        first = json.loads(read_line(proc.stdout))
+        second = json.loads(read_line(proc.stdout))
+    except BaseException:
+        proc.kill()
+        raise
     assert first == second == {"lines": 10, "level": "info", "grep": "x", "follow": True}
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0, proc.stderr.read()

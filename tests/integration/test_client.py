@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,8 @@ from rpcd.client import (
     ServerBusy,
     TooManyConnections,
 )
-from tests.integration.conftest import ROOT, Daemon, free_port
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import ROOT, Daemon
 
 METHODS = "tests.integration.methods"
 
@@ -49,14 +49,6 @@ def client(daemon):
     c = Client(f"tcp:127.0.0.1:{daemon.port}", timeout=10)
     yield c
     c.close()
-
-
-def wait_for(predicate, timeout=5.0):
-    """Poll `predicate` until it is true; fail the test if it stays false."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def method_stats(c: Client, name: str) -> dict:
@@ -187,8 +179,8 @@ def _in_flight(c: Client) -> int:
     return c.call("rpc.stats")["calls"]["in_flight"]
 
 
-def test_threads_share_one_connection(start_daemon):
-    d = start_daemon()
+def test_threads_share_one_connection(shared_daemon):
+    d = shared_daemon
     c = Client(f"tcp:127.0.0.1:{d.port}", timeout=10)
     accepted = c.call("rpc.stats")["connections"]["accepted"]
     results: list[bool] = []

@@ -55,8 +55,8 @@ def test_calls_produce_access_lines_that_getlog_returns(start_daemon, tmp_path):
     assert " add id=1 " in d.log() and "rpcd serving" in d.log()
 
 
-def test_follow_streams_new_lines_and_stops_on_cancel(start_daemon):
-    d = start_daemon()
+def test_follow_streams_new_lines_and_stops_on_cancel(shared_daemon):
+    d = shared_daemon
     follower, other = d.client(), d.client()
     follower.send({"jsonrpc": "2.0", "method": "getlog", "id": "f",
                    "params": {"lines": 0, "follow": True, "grep": "tests.shout"}})
@@ -77,8 +77,8 @@ def test_follow_streams_new_lines_and_stops_on_cancel(start_daemon):
     assert follower.call("ping")["result"] == "pong"  # nothing more streamed before this reply
 
 
-def test_bad_getlog_params_get_32602(start_daemon):
-    d = start_daemon()
+def test_bad_getlog_params_get_32602(shared_daemon):
+    d = shared_daemon
     c = d.client()
     for params, word in [
         ([-1], "lines"), ([10001], "lines"), (["many"], "lines"), ({"level": "loud"}, "level"),

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import free_port
-from tests.integration.probes import MiB, rss, stats, wait_for
+from tests.conftest import free_port, wait_for
+from tests.integration.probes import MiB, rss, stats
 from tests.rawclient import RawClient
 
 
@@ -46,7 +46,9 @@ def test_connections_past_max_connections_get_one_frame_and_are_closed(start_dae
         data = _read_all_until_eof(sock, 1.0)
         (n,) = struct.unpack("!I", data[:4])
         assert len(data) == 4 + n  # one frame, then the close
-        assert json.loads(data[4:])["error"]["code"] == -32002
+        refusal = json.loads(data[4:])
+        assert refusal["id"] is None and refusal["error"]["code"] == -32002
+        assert "limit of 100" in refusal["error"]["message"]
     assert time.monotonic() - connected < 1.0 + 0.5  # closed within 1 s (select slack)
     served = [s for s in socks if s not in refused]
     assert len(served) == 100 and control.sock in served
@@ -57,6 +59,10 @@ def test_connections_past_max_connections_get_one_frame_and_are_closed(start_dae
     figures = stats(control)["connections"]
     assert figures["open"] == 100 and figures["refused"] == {"max_connections": 50}
     assert figures["accepted"] == 101  # with the fixture's readiness probe
+    # A closed connection frees its place (once rpcd has seen it go).
+    served.pop().close()
+    wait_for(lambda: stats(control)["connections"]["open"] == 99, timeout=5)
+    assert RawClient(port).call("echo", 2)["result"] == 2
     for sock in socks:
         sock.close()
 
