@@ -41,7 +41,10 @@ class Daemon:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", *twistd_args, "rpcd", *args],
-            cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            stdout=self.output.open("wb"),
+            stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
         )
 
@@ -102,8 +105,15 @@ class Daemon:
             return self.proc.wait()
 
 
-def launch(workdir: Path, *args: str, methods: str | None = METHODS, port: int | None = None,
-           listen: bool = True, twistd_args: tuple = (), preexec_fn=None) -> Daemon:
+def launch(
+    workdir: Path,
+    *args: str,
+    methods: str | None = METHODS,
+    port: int | None = None,
+    listen: bool = True,
+    twistd_args: tuple = (),
+    preexec_fn=None,
+) -> Daemon:
     """Start `twistd -n rpcd ARGS` in `workdir` on `port` (a free one by default) and wait
     until it serves; the caller terminates it."""
     port = port or free_port()
@@ -147,8 +157,15 @@ def start_daemon(tmp_path):
         preexec_fn=None,
     ) -> Daemon:
         """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
-        daemon = launch(tmp_path, *args, methods=methods, port=port, listen=listen,
-                        twistd_args=twistd_args, preexec_fn=preexec_fn)
+        daemon = launch(
+            tmp_path,
+            *args,
+            methods=methods,
+            port=port,
+            listen=listen,
+            twistd_args=twistd_args,
+            preexec_fn=preexec_fn,
+        )
         started.append(daemon)
         return daemon
 

@@ -25,8 +25,10 @@ MALFORMED = [
     (b'{"jsonrpc":"2.0","method":"add","params":"1,2","id":1}', -32600),
     (b'{"jsonrpc":"2.0","method":"add","id":{"a":1}}', -32600),
     (b'{"in":17}', -32600),
-    (json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(),
-     -32600),  # a batch over --max-batch
+    (
+        json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(),
+        -32600,
+    ),  # a batch over --max-batch
 ]
 HUGE_PREFIX = struct.pack("!I", 0xFFFFFFFF)
 
@@ -87,9 +89,13 @@ def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(shared_d
     refusals: list = []
     # 4 connections x 240 malformed frames, plus 40 huge length prefixes: 1,000 in all.
     threads = [threading.Thread(target=_flood, args=(d.port, 240, errors, k)) for k in range(4)]
-    threads.append(threading.Thread(
-        target=lambda: refusals.extend(_huge_prefix(d.port)[0]["error"]["code"] for _ in range(40))
-    ))
+    threads.append(
+        threading.Thread(
+            target=lambda: refusals.extend(
+                _huge_prefix(d.port)[0]["error"]["code"] for _ in range(40)
+            )
+        )
+    )
     for thread in threads:
         thread.start()
     results = []

@@ -41,11 +41,13 @@ def read_line(stream, timeout: float = 20) -> str:
 
 def run(*args: str, endpoint: str | None = None, env: dict | None = None, timeout: float = 20):
     argv = [RPCD_CALL, *(("-c", endpoint) if endpoint else ()), *args]
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")
+    }
     environ.update(env or {})
-    return subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        argv, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def endpoint_of(daemon) -> str:
@@ -75,7 +77,9 @@ def test_indented_json_on_a_terminal(daemon):
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
         [RPCD_CALL, "-c", endpoint_of(daemon), "echo", '{"a": [1]}'],
-        cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
     )
     os.close(secondary)
     chunks = []
@@ -140,18 +144,33 @@ def test_list_and_describe(daemon):
 
 def test_getlog_shortcuts_map_to_named_params(daemon):
     # fakelog has getlog's parameters: the shortcuts must arrive as lines/level/grep/follow.
-    out = run("fakelog", "-n", "50", "--level", "warn", "--grep", "some text",
-              endpoint=endpoint_of(daemon))
+    out = run(
+        "fakelog",
+        "-n",
+        "50",
+        "--level",
+        "warn",
+        "--grep",
+        "some text",
+        endpoint=endpoint_of(daemon),
+    )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"lines": 50, "level": "warn", "grep": "some text",
-                                      "follow": False}
+    assert json.loads(out.stdout) == {
+        "lines": 50,
+        "level": "warn",
+        "grep": "some text",
+        "follow": False,
+    }
 
 
 def test_follow_streams_until_ctrl_c(start_daemon):
     ep = endpoint_of(start_daemon())  # its own daemon: the stats below count from zero
     proc = subprocess.Popen(
         [RPCD_CALL, "-c", ep, "fakelog", "-f", "--grep", "x"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first = json.loads(read_line(proc.stdout))

@@ -36,8 +36,14 @@ METHODS = "tests.integration.methods"
 def daemon(tmp_path_factory):
     """One daemon for the tests that do not need their own settings."""
     port = free_port()
-    args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--methods", METHODS,
-            "--call-timeout", "1"]
+    args = [
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--methods",
+        METHODS,
+        "--call-timeout",
+        "1",
+    ]
     d = Daemon(tmp_path_factory.mktemp("rpcd"), args, port)
     d.wait_ready()
     yield d
@@ -229,8 +235,11 @@ GREENLETS = textwrap.dedent("""
 def test_two_hundred_greenlets_share_one_connection(start_daemon):
     d = start_daemon("--max-inflight", "1000")
     out = subprocess.run(
-        [sys.executable, "-c", GREENLETS, str(d.port)], cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", GREENLETS, str(d.port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

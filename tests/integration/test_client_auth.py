@@ -108,8 +108,11 @@ GREENLETS = textwrap.dedent("""
 
 def test_greenlets_share_one_authenticated_connection(daemon, key_file):
     out = subprocess.run(
-        [sys.executable, "-c", GREENLETS, str(daemon.port), key_file], cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", GREENLETS, str(daemon.port), key_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -178,8 +181,13 @@ class TwistedClientAuthTests(unittest.TestCase):
         cls.daemons = []
         for extra in (["--auth-key-file", cls.key_file], []):
             port = free_port()
-            args = ["--listen", f"tcp:{port}:interface=127.0.0.1",
-                    "--methods", "tests.integration.methods", *extra]
+            args = [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--methods",
+                "tests.integration.methods",
+                *extra,
+            ]
             daemon = Daemon(cls.workdir, args, port)
             cls.daemons.append(daemon)
             daemon.wait_ready()
@@ -218,11 +226,13 @@ class TwistedClientAuthTests(unittest.TestCase):
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")
+    }
     environ.update(env or {})
-    return subprocess.run([RPCD_CALL, *args], cwd=ROOT, env=environ, capture_output=True,
-                          text=True, timeout=20)
+    return subprocess.run(
+        [RPCD_CALL, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=20
+    )
 
 
 def test_rpcd_call_with_a_key(daemon, key_file, wrong_key_file, tmp_path):

@@ -40,7 +40,7 @@ def test_method_blocking_the_loop_is_logged_with_its_stack(start_daemon):
     assert c.call("spin", 1.0)["result"] > 0
     wait_for(lambda: "method spin has blocked the event loop" in d.log(), timeout=5)
     log = d.log()
-    warning = log[log.index("method spin has blocked"):]
+    warning = log[log.index("method spin has blocked") :]
     assert re.search(r"\[rpcd\.process#warn\] method spin has blocked", log)
     assert re.search(r'methods\.py", line \d+, in spin', warning)  # the method's own frame
     assert c.call("ping")["result"] == "pong"

@@ -30,12 +30,14 @@ def _read_all_until_eof(sock: socket.socket, timeout: float) -> bytes:
 def test_connections_past_max_connections_get_one_frame_and_are_closed(start_daemon):
     port = free_port()
     # A backlog above 150 (Twisted's default is 50): the connects all land at once.
-    start_daemon("--max-connections", "100",
-                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256")
+    start_daemon(
+        "--max-connections", "100", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256"
+    )
     control = RawClient(port)  # the first of the 150; served once the fixture's probe is gone
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=5)
-    socks = [control.sock] + [socket.create_connection(("127.0.0.1", port), timeout=5)
-                              for _ in range(149)]
+    socks = [control.sock] + [
+        socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(149)
+    ]
     connected = time.monotonic()
     refused = set()
     while len(refused) < 50 and time.monotonic() - connected < 3:
@@ -93,8 +95,11 @@ def test_ten_thousand_connect_close_cycles_leave_no_connection_open(start_daemon
             for sock in socks:
                 sock.sendall(call)
             # (the stats call is in flight too)
-            wait_for(lambda: stats(control)["calls"]["in_flight"] == batch + 1,
-                     timeout=10, interval=0.001)
+            wait_for(
+                lambda: stats(control)["calls"]["in_flight"] == batch + 1,
+                timeout=10,
+                interval=0.001,
+            )
             for sock in socks:
                 _reset(sock)
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=10)
@@ -117,8 +122,9 @@ def test_per_peer_limit_with_ipv4_and_ipv6_peers(start_daemon):
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         port6 = probe.getsockname()[1]
-    d = start_daemon("--max-connections-per-peer", "3",
-                     "--listen", f"tcp6:{port6}:interface=\\:\\:1")
+    d = start_daemon(
+        "--max-connections-per-peer", "3", "--listen", f"tcp6:{port6}:interface=\\:\\:1"
+    )
     first = d.client()
     wait_for(lambda: stats(first)["connections"]["open"] == 1, timeout=5)  # the probe is gone
     v4 = (socket.AF_INET, ("127.0.0.1", d.port))
@@ -207,7 +213,7 @@ def test_peer_that_never_reads_is_cut_off_and_others_are_unaffected(start_daemon
     deadline = time.monotonic() + 5
     while pending and time.monotonic() < deadline:
         try:
-            pending = pending[greedy.send(pending[:1 << 20]):]
+            pending = pending[greedy.send(pending[: 1 << 20]) :]
         except BlockingIOError:
             break  # rpcd stopped reading from us
         except ConnectionError:
@@ -226,8 +232,10 @@ def test_pipelined_calls_never_exceed_max_inflight(start_daemon):
     c = d.client()
     body = b"".join(
         struct.pack("!I", len(m)) + m
-        for m in (json.dumps({"jsonrpc": "2.0", "method": "tracked", "params": [0.005], "id": i})
-                  .encode() for i in range(1000))
+        for m in (
+            json.dumps({"jsonrpc": "2.0", "method": "tracked", "params": [0.005], "id": i}).encode()
+            for i in range(1000)
+        )
     )
     c.sock.sendall(body)
     replies = [c.recv() for _ in range(1000)]
@@ -241,8 +249,12 @@ def test_queue_overflow_refuses_at_once_and_drops_nothing(start_daemon, tmp_path
     c = d.client()
     body = b"".join(
         struct.pack("!I", len(m)) + m
-        for m in (json.dumps({"jsonrpc": "2.0", "method": "gated", "params": [str(gate)], "id": i})
-                  .encode() for i in range(2000))
+        for m in (
+            json.dumps(
+                {"jsonrpc": "2.0", "method": "gated", "params": [str(gate)], "id": i}
+            ).encode()
+            for i in range(2000)
+        )
     )
     c.sock.sendall(body)
     refused = [c.recv() for _ in range(950)]  # these come back while every call is still held
