@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 
 import pytest
 
+from rpcd.client import Client, ConnectFailed
 from tests.integration.conftest import KEY, ROOT, TWISTD, Daemon, free_port
 from tests.rawclient import RawClient, authenticate
 
@@ -182,6 +184,15 @@ def test_tls_listener_end_to_end(start_daemon, tmp_path, key_file, with_auth):
     # A client that does not trust the certificate is refused by its own TLS check.
     with pytest.raises(ssl.SSLCertVerificationError):
         RawClient(tls_port, tls=ssl.create_default_context())
+    # rpcd's own client, given the certificate in a CA directory and the host name to check.
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    shutil.copy(cert_path, ca / "server.pem")
+    endpoint = f"ssl:127.0.0.1:{tls_port}:caCertsDir={ca}:hostname=localhost"
+    with Client(endpoint, timeout=10, **({"auth_key_file": key_file} if with_auth else {})) as rc:
+        assert rc.call("add", 1, 2) == 3
+    with pytest.raises(ConnectFailed, match="TLS"):
+        Client(f"ssl:127.0.0.1:{tls_port}").call("ping")  # the system's CAs do not know it
     assert d.proc.poll() is None
 
 

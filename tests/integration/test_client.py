@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -304,16 +303,4 @@ def test_stats_shape(client):
     assert set(stats["workers"]) >= {"busy"}
 
 
-def test_ssl_endpoint(start_daemon, tmp_path):
-    import twisted.test
-
-    pem = Path(twisted.test.__file__).with_name("server.pem")  # self-signed, for "localhost"
-    ca = tmp_path / "ca"
-    ca.mkdir()
-    (ca / "server.pem").write_bytes(pem.read_bytes())
-    port = free_port()
-    start_daemon("--listen", f"ssl:{port}:privateKey={pem}:interface=127.0.0.1")
-    c = Client(f"ssl:127.0.0.1:{port}:caCertsDir={ca}:hostname=localhost")
-    assert c.call("add", 1, 2) == 3
-    with pytest.raises(ConnectFailed, match="TLS"):
-        Client(f"ssl:127.0.0.1:{port}").call("ping")  # the system's CAs do not know it
+# A TLS endpoint (caCertsDir, hostname, an untrusted certificate refused): test_access.py.
