@@ -119,9 +119,7 @@ def _connect(family: int, address: tuple) -> RawClient:
 
 
 def test_per_peer_limit_with_ipv4_and_ipv6_peers(start_daemon):
-    with socket.socket(socket.AF_INET6) as probe:
-        probe.bind(("::1", 0))
-        port6 = probe.getsockname()[1]
+    port6 = free_port("::1")
     d = start_daemon(
         "--max-connections-per-peer", "3", "--listen", f"tcp6:{port6}:interface=\\:\\:1"
     )
