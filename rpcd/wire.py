@@ -113,6 +113,7 @@ _FOREIGN_PREFIXES = (
     (b"DELE", "an HTTP request"),
     (b"PATC", "an HTTP request"),
     (b"CONN", "an HTTP request"),
+    (b"PRI ", "an HTTP/2 preface"),
     (b"HTTP", "an HTTP response"),
     (b"PROX", "a PROXY protocol v1 header"),
     (b"\r\n\r\n", "a PROXY protocol v2 header"),
@@ -120,28 +121,46 @@ _FOREIGN_PREFIXES = (
 )
 
 
+def foreign_prefix(prefix: bytes) -> str | None:
+    """What another protocol's first four bytes are ("an HTTP request", "TLS"), or None."""
+    for start, what in _FOREIGN_PREFIXES:
+        if prefix.startswith(start):
+            return what
+    # A TLS record: handshake, alert or application data, version 3.x.
+    if len(prefix) >= 2 and prefix[0] in (0x15, 0x16, 0x17) and prefix[1] == 3:
+        return "TLS"
+    return None
+
+
+def swapped_prefix(prefix: bytes, limit: int, byteorder: str = "big") -> bool:
+    """Whether an oversized prefix reads as a size within `limit` in the other byte order.
+
+    A small size packed the other way round puts its low byte first: the reading in our
+    order is then at least 2**24, and the reading the other way a size within the limit.
+    """
+    if len(prefix) < 4:
+        return False
+    other = "little" if byteorder == "big" else "big"
+    return (
+        int.from_bytes(prefix[:4], byteorder) >= 1 << 24
+        and int.from_bytes(prefix[:4], other) <= limit
+    )
+
+
 def prefix_cause(prefix: bytes, limit: int, byteorder: str = "big") -> str | None:
     """Name what an oversized 4-byte length prefix most likely is, for an error message.
 
-    "looks like an HTTP request" when the bytes spell one; "the length prefix looks
-    little-endian" (or big-endian) when, read the other way round, it is a size within
-    `limit`; a TLS record header when the bytes start like one. None: no better guess
-    than "too large".
+    "looks like an HTTP request, not an rpcd frame" when the bytes spell one; "looks like
+    TLS ..." for a TLS record; "the length prefix looks little-endian ..." (or big-endian)
+    when, read the other way round, it is a size within `limit`. None: no better guess.
     """
-    if len(prefix) < 4:
-        return None
-    for start, what in _FOREIGN_PREFIXES:
-        if prefix.startswith(start):
-            return f"looks like {what}, not an rpcd frame"
-    if prefix[0] in (0x15, 0x16, 0x17) and prefix[1] == 3:
+    foreign = foreign_prefix(prefix)
+    if foreign == "TLS":
         return "looks like TLS: one side uses ssl: and the other does not"
-    # A small size packed the other way round puts its low byte first: the reading in our
-    # order is then at least 2**24, and the reading the other way a size within the limit.
-    other = "little" if byteorder == "big" else "big"
-    if (
-        int.from_bytes(prefix[:4], byteorder) >= 1 << 24
-        and int.from_bytes(prefix[:4], other) <= limit
-    ):
+    if foreign is not None:
+        return f"looks like {foreign}, not an rpcd frame"
+    if swapped_prefix(prefix, limit, byteorder):
+        other = "little" if byteorder == "big" else "big"
         return f"the length prefix looks {other}-endian: set the byte order to match the peer"
     return None
 
