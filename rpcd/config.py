@@ -166,6 +166,15 @@ class Settings:
         128, _integer(1), "calls pending per connection before it is no longer read"
     )
     max_batch: int = _setting(100, _integer(1), "largest JSON-RPC batch accepted")
+    max_method_bytes: int = _setting(
+        128, _integer(16, 2**20), "longest method name accepted, in UTF-8 bytes (-32600, cut short)"
+    )
+    max_reply_bytes: int = _setting(
+        0,
+        _integer(0, 2**32 - 1),
+        "largest reply body sent, in bytes; a larger result is answered -32603 "
+        "(0 = max_frame_bytes)",
+    )
     shutdown_grace: float = _setting(
         10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish"
     )
