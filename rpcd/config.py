@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -26,7 +27,54 @@ def _endpoints(value: Any) -> tuple[str, ...]:
         raise ValueError(
             "a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1"
         )
+    for endpoint in value:
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigError(f"invalid endpoint in listen: {endpoint}: {problem}")
     return tuple(value)
+
+
+# Where the port sits among an endpoint type's arguments, and its keyword.
+_PORT_TYPES = {"tcp": "port", "tcp6": "port", "ssl": "port"}
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a listening endpoint string, in a few words, or None.
+
+    Checks what can be checked before listening: a TCP or SSL port that is a number in
+    range, an SSL listener's certificate file, a UNIX socket's directory. Endpoint types rpcd
+    does not know (plugins) are left to Twisted.
+    """
+    kind, args, kwargs = _split_endpoint(endpoint)
+    if kind == "haproxy":
+        inner = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        return endpoint_problem(inner) if inner else "no endpoint after haproxy:"
+    if kind == "unix":
+        path = kwargs.get("address", args[0] if args else "")
+        if not path:
+            return "no path"
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            return f"the directory {directory} does not exist"
+        return None
+    if kind not in _PORT_TYPES:
+        return None
+    port = kwargs.get("port", args[0] if args else None)
+    if port is None:
+        return "no port"
+    if not port.isdigit() or int(port) > 65535:
+        return f"the port must be a number from 0 to 65535, not {port!r}"
+    if kind == "ssl":
+        if "privateKey" not in kwargs and not os.path.exists("server.pem"):
+            return (
+                "an ssl: listener needs a certificate: privateKey=FILE (key and certificate "
+                "in one PEM file) or privateKey=KEY:certKey=CERT"
+            )
+        for option in ("privateKey", "certKey"):
+            path = kwargs.get(option)
+            if path and not os.access(path, os.R_OK):
+                return f"cannot read {option} {path}"
+    return None
 
 
 def _modules(value: Any) -> tuple[str, ...]:
