@@ -207,7 +207,7 @@ class Client:
         self.connect_timeout = connect_timeout
         # Read once, here: a bad file fails the constructor (auth.AuthKeyError), not a call.
         self._key: auth.Key | None = (
-            auth.load_key(auth_key_file)
+            auth.load_key(auth_key_file, private=False)
             if auth_key_file is not None
             else None
             if auth_key is None

@@ -252,7 +252,7 @@ def connect(
     if auth_key_file is not None and auth_key is not None:
         raise ValueError("give auth_key_file or auth_key, not both")
     if auth_key_file is not None:
-        auth_key = auth.load_key(auth_key_file)
+        auth_key = auth.load_key(auth_key_file, private=False)
     text = endpoint if isinstance(endpoint, str) else repr(endpoint)
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
