@@ -76,6 +76,9 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
                 sock.close()
                 raise
         return sock
+    except ssl.SSLCertVerificationError as exc:
+        reason = f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+        raise ConnectFailed(endpoint.text, reason) from exc
     except ssl.SSLError as exc:
         raise ConnectFailed(endpoint.text, f"TLS handshake failed: {exc.reason or exc}") from exc
     except OSError as exc:

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except AuthenticationFailed as exc:
         return _fail(f"authentication failed: {exc}", EXIT_REMOTE)
     except ConnectFailed as exc:
-        return _fail(f"{exc} — is rpcd running?", EXIT_CONNECT)
+        return _fail(f"{exc} — {exc.hint}" if exc.hint else str(exc), EXIT_CONNECT)
     except ConnectionLost as exc:
         return _fail(str(exc), EXIT_CONNECT)
     except RemoteError as exc:

@@ -107,12 +107,32 @@ ERRORS: dict[int, type[RemoteError]] = {
 
 
 class ConnectFailed(ConnectionError):
-    """The client could not connect; `reason` says why in a few words ("connection refused")."""
+    """The client could not connect; `reason` says why in a few words ("connection refused"),
+    `hint` the likely cause and its fix ("" when there is no better guess)."""
 
     def __init__(self, endpoint: str, reason: str) -> None:
         super().__init__(f"cannot connect to {endpoint}: {reason}")
         self.endpoint = endpoint
         self.reason = reason
+
+    @property
+    def hint(self) -> str:
+        reason = self.reason.lower()
+        if "certificate" in reason or "hostname mismatch" in reason:
+            return (
+                "the server's certificate is not trusted for this name: give its CA with "
+                "caCertsDir=DIR (*.pem and *.crt files) and, if the certificate names another "
+                "host, hostname=NAME"
+            )
+        if "tls" in reason or "ssl" in reason:
+            if any(s in reason for s in ("wrong version", "record", "eof", "unexpected")):
+                return "the server does not speak TLS there: use tcp: for a plain listener"
+            return "check the server's ssl: listener and the client's certKey/privateKey"
+        if "timed out" in reason:
+            return "is the host reachable (no firewall dropping packets) and rpcd listening there?"
+        if "refused" in reason or "no such file" in reason:
+            return "is rpcd running?"
+        return ""
 
 
 class ConnectionLost(ConnectionError):
