@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 import string
 from typing import Any
 
@@ -63,13 +64,23 @@ class Key:
         return hmac.new(self._secret, label + nonce.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def load_key(path: str) -> Key:
-    """Read a key file: its bytes, less one trailing newline. Raise AuthKeyError if unusable."""
+def load_key(path: str, private: bool = True) -> Key:
+    """Read a key file: its bytes, less one trailing newline. Raise AuthKeyError if unusable.
+
+    `private` (the server's case) also refuses a file that group or others may read or
+    write, as OpenSSH refuses such a private key: anyone who can read it can authenticate.
+    """
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             secret = f.read()
     except OSError as exc:
         raise AuthKeyError(f"cannot read auth key file {path}: {exc.strerror}") from None
+    if private and mode & 0o077:
+        raise AuthKeyError(
+            f"auth key file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"anyone who reads it can authenticate; chmod 600 {path}"
+        )
     secret = secret.removesuffix(b"\n").removesuffix(b"\r")
     if not secret:
         raise AuthKeyError(f"auth key file {path} is empty")

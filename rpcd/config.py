@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from rpcd.endpoint_syntax import split_endpoint as _split_endpoint
 
 
 class ConfigError(Exception):
@@ -24,7 +27,54 @@ def _endpoints(value: Any) -> tuple[str, ...]:
         raise ValueError(
             "a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1"
         )
+    for endpoint in value:
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigError(f"invalid endpoint in listen: {endpoint}: {problem}")
     return tuple(value)
+
+
+# Where the port sits among an endpoint type's arguments, and its keyword.
+_PORT_TYPES = {"tcp": "port", "tcp6": "port", "ssl": "port"}
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a listening endpoint string, in a few words, or None.
+
+    Checks what can be checked before listening: a TCP or SSL port that is a number in
+    range, an SSL listener's certificate file, a UNIX socket's directory. Endpoint types rpcd
+    does not know (plugins) are left to Twisted.
+    """
+    kind, args, kwargs = _split_endpoint(endpoint)
+    if kind == "haproxy":
+        inner = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        return endpoint_problem(inner) if inner else "no endpoint after haproxy:"
+    if kind == "unix":
+        path = kwargs.get("address", args[0] if args else "")
+        if not path:
+            return "no path"
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            return f"the directory {directory} does not exist"
+        return None
+    if kind not in _PORT_TYPES:
+        return None
+    port = kwargs.get("port", args[0] if args else None)
+    if port is None:
+        return "no port"
+    if not port.isdigit() or int(port) > 65535:
+        return f"the port must be a number from 0 to 65535, not {port!r}"
+    if kind == "ssl":
+        if "privateKey" not in kwargs and not os.path.exists("server.pem"):
+            return (
+                "an ssl: listener needs a certificate: privateKey=FILE (key and certificate "
+                "in one PEM file) or privateKey=KEY:certKey=CERT"
+            )
+        for option in ("privateKey", "certKey"):
+            path = kwargs.get(option)
+            if path and not os.access(path, os.R_OK):
+                return f"cannot read {option} {path}"
+    return None
 
 
 def _modules(value: Any) -> tuple[str, ...]:
@@ -167,6 +217,15 @@ class Settings:
         128, _integer(1), "calls pending per connection before it is no longer read"
     )
     max_batch: int = _setting(100, _integer(1), "largest JSON-RPC batch accepted")
+    max_method_bytes: int = _setting(
+        128, _integer(16, 2**20), "longest method name accepted, in UTF-8 bytes (-32600, cut short)"
+    )
+    max_reply_bytes: int = _setting(
+        0,
+        _integer(0, 2**32 - 1),
+        "largest reply body sent, in bytes; a larger result is answered -32603 "
+        "(0 = max_frame_bytes)",
+    )
     shutdown_grace: float = _setting(
         10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish"
     )
@@ -296,33 +355,6 @@ def _check_exposure(settings: Settings) -> None:
                 "bind it to 127.0.0.1 or ::1, set auth_key_file (--auth-key-file), or set "
                 "allow_public_unauthenticated (--allow-public-unauthenticated)"
             )
-
-
-def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """An endpoint string's type, positional and keyword arguments, as Twisted splits them.
-
-    ':' separates arguments, the first '=' separates a keyword from its value, and a
-    backslash makes the next character (such as each ':' of an IPv6 address) literal.
-    """
-    parts: list[list[tuple[str, bool]]] = [[]]
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            parts[-1].append((next(chars, ""), True))
-        elif char == ":":
-            parts.append([])
-        else:
-            parts[-1].append((char, False))
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        split = next((i for i, (c, escaped) in enumerate(part) if c == "=" and not escaped), None)
-        text = "".join(c for c, _ in part)
-        if split is None:
-            args.append(text)
-        else:
-            kwargs[text[:split]] = text[split + 1 :]
-    return "".join(c for c, _ in parts[0]).lower(), args, kwargs
 
 
 # Where the interface sits among an endpoint type's positional arguments (after the port).

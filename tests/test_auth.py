@@ -85,6 +85,7 @@ def test_key_never_shows_itself():
 def test_load_key(tmp_path):
     path = tmp_path / "key"
     path.write_bytes(b"abc\n")
+    path.chmod(0o600)
     key = auth.load_key(str(path))
     assert key.digest(b"", "00") == auth.Key(b"abc").digest(b"", "00")
 
@@ -93,6 +94,7 @@ def test_load_key(tmp_path):
 def test_load_key_empty(tmp_path, content):
     path = tmp_path / "key"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(auth.AuthKeyError, match="is empty"):
         auth.load_key(str(path))
 
@@ -162,3 +164,33 @@ def test_client_handshake_check_refuses_a_missing_or_wrong_server_digest():
     with pytest.raises(auth.AuthFailed, match="did not prove"):
         client.check({"authenticated": True, "digest": "ab" * 32})  # a server guessing
     client.check(result)
+
+
+# -- issue 10, point 17: a key file others can read ------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606])
+def test_a_key_file_open_to_group_or_others_is_refused(tmp_path, mode):
+    path = tmp_path / "rpcd.key"
+    path.write_bytes(b"secret\n")
+    path.chmod(mode)
+    with pytest.raises(auth.AuthKeyError) as raised:
+        auth.load_key(str(path))
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message and f"{mode:04o}" in message
+    assert "chmod 600" in message
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_private_key_file_is_accepted(tmp_path, mode):
+    path = tmp_path / "rpcd.key"
+    path.write_bytes(b"secret\n")
+    path.chmod(mode)
+    assert auth.load_key(str(path)).digest(b"x", "") == auth.Key(b"secret").digest(b"x", "")
+
+
+def test_a_client_may_read_a_shared_key_file_without_the_mode_check(tmp_path):
+    path = tmp_path / "rpcd.key"
+    path.write_bytes(b"secret\n")
+    path.chmod(0o644)
+    assert auth.load_key(str(path), private=False) is not None
