@@ -41,8 +41,9 @@ AUTH_FORGET = 600.0  # failures older than this no longer slow the peer
 _AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten first
 
 
-class _Failures:
-    """One peer's failed handshakes: how many in a row, and what was not logged yet."""
+class _Tally:
+    """Failures of one kind (a peer's handshakes, frames with one error code): how many in a
+    row, and what was not logged yet."""
 
     __slots__ = ("count", "last", "logged_at", "unlogged", "reason", "peer", "flush")
 
@@ -111,8 +112,8 @@ class RPCProtocol(Protocol):
         self._idle_call: Any = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
-        # Why reading is paused ("inflight", "outbuf", "closing", "refused"): one reason
-        # lifting must not resume what another still holds. Reading is paused iff non-empty.
+        # Why reading is paused ("inflight", "outbuf", "closing", "refused", "penalty"): one
+        # reason lifting must not resume what another holds. Reading is paused iff non-empty.
         self._pauses: set[str] = set()
         self._watching_outbuf = False
         self._write_timer: Any = None
@@ -430,8 +431,8 @@ class RPCFactory(Factory):
         self.connections: set[RPCProtocol] = set()
         self._per_peer: Counter = Counter()
         self._unauthenticated: dict[RPCProtocol, None] = {}  # oldest first
-        self._auth_failures: dict[Any, _Failures] = {}  # by peer address, oldest first
-        self._frame_errors: dict[int, _Failures] = {}  # by error code: what to log when
+        self._auth_failures: dict[Any, _Tally] = {}  # by peer address, oldest first
+        self._frame_errors: dict[int, _Tally] = {}  # by error code: what to log when
         self.accepted = 0
         self.refused: Counter = Counter()
         self._all_closed: list[defer.Deferred] = []
@@ -519,7 +520,7 @@ class RPCFactory(Factory):
         table = self._auth_failures
         failures = table.pop(key, None)  # re-inserted last: the table is oldest first
         if failures is None:
-            failures = _Failures()
+            failures = _Tally()
             if len(table) >= _AUTH_PEERS:
                 oldest = table.pop(next(iter(table)))
                 if oldest.flush is not None and oldest.flush.active():
@@ -546,7 +547,7 @@ class RPCFactory(Factory):
         now = self.clock.seconds()
         entry = self._frame_errors.get(code)
         if entry is None:
-            entry = self._frame_errors[code] = _Failures()
+            entry = self._frame_errors[code] = _Tally()
         entry.peer, entry.reason = protocol.peer, message
         if now - entry.logged_at >= AUTH_LOG_INTERVAL:
             entry.logged_at = now
@@ -562,7 +563,7 @@ class RPCFactory(Factory):
             wait = entry.logged_at + AUTH_LOG_INTERVAL - now
             entry.flush = self.clock.callLater(wait, self._log_frame_errors, code, entry)
 
-    def _log_frame_errors(self, code: int, entry: _Failures) -> None:
+    def _log_frame_errors(self, code: int, entry: _Tally) -> None:
         entry.flush = None
         if entry.unlogged:
             log.warn(
@@ -577,7 +578,7 @@ class RPCFactory(Factory):
             entry.unlogged = 0
             entry.logged_at = self.clock.seconds()
 
-    def _log_failures(self, failures: _Failures) -> None:
+    def _log_failures(self, failures: _Tally) -> None:
         failures.flush = None
         if failures.unlogged:
             log.warn(
