@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from rpcd import auth, logs
@@ -22,6 +24,15 @@ log = Logger()
 
 # After the drain, how long connections get to flush their last replies before the reactor stops.
 CLOSE_TIMEOUT = 5.0
+
+
+class ListenError(Exception):
+    """A listener cannot be bound; the message is one line naming the endpoint and why."""
+
+
+def build_listener(endpoint: str, factory: Any, reactor: Any) -> IService:
+    """The service listening on one endpoint string (strports raises its bind error at once)."""
+    return strports.service(endpoint, factory, reactor=reactor)
 
 
 def build_registry(settings: Settings, stats: Any) -> Registry:
@@ -66,10 +77,30 @@ class RPCService(MultiService):
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
+        self.log: logs.LogFile | None = None
+        self._bound = False
         for endpoint in settings.listen:
-            listener = strports.service(endpoint, self.factory, reactor=reactor)
-            listener._raiseSynchronously = True  # a port we cannot bind stops start-up
-            listener.setServiceParent(self)
+            build_listener(endpoint, self.factory, reactor).setServiceParent(self)
+
+    def bind(self) -> None:
+        """Bind every listener now (before twistd daemonizes): raises ListenError."""
+        if self._bound:
+            return
+        self._bound = True
+        for endpoint, listener in zip(self.settings.listen, self, strict=True):
+            try:
+                listener.privilegedStartService()
+            except CannotListenError as exc:
+                error = exc.socketError
+                errno = getattr(error, "errno", None)
+                why = os.strerror(errno) if errno else str(error)
+                raise ListenError(
+                    f"cannot listen on {endpoint}: {why[:1].lower()}{why[1:]}"
+                ) from None
+
+    def privilegedStartService(self) -> None:
+        # The listeners are bound here unless makeService bound them already.
+        self.bind()
 
     def start_log(self) -> None:
         """Write every log event from now on to the log file too (raises logs.LogError)."""
@@ -85,10 +116,12 @@ class RPCService(MultiService):
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
-            self.dispatcher.on_complete = self.log.access
-            self.dispatcher.on_refused = self.log.refused
+            access = logs.AccessLog(self.log)
+            self.dispatcher.on_complete = access.access
+            self.dispatcher.on_refused = access.refused
 
     def startService(self) -> None:
+        self.bind()
         raise_fd_limit(self.settings.max_connections)
         if self.settings.max_blocking_time > 0:
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
