@@ -168,3 +168,10 @@ def test_follow_starts_with_history_without_gap_or_repeat(tmp_path):
     assert [x.split(" ", 3)[3] for x in [*first, next(stream)]] == ["line 3", "line 4", "line 5"]
     stream.close()
     log.close()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_since_outside_the_calendar_in_utc_is_a_value_error(since):
+    # getlog answers a ValueError with -32602; an OverflowError was a -32603 and a traceback.
+    with pytest.raises(ValueError, match="out of range"):
+        Filter(since=since)
