@@ -175,3 +175,24 @@ def test_since_outside_the_calendar_in_utc_is_a_value_error(since):
     # getlog answers a ValueError with -32602; an OverflowError was a -32603 and a traceback.
     with pytest.raises(ValueError, match="out of range"):
         Filter(since=since)
+
+
+def test_a_link_or_fifo_planted_at_a_backup_name_is_not_read(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    path = tmp_path / "rpcd.log"
+    write(path, [entry(2)])
+    write(tmp_path / "rpcd.log.1", [entry(1)])
+    secret = tmp_path / "secret"
+    secret.write_text("root only: the password\n")
+    secret.chmod(0o600)
+    os.symlink(secret, tmp_path / "rpcd.log.2")
+    os.mkfifo(tmp_path / "rpcd.log.3")  # would block a reader that opened it
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert tail(str(path), 3, 100) == ([entry(1), entry(2)], False)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = sorted((e["name"].rsplit("/", 1)[1], e["why"]) for e in events if "why" in e)
+    assert warned == [("rpcd.log.2", "it is a symbolic link"), ("rpcd.log.3", "not a regular file")]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import gevent
 import orjson
 from gevent.event import Event
+from twisted.logger import Logger
 
 from rpcd.logs.observer import LEVELS
 
 _RANK_BY_NAME = {name.encode(): rank for rank, name in enumerate(LEVELS)}
 BLOCK = 65536
+
+log = Logger(namespace="rpcd.logs")
 
 
 def parse_since(value: str) -> str:
@@ -28,14 +33,34 @@ def parse_since(value: str) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
+def open_log(name: str) -> int | None:
+    """A log file opened for reading: not through a symbolic link, a regular file only.
+
+    None if it does not exist; anything else planted at a log file's name is refused with
+    a warning, so `getlog` never serves a file the log is not.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        log.warn("getlog does not read {name}: {why}", name=name, why=why)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.warn("getlog does not read {name}: {why}", name=name, why="not a regular file")
+        return None
+    return fd
+
+
 def _open_files(path: str, backups: int) -> list[tuple[int, int]]:
     """Open the log and its backups, newest first: (fd, size). Never any other file."""
     opened: list[tuple[int, int]] = []
     seen = set()
     for name in [path, *(f"{path}.{n}" for n in range(1, backups + 1))]:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        fd = open_log(name)
+        if fd is None:
             continue
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) in seen:  # renamed under us: already opened by its old name
@@ -199,7 +224,9 @@ def follow(
     """
     where = where or Filter()
     # Position and history are taken together, before anything yields: no gap, no repeat.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_log(path)
+    if fd is None:
+        raise FileNotFoundError(f"no log file at {path}")
     offset = os.fstat(fd).st_size
     try:
         yield from tail(path, backups, history, where)[0] if history else ()
@@ -207,7 +234,7 @@ def follow(
             wake = changed() if changed is not None else None
             data, offset = _read_to_end(fd, offset)
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
                 rotated = (st.st_dev, st.st_ino) != _identity(fd)
             except FileNotFoundError:
                 rotated = False  # between the rename and the new file; look again later
@@ -243,7 +270,7 @@ def _newer_files(path: str, backups: int, old: int) -> tuple[bytes, int]:
     for n in range(1, backups + 1):
         name = f"{path}.{n}"
         try:
-            st = os.stat(name)
+            st = os.lstat(name)
         except OSError:
             continue
         if (st.st_dev, st.st_ino) == identity:
@@ -253,12 +280,14 @@ def _newer_files(path: str, backups: int, old: int) -> tuple[bytes, int]:
         newer = []  # the old file is gone (no backups kept, or rotated away): nothing to catch up
     data = []
     for name in reversed(newer):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        fd = open_log(name)
+        if fd is None:
             continue
         try:
             data.append(_read_to_end(fd, 0)[0])
         finally:
             os.close(fd)
-    return b"".join(data), os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_log(path)
+    if fd is None:
+        raise FileNotFoundError(f"no log file at {path}")
+    return b"".join(data), fd
