@@ -24,6 +24,8 @@ log = Logger()
 
 # After the drain, how long connections get to flush their last replies before the reactor stops.
 CLOSE_TIMEOUT = 5.0
+# Set to "1" by a supervisor for the workers it starts: they share its log file and its lock.
+SHARED_LOG_ENV = "RPCD_LOG_SHARED"
 
 
 class ListenError(Exception):
@@ -111,6 +113,8 @@ class RPCService(MultiService):
             backups=settings.log_backups,
             level=settings.log_level,
             fmt=settings.log_format,
+            # The --processes workers and their supervisor write one log file together.
+            shared=os.environ.get(SHARED_LOG_ENV) == "1",
         )
         self.log.start()
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.

@@ -116,16 +116,22 @@ def _install_reactor(settings: Settings) -> None:
 
 
 def makeService(options: Options) -> IService:
-    """The daemon for these options, its log file open."""
+    """The daemon for these options: its listeners bound, its log file open and locked.
+
+    Both happen here, before twistd daemonizes, so that a port in use or a log file held by
+    another daemon stops start-up with one line on the terminal either way. The listeners
+    are bound first: the log file then starts with twistd's own start-up line.
+    """
     from rpcd.auth import AuthKeyError
     from rpcd.logs import LogError
     from rpcd.methods import LoadError
-    from rpcd.service import RPCService
+    from rpcd.service import ListenError, RPCService
 
     try:
         service = RPCService(options.settings)
+        service.bind()
         service.start_log()
-    except (LoadError, AuthKeyError, LogError) as exc:
+    except (LoadError, AuthKeyError, LogError, ListenError) as exc:
         _fail(str(exc))
     return service
 

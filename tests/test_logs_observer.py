@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import orjson
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from rpcd import logs
 from rpcd.logs import LogFile, tail
@@ -84,3 +85,31 @@ def test_stdlib_logging_lands_in_the_file(tmp_path):
     assert lines[3] == "\tTraceback (most recent call last):"
     assert lines[-1] == "\tZeroDivisionError: division by zero"
     assert logs.current() is None and "after close" not in path.read_text()
+
+
+def test_events_replayed_by_twistd_are_written_once_and_only_from_the_start(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    log = LogFile(str(tmp_path / "rpcd.log"))
+    before = {
+        "log_level": LogLevel.info,
+        "log_namespace": "t",
+        "log_format": "before",
+        "log_time": time.time() - 1,
+    }
+    log.start()
+    try:
+        live = {
+            "log_level": LogLevel.info,
+            "log_namespace": "t",
+            "log_format": "live",
+            "log_time": time.time(),
+        }
+        globalLogPublisher(live)
+        for event in (before, live):  # what globalLogBeginner.beginLoggingTo replays
+            globalLogPublisher(event)
+    finally:
+        log.close()
+    assert [line.split(" ", 3)[3] for line in (tmp_path / "rpcd.log").read_text().splitlines()] == [
+        "live"
+    ]

@@ -6,6 +6,7 @@ not happen inside the test process). None of them gets as far as listening.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -74,3 +75,27 @@ def test_command_line_wins_over_the_file_in_twistd(tmp_path):
     (tmp_path / "ok.toml").write_text("max_inflight = 5\n")
     result = twistd("rpcd", "--config", "ok.toml", "--max-inflight", "0", cwd=tmp_path)
     assert result.returncode != 0 and "max_inflight: '0'" in result.stderr
+
+
+@pytest.mark.parametrize("daemonize", [False, True], ids=["nodaemon", "daemon"])
+def test_port_in_use_stops_start_up_with_one_line(tmp_path, daemonize):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+    twistd_args = (
+        ["--pidfile=rpcd.pid", "--logfile=twistd.log"] if daemonize else ["-n", "--pidfile="]
+    )
+    try:
+        result = subprocess.run(
+            [TWISTD, *twistd_args, "rpcd", "--listen", endpoint],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert result.stderr == f"rpcd: cannot listen on {endpoint}: address already in use\n"
+    assert not (tmp_path / "rpcd.pid").exists()

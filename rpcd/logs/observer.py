@@ -74,8 +74,9 @@ class LogFile:
         backups: int = 5,
         level: str = "info",
         fmt: str = "text",
+        shared: bool = False,
     ) -> None:
-        self.file = RotatingFile(path, max_bytes, backups)
+        self.file = RotatingFile(path, max_bytes, backups, shared=shared)
         self.path = self.file.path
         self.backups = backups
         self.min_rank = LEVELS.index(level)
@@ -93,6 +94,8 @@ class LogFile:
         self._bridge = _StdlibBridge()
         self._root_level = logging.NOTSET
         self._started = False
+        self._since = 0.0
+        self._seen = f"rpcd_logged_{id(self)}"
 
     @property
     def logs_access(self) -> bool:
@@ -107,6 +110,7 @@ class LogFile:
         if self._started:
             return
         self._started = True
+        self._since = time.time()
         globalLogPublisher.addObserver(self)
         root = logging.getLogger()
         self._root_level = root.level
@@ -144,6 +148,11 @@ class LogFile:
         try:
             if _RANK.get(event.get("log_level"), INFO) < self.min_rank or "rpcd_written" in event:
                 return
+            # twistd replays what was logged before its logging began: events from before
+            # this file started are not its own, and those it saw live are not written twice.
+            if self._seen in event or event.get("log_time", self._since) < self._since:
+                return
+            event[self._seen] = True
             line = self._format(event)
         except Exception as exc:  # an observer must never raise into the publisher
             line = f"{self.time_text(time.time())} error [rpcd.logs] unformattable event: {exc!r}\n"
