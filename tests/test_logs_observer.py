@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 
 import gevent
@@ -113,3 +115,52 @@ def test_events_replayed_by_twistd_are_written_once_and_only_from_the_start(tmp_
     assert [line.split(" ", 3)[3] for line in (tmp_path / "rpcd.log").read_text().splitlines()] == [
         "live"
     ]
+
+
+THREADS = """
+from gevent import monkey
+
+monkey.patch_all()
+import logging, sys, time
+import gevent
+from rpcd.logs import LogFile
+
+start_thread = monkey.get_original("_thread", "start_new_thread")
+allocate = monkey.get_original("_thread", "allocate_lock")
+log = LogFile(sys.argv[1])
+log.start()
+done = []
+guard = allocate()
+
+def worker(t):
+    for n in range(40):
+        logging.getLogger(f"thread{t}").warning("thread %d line %d", t, n)
+    with guard:
+        done.append(t)
+
+for t in range(4):  # real OS threads, as gevent's threadpool or deferToThread run them
+    start_thread(worker, (t,))
+deadline = time.monotonic() + 20
+longest = 0.0
+while len(done) < 4 and time.monotonic() < deadline:
+    before = time.monotonic()
+    gevent.sleep(0.005)  # the loop keeps running meanwhile
+    longest = max(longest, time.monotonic() - before)
+log.close()
+print(len(done), round(longest, 3))
+"""
+
+
+def test_stdlib_logging_from_real_threads_neither_blocks_nor_loses_lines(tmp_path):
+    path = tmp_path / "rpcd.log"
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    finished, longest = result.stdout.split()
+    assert finished == "4" and float(longest) < 1.0, result.stdout
+    lines = path.read_text().splitlines()
+    assert len(lines) == 160
+    assert {line.split(" ", 3)[3] for line in lines} == {
+        f"thread {t} line {n}" for t in range(4) for n in range(40)
+    }

@@ -42,6 +42,11 @@ _get_ident = gevent.monkey.get_original("_thread", "get_ident")
 class _StdlibBridge(logging.Handler):
     """Sends stdlib `logging` records into twisted.logger under the logger's name."""
 
+    def createLock(self) -> None:
+        # No handler lock: `emit` is safe from any thread, and under monkey-patching the
+        # default one is a gevent lock, which real OS threads deadlock on.
+        self.lock = None
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level = LogLevel.critical
