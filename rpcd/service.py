@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -32,9 +33,26 @@ class ListenError(Exception):
     """A listener cannot be bound; the message is one line naming the endpoint and why."""
 
 
+# A UNIX socket's mode when its endpoint names none: only rpcd's own user may connect.
+# Twisted's default, 0666, would let every local user in, without authentication.
+UNIX_SOCKET_MODE = "600"
+
+
+def with_unix_mode(endpoint: str) -> str:
+    """`endpoint` with `mode=600` added if it is a UNIX listener that names no mode."""
+    kind, _, rest = endpoint.partition(":")
+    if kind.lower() == "haproxy":
+        return f"{kind}:{with_unix_mode(rest)}"
+    if kind.lower() != "unix":
+        return endpoint
+    if any(part.startswith("mode=") for part in re.split(r"(?<!\\):", rest)):
+        return endpoint
+    return f"{endpoint}:mode={UNIX_SOCKET_MODE}"
+
+
 def build_listener(endpoint: str, factory: Any, reactor: Any) -> IService:
     """The service listening on one endpoint string (strports raises its bind error at once)."""
-    return strports.service(endpoint, factory, reactor=reactor)
+    return strports.service(with_unix_mode(endpoint), factory, reactor=reactor)
 
 
 def build_registry(settings: Settings, stats: Any) -> Registry:
