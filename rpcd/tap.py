@@ -35,18 +35,23 @@ _FLAGS = [
     if f.metadata["flag"]
 ]
 _SWITCHES = [[_option(f), None, f.metadata["help"]] for f in _FIELDS if f.default is False]
+
+
 # Values have no default here: the config file sits between the defaults and the command line,
 # so an option left out must stay unset. Its default is in the help text instead.
+def _help(f: Any) -> str:
+    """The setting's help, what it accepts (units, minimums, choices) and its default."""
+    accepts = config.allowed(f)
+    accepts = f"; {accepts}" if accepts else ""
+    return f"{f.metadata['help']}{accepts} [default: {_shown(f.default)}]"
+
+
 _VALUES = [
-    [_option(f), None, None, f"{f.metadata['help']} [default: {_shown(f.default)}]"]
+    [_option(f), None, None, _help(f)]
     for f in _FIELDS
     if not f.metadata["flag"] and f.default is not False and f.name not in _REPEATABLE
 ]
-
-
-def _help(name: str) -> str:
-    f = next(f for f in _FIELDS if f.name == name)
-    return f"{f.metadata['help']} [default: {_shown(f.default)}]"
+_BY_NAME = {f.name: f for f in _FIELDS}
 
 
 class Options(usage.Options):
@@ -71,8 +76,8 @@ class Options(usage.Options):
     def opt_methods(self, value: str) -> None:
         self.repeated.setdefault("methods", []).append(value)
 
-    opt_listen.__doc__ = _help("listen")
-    opt_methods.__doc__ = _help("methods")
+    opt_listen.__doc__ = _help(_BY_NAME["listen"])
+    opt_methods.__doc__ = _help(_BY_NAME["methods"])
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # twistd would print the whole usage text above the error; one line says it better.

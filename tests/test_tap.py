@@ -99,3 +99,21 @@ def test_port_in_use_stops_start_up_with_one_line(tmp_path, daemonize):
     assert result.returncode == 1
     assert result.stderr == f"rpcd: cannot listen on {endpoint}: address already in use\n"
     assert not (tmp_path / "rpcd.pid").exists()
+
+
+def test_rpcd_help_gives_units_minimums_and_choices(tmp_path):
+    result = twistd("rpcd", "--help", cwd=tmp_path)
+    text = " ".join(result.stdout.split())
+    options = {}  # option -> its help text, up to the next option
+    for chunk in text.split(" --")[1:]:
+        name, _, rest = chunk.partition(" ")
+        options[name.rstrip("=")] = rest
+    for f in fields(Settings):
+        option = f.name.replace("_", "-")
+        if isinstance(f.default, float):
+            assert "a number of seconds" in options[option], option
+        elif isinstance(f.default, int) and not isinstance(f.default, bool):
+            assert "an integer >= " in options[option] or "an integer from " in options[option]
+    assert "one of debug, info, warn, error, critical" in options["log-level"]
+    assert "an integer from 16 to 4294967295, in bytes" in options["max-frame-bytes"]
+    assert "an integer >= 1024, in bytes" in options["max-outbuf"]
