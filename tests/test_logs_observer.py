@@ -164,3 +164,20 @@ def test_stdlib_logging_from_real_threads_neither_blocks_nor_loses_lines(tmp_pat
     assert {line.split(" ", 3)[3] for line in lines} == {
         f"thread {t} line {n}" for t in range(4) for n in range(40)
     }
+
+
+def test_twisted_legacy_lines_are_tagged_twisted_not_log_legacy(tmp_path):
+    from twisted.python import log as legacy
+
+    out = LogFile(str(tmp_path / "rpcd.log"))
+    out.start()
+    try:
+        legacy.msg("Server Shut Down.")
+        legacy.msg("connection made", system="RPCProtocol,0,127.0.0.1")
+    finally:
+        out.close()
+    lines = [line.split(" ", 1)[1] for line in (tmp_path / "rpcd.log").read_text().splitlines()]
+    assert lines == [
+        "info [twisted] Server Shut Down.",
+        "info [RPCProtocol,0,127.0.0.1] connection made",
+    ]

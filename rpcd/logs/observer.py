@@ -174,12 +174,11 @@ class LogFile:
         if text is None:
             text = eventAsText(event, includeTimestamp=False, includeSystem=False).rstrip("\n")
         level = event.get("log_level") or LogLevel.info
-        return self.line(
-            event.get("log_time") or time.time(),
-            level.name,
-            event.get("log_namespace") or "-",
-            text,
-        )
+        namespace = event.get("log_namespace") or "-"
+        if namespace == "log_legacy":  # Twisted's own lines: name their context, or Twisted
+            system = event.get("log_system")
+            namespace = system if system and system != "-" else "twisted"
+        return self.line(event.get("log_time") or time.time(), level.name, namespace, text)
 
     def line(
         self, when: float, level: str, namespace: str, text: str, extra: dict | None = None
