@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from rpcd import auth, logs
 from rpcd.builtins import add_builtins
@@ -98,7 +99,10 @@ class RPCService(MultiService):
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
         self.log: logs.LogFile | None = None
+        # The observer twistd should use instead of its own (set by tap under -n).
+        self.log_observer: Any = None
         self._bound = False
+        self._previous_usr1: Any = None
         for endpoint in settings.listen:
             build_listener(endpoint, self.factory, reactor).setServiceParent(self)
 
@@ -117,6 +121,23 @@ class RPCService(MultiService):
                 raise ListenError(
                     f"cannot listen on {endpoint}: {why[:1].lower()}{why[1:]}"
                 ) from None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)  # twistd's AppLogger reads it
+
+    def reopen_log(self) -> None:
+        """Reopen rpcd's log file: logrotate moved it away and sent SIGUSR1."""
+        if self.log is not None:
+            self.log.reopen()
+            log.info("log file {path} reopened (SIGUSR1)", path=self.log.path)
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        # A signal handler may interrupt the loop mid-write: the reopen runs in the loop.
+        self.reactor.callFromThread(self.reopen_log)
+        if callable(self._previous_usr1):
+            self._previous_usr1(signum, frame)  # twistd's own: it rotates twistd.log
 
     def privilegedStartService(self) -> None:
         # The listeners are bound here unless makeService bound them already.
@@ -144,6 +165,8 @@ class RPCService(MultiService):
 
     def startService(self) -> None:
         self.bind()
+        if self.log is not None:
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
         raise_fd_limit(self.settings.max_connections)
         if self.settings.max_blocking_time > 0:
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
@@ -180,6 +203,8 @@ class RPCService(MultiService):
             timer.cancel()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.log is not None and signal.getsignal(signal.SIGUSR1) == self._on_usr1:
+            signal.signal(signal.SIGUSR1, self._previous_usr1 or signal.SIG_DFL)
         log.info("rpcd stopped")
 
     def stats(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -120,6 +121,16 @@ def _install_reactor(settings: Settings) -> None:
     reactor.install(patch=settings.monkey_patch)
 
 
+def _logs_to_the_terminal(options: Options) -> bool:
+    """Whether twistd will log to the terminal (-n, no --logfile, --syslog or --logger)."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or not twistd.get("nodaemon"):
+        return False
+    return twistd.get("logfile") in (None, "", "-") and not (
+        twistd.get("syslog") or twistd.get("logger")
+    )
+
+
 def makeService(options: Options) -> IService:
     """The daemon for these options: its listeners bound, its log file open and locked.
 
@@ -128,7 +139,7 @@ def makeService(options: Options) -> IService:
     are bound first: the log file then starts with twistd's own start-up line.
     """
     from rpcd.auth import AuthKeyError
-    from rpcd.logs import LogError
+    from rpcd.logs import LogError, TerminalObserver
     from rpcd.methods import LoadError
     from rpcd.service import ListenError, RPCService
 
@@ -136,6 +147,8 @@ def makeService(options: Options) -> IService:
         service = RPCService(options.settings)
         service.bind()
         service.start_log()
+        if _logs_to_the_terminal(options):
+            service.log_observer = TerminalObserver(sys.stdout)
     except (LoadError, AuthKeyError, LogError, ListenError) as exc:
         _fail(str(exc))
     return service

@@ -6,9 +6,13 @@ not happen inside the test process). None of them gets as far as listening.
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -117,3 +121,64 @@ def test_rpcd_help_gives_units_minimums_and_choices(tmp_path):
     assert "one of debug, info, warn, error, critical" in options["log-level"]
     assert "an integer from 16 to 4294967295, in bytes" in options["max-frame-bytes"]
     assert "an integer >= 1024, in bytes" in options["max-outbuf"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _ping(port: int) -> dict:
+    body = json.dumps({"jsonrpc": "2.0", "method": "ping", "id": 1}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(struct.pack(">I", len(body)) + body)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = c.recv(65536)
+            assert chunk, "connection closed before the reply"
+            data += chunk
+    return json.loads(data[4:])
+
+
+def test_under_nodaemon_access_lines_reach_the_terminal_once_and_sigusr1_reopens_the_log(
+    tmp_path,
+):
+    port = _free_port()
+    out = tmp_path / "terminal.out"
+    with out.open("wb") as terminal:
+        daemon = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=tmp_path,
+            stdout=terminal,
+            stderr=subprocess.STDOUT,
+        )
+    log = tmp_path / "rpcd.log"
+    try:
+        _wait(lambda: log.exists() and "rpcd serving" in log.read_text(), "rpcd serving")
+        assert _ping(port)["result"] == "pong"
+        _wait(lambda: " ping id=1 " in log.read_text(), "the first access line")
+        # logrotate's way: move the file, then signal; the new file appears at once.
+        log.rename(tmp_path / "rpcd.log.moved")
+        daemon.send_signal(signal.SIGUSR1)
+        _wait(lambda: log.exists() and "reopened" in log.read_text(), "the reopened log")
+        assert daemon.poll() is None
+        assert _ping(port)["result"] == "pong"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    assert daemon.returncode == 0
+    access = [line for line in out.read_text().splitlines() if " ping id=1 " in line]
+    assert len(access) == 2, out.read_text()
+    for line in access:  # rpcd's own line, not wrapped in a second timestamp and prefix
+        assert line.split(" ", 3)[1:3] == ["info", "[rpcd.access]"], line
+        assert line.count("Z ") == 1 and "#info]" not in line, line
+    assert log.read_text().count(" ping id=1 ") == 1
+    assert (tmp_path / "rpcd.log.moved").read_text().count(" ping id=1 ") == 1

@@ -8,7 +8,7 @@ reader behind `getlog`.
 """
 
 from rpcd.logs.access import ACCESS_NAMESPACE, AccessLog
-from rpcd.logs.observer import LEVELS, LogFile, current
+from rpcd.logs.observer import LEVELS, LogFile, TerminalObserver, current
 from rpcd.logs.reader import Filter, follow, parse_since, tail
 from rpcd.logs.rotating import LogError, RotatingFile
 
@@ -20,6 +20,7 @@ __all__ = [
     "LogError",
     "LogFile",
     "RotatingFile",
+    "TerminalObserver",
     "current",
     "follow",
     "parse_since",

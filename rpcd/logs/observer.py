@@ -20,7 +20,14 @@ import gevent
 import gevent.monkey
 import orjson
 from gevent.event import Event
-from twisted.logger import LogLevel, eventAsText, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    eventAsText,
+    globalLogPublisher,
+    textFileLogObserver,
+)
+from zope.interface import implementer
 
 from rpcd.logs.rotating import RotatingFile
 
@@ -248,11 +255,33 @@ class LogFile:
             self._changed = None
             changed.set()
 
+    def reopen(self) -> None:
+        """Write out what is buffered, then open the file afresh (external rotation)."""
+        self.flush()
+        self.file.reopen()
+
     def changed(self) -> Event:
         """An event set at the next write: take it before reading, then wait on it."""
         if self._changed is None:
             self._changed = Event()
         return self._changed
+
+
+@implementer(ILogObserver)
+class TerminalObserver:
+    """twistd's terminal log under `twistd -n`: Twisted's own line format for every event,
+    except the access lines, which arrive already formatted once per flush and are written
+    as the log file has them (one timestamp, one prefix)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._twisted = textFileLogObserver(stream)
+
+    def __call__(self, event: dict) -> None:
+        if "rpcd_written" in event:
+            self.stream.write(event["calls"] + "\n")
+        else:
+            self._twisted(event)
 
 
 _current: LogFile | None = None

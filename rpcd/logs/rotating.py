@@ -252,6 +252,16 @@ class RotatingFile:
         else:
             os.unlink(path)
 
+    def reopen(self) -> None:
+        """Open PATH afresh (logrotate moved the file away): SIGUSR1's job."""
+        with self._lock:
+            if self._fd is None and self._error is None:  # closed
+                return
+            try:
+                self._reopen()
+            except (OSError, LogError) as exc:
+                self._failed(exc, 0)
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
