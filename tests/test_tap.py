@@ -7,6 +7,7 @@ not happen inside the test process). None of them gets as far as listening.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -182,3 +183,35 @@ def test_under_nodaemon_access_lines_reach_the_terminal_once_and_sigusr1_reopens
         assert line.count("Z ") == 1 and "#info]" not in line, line
     assert log.read_text().count(" ping id=1 ") == 1
     assert (tmp_path / "rpcd.log.moved").read_text().count(" ping id=1 ") == 1
+
+
+def test_a_second_daemon_on_the_same_log_file_refuses_to_start_naming_the_first(tmp_path):
+    first_port, second_port = _free_port(), _free_port()
+    first = subprocess.run(  # daemonized: the lock must survive twistd's fork
+        [
+            TWISTD,
+            "--pidfile=first.pid",
+            "--logfile=twistd.log",
+            "rpcd",
+            "--listen",
+            f"tcp:{first_port}:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert first.returncode == 0, first.stderr
+    pid = int((tmp_path / "first.pid").read_text())
+    log = tmp_path / "rpcd.log"
+    try:
+        _wait(lambda: log.exists() and "rpcd serving" in log.read_text(), "rpcd serving")
+        second = twistd("rpcd", "--listen", f"tcp:{second_port}:interface=127.0.0.1", cwd=tmp_path)
+        assert second.returncode == 1
+        assert second.stderr == (
+            f"rpcd: log file {log} is in use by pid {pid}: give each daemon its own log_file\n"
+        )
+        assert log.read_text().count("rpcd serving") == 1
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not (tmp_path / "first.pid").exists(), "the first daemon to stop")
