@@ -219,3 +219,19 @@ def test_shared_writers_take_turns_and_notice_each_other_rotating(tmp_path):
     lines = [line for p in files for line in p.read_bytes().splitlines()]
     assert len(lines) == 60 and len(set(lines)) == 60
     assert all(p.stat().st_size <= 256 + 40 for p in files)
+
+
+def test_a_link_planted_at_the_log_path_while_running_is_not_written_through(tmp_path, capfd):
+    path = tmp_path / "rpcd.log"
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    f = RotatingFile(str(path), 1024, 1)
+    f.write(b"before\n")
+    path.unlink()
+    os.symlink(secret, path)
+    f.write(b"planted\n")  # the path no longer names the open file: reopened, refused
+    f.reopen()  # SIGUSR1 refuses it the same way
+    f.close()
+    assert secret.read_text() == "root only\n"
+    err = capfd.readouterr().err
+    assert err.count("it is a symbolic link") == 1, err

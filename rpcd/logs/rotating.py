@@ -200,9 +200,12 @@ class RotatingFile:
     def _failed(self, exc: Exception, dropped: int) -> None:
         """Note a write error (reported once), count the dropped lines, retry later."""
         if self._error is None:
-            why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            stderr(f"cannot write log file {self.path}: {why}; dropping lines")
-            self._error = why or str(exc)
+            if isinstance(exc, OSError):
+                self._error = exc.strerror or str(exc)
+                stderr(f"cannot write log file {self.path}: {self._error}; dropping lines")
+            else:  # LogError: the message names the file already
+                self._error = str(exc).split(": ", 1)[-1]
+                stderr(f"{exc}; dropping lines")
         self._dropped += dropped
         self._retry_at = time.monotonic() + self.retry_interval
         if self._fd is not None:
