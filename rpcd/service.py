@@ -84,6 +84,7 @@ class RPCService(MultiService):
             max_workers=settings.workers,
             queue_size=settings.queue_size,
             call_timeout=settings.call_timeout,
+            max_streams=settings.max_streams,
         )
         limits = ConnectionLimits(
             max_connections=settings.max_connections,
@@ -95,6 +96,8 @@ class RPCService(MultiService):
             byteorder=settings.byteorder,
             max_outbuf=settings.max_outbuf,
             write_timeout=settings.write_timeout,
+            max_unauthenticated=settings.max_unauthenticated,
+            auth_failure_delay=settings.auth_failure_delay,
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
