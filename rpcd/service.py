@@ -96,6 +96,8 @@ class RPCService(MultiService):
             byteorder=settings.byteorder,
             max_outbuf=settings.max_outbuf,
             write_timeout=settings.write_timeout,
+            max_method_bytes=settings.max_method_bytes,
+            max_reply_bytes=settings.max_reply_bytes,
             max_unauthenticated=settings.max_unauthenticated,
             auth_failure_delay=settings.auth_failure_delay,
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
