@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+import rpcd
 from rpcd.auth import AuthKeyError
 from rpcd.client import (
     DEFAULT_ENDPOINT,
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--byteorder", choices=("big", "little"), default="big",
                         help="length-prefix byte order, as the server's --byteorder")
+    # seam (helper "ops"): one version source, rpcd.__version__
+    parser.add_argument("--version", action="version", version=rpcd.version_text("rpcd-call"))
     parser.add_argument("--list", action="store_true",
                         help="list the methods: signature and first line of the docstring")
     parser.add_argument("--describe", metavar="METHOD",

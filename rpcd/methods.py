@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +103,17 @@ def _signature(func: Callable) -> inspect.Signature | None:
         return None
 
 
+def put_cwd_on_path() -> None:
+    """Put the working directory first on sys.path, so `--methods mymethods` finds the
+    `mymethods.py` beside the operator, as `python -m` and gunicorn do (twistd puts only
+    its own script's directory there)."""
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+
+
 class Registry:
     """Names to methods. Built at start-up, read-only while serving."""
 
@@ -136,6 +149,7 @@ class Registry:
         Returns how many methods were added.
         """
         module_name, _, attr = spec.partition(":")
+        put_cwd_on_path()
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:

@@ -1,0 +1,39 @@
+"""Loading methods modules: the working directory is importable, as with `python -m`."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from rpcd.methods import Registry
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A working directory holding a methods file, and a sys.path without it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    yield tmp_path
+    for name in [n for n in sys.modules if n.startswith("ops_cwd_")]:
+        del sys.modules[name]
+
+
+def test_a_module_in_the_working_directory_loads(elsewhere):
+    (elsewhere / "ops_cwd_methods.py").write_text(
+        "from rpcd import method\n\n@method\ndef hello(name):\n    return 'hello ' + name\n"
+    )
+    registry = Registry()
+    assert registry.load("ops_cwd_methods") == 1
+    assert registry.get("hello").func("you") == "hello you"
+    assert sys.path[0] == str(elsewhere)
+
+
+def test_the_working_directory_is_put_first_once(elsewhere):
+    for name in ("one", "two"):
+        source = f"from rpcd import method\n\n@method\ndef {name}():\n    pass\n"
+        (elsewhere / f"ops_cwd_{name}.py").write_text(source)
+    registry = Registry()
+    registry.load("ops_cwd_one")
+    registry.load("ops_cwd_two")
+    assert sys.path.count(str(elsewhere)) == 1 and sys.path[0] == str(elsewhere)
