@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rpcd.wire import INVALID_PARAMS, METHOD_NOT_FOUND, RPCError
+from rpcd.wire import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RPCError
 
 _MARK = "__rpcd_method__"
 RESERVED_PREFIX = "rpc."
+CANCEL = "rpc.cancel"
 
 
 def method(name_or_func: Any = None) -> Any:
@@ -114,11 +115,24 @@ def put_cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
+def cancel(id: str | int) -> bool:
+    """Stop a call made on this connection, by its id (params {"id": CALL_ID}): the call is
+    answered -32006 and a stream ends. True if the call was still pending, false if it had
+    already finished or never existed."""
+    # The connection answers rpc.cancel itself (only it knows its calls): never dispatched.
+    raise RPCError(INVALID_REQUEST, f"{CANCEL} is answered by the connection it is sent on")
+
+
 class Registry:
-    """Names to methods. Built at start-up, read-only while serving."""
+    """Names to methods. Built at start-up, read-only while serving.
+
+    It starts with `rpc.cancel`, which each connection answers itself, so that
+    introspection (`rpc.methods`, `rpc.describe`) lists it with the methods it can stop.
+    """
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self.add(CANCEL, cancel, builtin=True)
 
     def add(self, name: str, func: Callable, *, builtin: bool = False) -> None:
         if name.startswith(RESERVED_PREFIX) and not builtin:

@@ -37,3 +37,11 @@ def test_the_working_directory_is_put_first_once(elsewhere):
     registry.load("ops_cwd_one")
     registry.load("ops_cwd_two")
     assert sys.path.count(str(elsewhere)) == 1 and sys.path[0] == str(elsewhere)
+
+
+def test_rpc_cancel_is_listed_with_its_signature():
+    registry = Registry()
+    described = registry.get("rpc.cancel").describe()
+    assert described["signature"] == "rpc.cancel(id: str | int) -> bool"
+    assert "-32006" in described["doc"]
+    assert [m.name for m in registry] == ["rpc.cancel"]
