@@ -70,6 +70,11 @@ class RPCService(MultiService):
             listener = strports.service(endpoint, self.factory, reactor=reactor)
             listener._raiseSynchronously = True  # a port we cannot bind stops start-up
             listener.setServiceParent(self)
+        # -- seam (helper "ops"): Prometheus metrics, only with --metrics -------------------
+        if settings.metrics:
+            from rpcd.metrics import MetricsService
+
+            MetricsService(self, settings.metrics).setServiceParent(self)
 
     def start_log(self) -> None:
         """Write every log event from now on to the log file too (raises logs.LogError)."""
