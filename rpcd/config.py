@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from rpcd.endpoint_syntax import split_endpoint as _split_endpoint
+
 
 class ConfigError(Exception):
     """A setting is wrong; the message is one line naming the key, the value and what is allowed."""
@@ -298,33 +300,6 @@ def _check_exposure(settings: Settings) -> None:
                 "bind it to 127.0.0.1 or ::1, set auth_key_file (--auth-key-file), or set "
                 "allow_public_unauthenticated (--allow-public-unauthenticated)"
             )
-
-
-def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """An endpoint string's type, positional and keyword arguments, as Twisted splits them.
-
-    ':' separates arguments, the first '=' separates a keyword from its value, and a
-    backslash makes the next character (such as each ':' of an IPv6 address) literal.
-    """
-    parts: list[list[tuple[str, bool]]] = [[]]
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            parts[-1].append((next(chars, ""), True))
-        elif char == ":":
-            parts.append([])
-        else:
-            parts[-1].append((char, False))
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        split = next((i for i, (c, escaped) in enumerate(part) if c == "=" and not escaped), None)
-        text = "".join(c for c, _ in part)
-        if split is None:
-            args.append(text)
-        else:
-            kwargs[text[:split]] = text[split + 1 :]
-    return "".join(c for c, _ in parts[0]).lower(), args, kwargs
 
 
 # Where the interface sits among an endpoint type's positional arguments (after the port).

@@ -102,3 +102,63 @@ def test_load_key_missing_or_unreadable(tmp_path):
         auth.load_key(str(tmp_path / "nope"))
     with pytest.raises(auth.AuthKeyError, match="Is a directory"):
         auth.load_key(str(tmp_path))
+
+
+# -- the two state machines -------------------------------------------------------------------
+
+
+def test_client_and_server_handshakes_agree_mutually():
+    key = auth.Key(b"s3cret")
+    server = auth.ServerHandshake(key)
+    client = auth.ClientHandshake(key)
+    assert server.challenge_params["mechanism"] == auth.MECHANISM
+    answer = client.answer(server.challenge_params)
+    assert "nonce" in answer  # always mutual: the server must prove itself too
+    result = server.verify(answer)
+    assert result["authenticated"] is True
+    client.check(result)  # no exception
+
+
+def test_each_handshake_draws_its_own_nonce():
+    key = auth.Key(b"k")
+    assert auth.ServerHandshake(key).challenge_params != auth.ServerHandshake(key).challenge_params
+    first, second = auth.ClientHandshake(key), auth.ClientHandshake(key)
+    challenge = auth.ServerHandshake(key).challenge_params
+    assert first.answer(challenge)["nonce"] != second.answer(challenge)["nonce"]
+
+
+def test_server_handshake_refuses_another_key_and_another_challenge():
+    server = auth.ServerHandshake(auth.Key(b"right"))
+    with pytest.raises(auth.AuthFailed, match="wrong digest"):
+        server.verify(auth.ClientHandshake(b"wrong").answer(server.challenge_params))
+    other = auth.ServerHandshake(auth.Key(b"right"))
+    with pytest.raises(auth.AuthFailed):
+        server.verify(auth.ClientHandshake(b"right").answer(other.challenge_params))
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        None,
+        {},
+        {"mechanism": "plain", "nonce": "ab" * 32},
+        {"mechanism": "hmac-sha256"},
+        {"mechanism": "hmac-sha256", "nonce": "zz" * 32},
+    ],
+)
+def test_client_handshake_refuses_a_malformed_challenge(challenge):
+    with pytest.raises(auth.AuthFailed):
+        auth.ClientHandshake(b"k").answer(challenge)
+
+
+def test_client_handshake_check_refuses_a_missing_or_wrong_server_digest():
+    key = auth.Key(b"k")
+    server = auth.ServerHandshake(key)
+    client = auth.ClientHandshake(key)
+    result = server.verify(client.answer(server.challenge_params))
+    for bad in [{"authenticated": True}, None, {"digest": 5}, {"digest": "00" * 32}]:
+        with pytest.raises(auth.AuthFailed, match="did not prove"):
+            client.check(bad)
+    with pytest.raises(auth.AuthFailed, match="did not prove"):
+        client.check({"authenticated": True, "digest": "ab" * 32})  # a server guessing
+    client.check(result)

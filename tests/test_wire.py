@@ -425,3 +425,136 @@ def test_decode_agrees_with_the_spec_on_each_request(entry):
     else:
         assert kind[0] == "legacy" and request.legacy
         assert (request.method, params) == kind[1:]
+
+
+# -- framing: the incremental frame decoder ---------------------------------------------------
+
+_bodies = st.lists(st.binary(max_size=300), max_size=12)
+_byteorders = st.sampled_from(["big", "little"])
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _drain(decoder: wire.FrameDecoder) -> list[bytes]:
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+@given(_bodies, st.lists(st.integers(min_value=0, max_value=4000), max_size=30), _byteorders)
+@settings(max_examples=300, deadline=None)
+def test_any_split_of_any_frames_decodes_to_the_same_bodies(bodies, cuts, byteorder):
+    stream = b"".join(wire.encode_frame(body, byteorder) for body in bodies)
+    decoder = wire.FrameDecoder(1024, byteorder)
+    frames = []
+    for chunk in _cut(stream, cuts):
+        decoder.receive(chunk)
+        frames += _drain(decoder)
+    assert frames == bodies
+    assert decoder.buffered() == 0
+
+
+@given(_bodies, st.lists(st.integers(min_value=0, max_value=4000), max_size=30), _byteorders)
+@settings(max_examples=100, deadline=None)
+def test_frames_taken_late_come_out_the_same(bodies, cuts, byteorder):
+    # All chunks received before any frame is taken (a paused connection catching up).
+    stream = b"".join(wire.encode_frame(body, byteorder) for body in bodies)
+    decoder = wire.FrameDecoder(1024, byteorder)
+    for chunk in _cut(stream, cuts):
+        decoder.receive(chunk)
+    assert decoder.buffered() == len(stream)
+    assert _drain(decoder) == bodies
+
+
+def test_encode_frame_prefixes_the_length_in_either_byte_order():
+    assert wire.encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert wire.encode_frame(b"abc", "little") == b"\x03\x00\x00\x00abc"
+    with pytest.raises(ValueError):
+        wire.encode_frame(b"", "middle")
+    with pytest.raises(ValueError):
+        wire.FrameDecoder(10, "native")
+
+
+def test_an_empty_body_is_a_frame():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"") * 2)
+    assert _drain(decoder) == [b"", b""]
+
+
+def test_a_prefix_over_the_limit_raises_at_once_and_drops_the_buffer():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"ok") + b"\x00\x00\x00\x0b")  # 11 > 10, body never sent
+    assert decoder.next_frame() == b"ok"
+    with pytest.raises(wire.FrameTooLarge) as raised:
+        decoder.next_frame()
+    error = raised.value
+    assert isinstance(error, RPCError) and error.code == wire.FRAME_TOO_LARGE
+    assert error.length == 11 and error.limit == 10
+    assert error.message == "frame too large: 11 bytes exceeds max_frame_bytes 10"
+    assert decoder.buffered() == 0 and decoder.next_frame() is None
+
+
+def test_a_frame_exactly_at_the_limit_is_accepted():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"x" * 10))
+    assert decoder.next_frame() == b"x" * 10
+
+
+def test_the_limit_is_writable_and_applies_to_the_next_prefix():
+    decoder = wire.FrameDecoder(4096)
+    decoder.receive(wire.encode_frame(b"a" * 100) + wire.encode_frame(b"b" * 100))
+    decoder.max_frame_bytes = 100
+    assert decoder.next_frame() == b"a" * 100
+    decoder.max_frame_bytes = 99
+    with pytest.raises(wire.FrameTooLarge):
+        decoder.next_frame()
+
+
+def test_a_large_frame_in_many_pieces_is_joined_once():
+    body = bytes(range(256)) * 1024
+    frame = wire.encode_frame(body)
+    decoder = wire.FrameDecoder(len(body))
+    *pieces, last = [frame[i : i + 1000] for i in range(0, len(frame), 1000)]
+    for piece in pieces:
+        decoder.receive(piece)
+        assert decoder.next_frame() is None
+        assert len(decoder._buffer) <= 1000  # nothing joined while the frame is incomplete
+    decoder.receive(last)
+    assert decoder.next_frame() == body
+
+
+def test_take_buffered_hands_on_what_follows():
+    decoder = wire.FrameDecoder(100)
+    decoder.receive(wire.encode_frame(b"first") + b"\x00\x00")
+    decoder.receive(b"\x00\x01z")
+    assert decoder.next_frame() == b"first"
+    assert decoder.take_buffered() == b"\x00\x00\x00\x01z"
+    assert decoder.buffered() == 0
+
+
+@pytest.mark.parametrize(
+    ("prefix", "byteorder", "cause"),
+    [
+        (b"GET ", "big", "looks like an HTTP request"),
+        (b"HTTP", "big", "looks like an HTTP response"),
+        (b"\x16\x03\x01\x02", "big", "looks like TLS"),
+        ((300).to_bytes(4, "little"), "big", "looks little-endian"),
+        ((300).to_bytes(4, "big"), "little", "looks big-endian"),
+    ],
+)
+def test_an_oversized_prefix_names_its_likely_cause(prefix, byteorder, cause):
+    decoder = wire.FrameDecoder(4 * 1024 * 1024, byteorder)
+    decoder.receive(prefix + b"rest")
+    with pytest.raises(wire.FrameTooLarge) as raised:
+        decoder.next_frame()
+    assert cause in raised.value.likely_cause(byteorder)
+
+
+def test_a_real_oversized_frame_has_no_invented_cause():
+    limit = 4 * 1024 * 1024
+    assert wire.prefix_cause((limit + 1).to_bytes(4, "big"), limit) is None
+    assert wire.prefix_cause((17 * 1024 * 1024 + 5).to_bytes(4, "big"), limit) is None
