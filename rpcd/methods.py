@@ -104,6 +104,28 @@ def _signature(func: Callable) -> inspect.Signature | None:
         return None
 
 
+def _uses_asyncio(func: Callable) -> bool:
+    """Whether a coroutine function names asyncio (the module, or something taken from it)
+    among the globals its code reads, nested functions included.
+
+    A coroutine that awaits asyncio fails on rpcd at its first await ("no running event
+    loop"): refusing it when its module loads says so at once. Libraries built on asyncio
+    are not seen through; their calls fail the same way, at run time.
+    """
+    func = inspect.unwrap(getattr(func, "__func__", func))
+    namespace = getattr(func, "__globals__", {})
+    codes = [func.__code__] if hasattr(func, "__code__") else []
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            value = namespace.get(name)
+            module = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "")
+            if module == "asyncio" or str(module).startswith("asyncio."):
+                return True
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return False
+
+
 def put_cwd_on_path() -> None:
     """Put the working directory first on sys.path, so `--methods mymethods` finds the
     `mymethods.py` beside the operator, as `python -m` and gunicorn do (twistd puts only
@@ -141,6 +163,12 @@ class Registry:
             )
         if name in self._methods:
             raise LoadError(f"method {name!r} is defined twice")
+        if not builtin and inspect.iscoroutinefunction(func) and _uses_asyncio(func):
+            raise LoadError(
+                f"method {name!r} is an async def using asyncio, which rpcd does not run: "
+                "its coroutines run on Twisted, so they may await Deferreds; for asyncio "
+                "libraries write a plain def (blocking calls yield under gevent)"
+            )
         self._methods[name] = Method(name, func, _signature(func))
 
     def get(self, name: str) -> Method:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rpcd.methods import Registry
+from rpcd.methods import LoadError, Registry
 
 
 @pytest.fixture
@@ -45,3 +45,52 @@ def test_rpc_cancel_is_listed_with_its_signature():
     assert described["signature"] == "rpc.cancel(id: str | int) -> bool"
     assert "-32006" in described["doc"]
     assert [m.name for m in registry] == ["rpc.cancel"]
+
+
+ASYNC_METHODS = """
+import asyncio
+from asyncio import sleep as nap
+
+from twisted.internet import defer
+
+from rpcd import method
+
+
+@method
+async def waits_on_asyncio():
+    await asyncio.sleep(0.01)
+
+
+@method
+async def naps():
+    await nap(0.01)
+
+
+@method
+async def nested():
+    async def inner():
+        await asyncio.sleep(0)
+    await inner()
+
+
+@method
+async def waits_on_a_deferred(value):
+    return await defer.succeed(value)
+"""
+
+
+@pytest.mark.parametrize("name", ["waits_on_asyncio", "naps", "nested"])
+def test_an_async_def_using_asyncio_is_refused_at_load_saying_what_works(name):
+    namespace: dict = {}
+    exec(compile(ASYNC_METHODS, "ops_async_methods", "exec"), namespace)
+    with pytest.raises(LoadError, match="may await Deferreds") as refused:
+        Registry().add(name, namespace[name])
+    assert name in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_async_def_awaiting_deferreds_still_loads():
+    namespace: dict = {}
+    exec(compile(ASYNC_METHODS, "ops_async_methods", "exec"), namespace)
+    registry = Registry()
+    registry.add("waits_on_a_deferred", namespace["waits_on_a_deferred"])
+    assert "waits_on_a_deferred" in registry
