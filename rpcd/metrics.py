@@ -35,7 +35,7 @@ from twisted.web.server import Site
 
 import rpcd
 from rpcd.config import public_address
-from rpcd.wire import METHOD_NOT_FOUND, SERVER_BUSY, SHUTTING_DOWN
+from rpcd.wire import FRAME_TOO_LARGE, METHOD_NOT_FOUND, SERVER_BUSY, SHUTTING_DOWN
 
 log = Logger()
 
@@ -71,7 +71,7 @@ def counting_protocol(base: type, counts: Counts) -> type:
     Paid only with --metrics on: about 0.25 µs per call (a frame in, a frame out), the base
     methods taken once here so each frame costs one extra call and no attribute lookups.
     """
-    received, sent, send_error = base.stringReceived, base.sendString, base._send_error
+    received, sent = base.stringReceived, base.sendString
 
     class CountingProtocol(base):
         def stringReceived(self, body: bytes) -> None:
@@ -82,11 +82,25 @@ def counting_protocol(base: type, counts: Counts) -> type:
             counts.sent += 1
             sent(self, string)
 
-        def _send_error(self, error: Any) -> None:
-            # A frame answered without a call: unparsable, not a request, too large.
+    # Frames answered without a call. The protocol answers them itself (`_send_error`:
+    # unparsable, not a request, too large), or, where a sans-IO session answers the
+    # unparsable ones, only a frame too large passes through the protocol (`_frame_too_large`).
+    if hasattr(base, "_send_error"):
+        send_error = base._send_error
+
+        def _send_error(self: Any, error: Any) -> None:
             counts.frame_errors[error.code] += 1
             send_error(self, error)
 
+        CountingProtocol._send_error = _send_error
+    elif hasattr(base, "_frame_too_large"):
+        too_large = base._frame_too_large
+
+        def _frame_too_large(self: Any, error: Any) -> None:
+            counts.frame_errors[FRAME_TOO_LARGE] += 1
+            too_large(self, error)
+
+        CountingProtocol._frame_too_large = _frame_too_large
     CountingProtocol.__name__ = CountingProtocol.__qualname__ = base.__name__
     return CountingProtocol
 

@@ -124,3 +124,21 @@ def test_a_scrape_reads_calls_finished_and_in_flight():
     assert found["rpcd_server_handled_total", (("code", "OK"), ("method", "add"))] == 3
     assert found["rpcd_server_handling_seconds_count", (("method", "add"),)] == 3
     assert found["rpcd_server_msg_received_total", ()] == 3
+
+
+def test_a_protocol_answering_only_frames_too_large_gets_those_counted():
+    # The layout where a sans-IO session answers unparsable frames itself.
+    class SessionLayout:
+        def stringReceived(self, body):
+            pass
+
+        def sendString(self, string):
+            pass
+
+        def _frame_too_large(self, error):
+            self.seen = error
+
+    counts = Counts()
+    protocol = counting_protocol(SessionLayout, counts)()
+    protocol._frame_too_large("too large")
+    assert protocol.seen == "too large" and dict(counts.frame_errors) == {-32004: 1}

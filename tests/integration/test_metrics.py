@@ -37,7 +37,14 @@ def daemon(start_daemon):
     port = free_port()
     # One worker and no queue: a second call while one runs is refused as busy.
     d = start_daemon(
-        "--metrics", f"tcp:{port}:interface=127.0.0.1", "--workers", "1", "--queue-size", "0"
+        "--metrics",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--workers",
+        "1",
+        "--queue-size",
+        "0",
+        "--max-frame-bytes",
+        "1024",
     )
     d.metrics_port = port
     return d
@@ -64,8 +71,12 @@ def test_calls_errors_refusals_and_frames_are_counted(daemon):
     assert value(during, "rpcd_server_started_total", method="sleep") == 1
 
     assert c.recv()["id"] == slow
-    after = scrape(daemon.metrics_port)
     c.close()
+    big = daemon.client()  # a frame past --max-frame-bytes: answered -32004, then closed
+    big.send_bytes(b"x" * 2000)
+    assert big.recv()["error"]["code"] == -32004
+    big.close()
+    after = scrape(daemon.metrics_port)
 
     assert value(after, "rpcd_server_started_total", method="add") == 4
     assert value(after, "rpcd_server_handled_total", method="add", code="OK") == 3
@@ -80,9 +91,11 @@ def test_calls_errors_refusals_and_frames_are_counted(daemon):
     assert value(after, "rpcd_server_refused_total", reason="server_busy") == 1
     assert value(after, "rpcd_server_refused_total", reason="method_not_found") == 1
     assert value(after, "rpcd_server_frame_errors_total", code="-32700") == 1
-    # Frames: 3 add, boom, the unknown method, the garbage, sleep, the refused add.
+    assert value(after, "rpcd_server_frame_errors_total", code="-32004") == 1
+    # Frames: 3 add, boom, the unknown method, the garbage, sleep, the refused add (the
+    # frame too large is never received whole); sent: their 8 replies and the -32004.
     assert value(after, "rpcd_server_msg_received_total") == 8
-    assert value(after, "rpcd_server_msg_sent_total") == 8
+    assert value(after, "rpcd_server_msg_sent_total") == 9
     assert value(after, "rpcd_server_calls_in_flight") == 0
     assert value(after, "rpcd_server_workers_busy") == 0
     assert value(after, "rpcd_server_connections_accepted_total") >= 1
