@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -13,6 +14,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import rpcd
 from tests.integration.conftest import ROOT, TWISTD, free_port
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """The metrics port may open after the RPC port the fixture waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listening on {port}"
+            time.sleep(0.05)
 
 
 def scrape(port: int) -> dict:
@@ -47,6 +60,7 @@ def daemon(start_daemon):
         "1024",
     )
     d.metrics_port = port
+    wait_listening(port)
     return d
 
 
@@ -118,13 +132,14 @@ def test_calls_errors_refusals_and_frames_are_counted(daemon):
 def test_metrics_are_off_by_default_and_only_at_metrics(start_daemon):
     port = free_port()
     d = start_daemon("--metrics", f"tcp:{port}:interface=127.0.0.1")
+    wait_listening(port)
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
     assert missing.value.code == 404
     assert "rpcd metrics on" in d.log()
 
-    plain = start_daemon()
-    assert "metrics" not in plain.log()
+    plain = start_daemon("--log-file", "plain.log")  # a log file of its own
+    assert "rpcd metrics on" not in plain.log()
 
 
 def test_a_metrics_port_in_use_stops_start_up(tmp_path):
