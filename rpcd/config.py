@@ -167,6 +167,12 @@ def _optional_path(value: Any) -> str:
     return value
 
 
+def _optional_endpoint(value: Any) -> str:  # seam (helper "ops"), for the metrics setting
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("a Twisted endpoint string such as tcp:9354:interface=127.0.0.1, or empty")
+    return value
+
+
 def _setting(
     default: Any,
     parse: Callable[[Any], Any],
@@ -303,6 +309,14 @@ class Settings:
     )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
+    )
+
+    # -- seam (helper "ops"): the Prometheus listener -------------------------------------
+    metrics: str = _setting(
+        "",
+        _optional_endpoint,
+        "endpoint serving Prometheus metrics at /metrics, e.g. tcp:9354:interface=127.0.0.1 "
+        "(empty = off)",
     )
 
     def __post_init__(self) -> None:

@@ -107,16 +107,23 @@ class RPCService(MultiService):
         # The observer twistd should use instead of its own (set by tap under -n).
         self.log_observer: Any = None
         self._bound = False
+        self._listeners: list = []
         self._previous_usr1: Any = None
         for endpoint in settings.listen:
-            build_listener(endpoint, self.factory, reactor).setServiceParent(self)
+            listener = build_listener(endpoint, self.factory, reactor)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
+        if settings.metrics:
+            from rpcd.metrics import MetricsService
+
+            MetricsService(self, settings.metrics).setServiceParent(self)
 
     def bind(self) -> None:
         """Bind every listener now (before twistd daemonizes): raises ListenError."""
         if self._bound:
             return
         self._bound = True
-        for endpoint, listener in zip(self.settings.listen, self, strict=True):
+        for endpoint, listener in zip(self.settings.listen, self._listeners, strict=True):
             try:
                 listener.privilegedStartService()
             except CannotListenError as exc:
