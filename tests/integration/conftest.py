@@ -167,6 +167,9 @@ def start_daemon(tmp_path):
         preexec_fn=None,
     ) -> Daemon:
         """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
+        if started and "--log-file" not in args and "--config" not in args:
+            # A daemon locks its log file: a second one in this directory gets its own.
+            args = (*args, "--log-file", f"rpcd-{len(started)}.log")
         daemon = launch(
             tmp_path,
             *args,

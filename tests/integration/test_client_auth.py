@@ -176,6 +176,7 @@ class TwistedClientAuthTests(unittest.TestCase):
         cls.workdir = Path(tempfile.mkdtemp(prefix="rpcd-twisted-auth-"))
         cls.key_file = str(cls.workdir / "rpcd.key")
         Path(cls.key_file).write_bytes(KEY + b"\n")
+        Path(cls.key_file).chmod(0o600)  # rpcd refuses a key others can read
         cls.wrong_key_file = str(cls.workdir / "wrong.key")
         Path(cls.wrong_key_file).write_bytes(b"not the key\n")
         cls.daemons = []
@@ -186,6 +187,8 @@ class TwistedClientAuthTests(unittest.TestCase):
                 f"tcp:{port}:interface=127.0.0.1",
                 "--methods",
                 "tests.integration.methods",
+                "--log-file",
+                f"rpcd-{port}.log",  # each daemon locks its own log file
                 *extra,
             ]
             daemon = Daemon(cls.workdir, args, port)
