@@ -1,4 +1,4 @@
-"""rpcd/reactor.py: the reactor's own sockets are the unpatched kind; methods' sockets stay gevent's.
+"""rpcd/reactor.py: the reactor's own sockets are the unpatched kind; methods keep gevent's.
 
 Run in a subprocess patched as the daemon is, so this test process stays unpatched.
 """
