@@ -419,7 +419,7 @@ async def connect(
         raise ValueError("give auth_key_file or auth_key, not both")
     if byteorder not in ("big", "little"):
         raise ValueError("byteorder must be 'big' or 'little'")
-    key = auth.load_key(auth_key_file) if auth_key_file is not None else auth_key
+    key = auth.load_key(auth_key_file, private=False) if auth_key_file is not None else auth_key
     if isinstance(key, bytes):
         key = auth.Key(key)
     parsed = Endpoint.parse(endpoint)

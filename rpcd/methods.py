@@ -26,6 +26,8 @@ def method(name_or_func: Any = None) -> Any:
 
     if callable(name_or_func):
         return mark(name_or_func, None)
+    if name_or_func is not None and not isinstance(name_or_func, str):
+        raise TypeError(f"@method takes a method name (a str), not {name_or_func!r}")
     return lambda func: mark(func, name_or_func)
 
 
@@ -205,7 +207,10 @@ class Registry:
                     f"methods module {module_name!r} has no attribute {attr!r}"
                 ) from None
             if inspect.isclass(target):
-                target = target()
+                try:
+                    target = target()
+                except Exception as exc:  # the class needs arguments, or its __init__ fails
+                    raise LoadError(f"cannot instantiate {spec!r}: {exc}") from None
             for name, member in inspect.getmembers(target, callable):
                 if not name.startswith("_"):
                     self.add(getattr(member, _MARK, name), member)

@@ -35,6 +35,7 @@ RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 def wrong_key_file(tmp_path):
     path = tmp_path / "wrong.key"
     path.write_bytes(b"not the key\n")
+    path.chmod(0o600)  # a daemon is started with it too
     return str(path)
 
 
