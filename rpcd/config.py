@@ -114,6 +114,16 @@ def _optional_path(value: Any) -> str:
     return value
 
 
+def _processes(value: Any) -> int | str:
+    # "auto" stays as it is: rpcd.supervisor resolves it to the number of cores.
+    if value == "auto":
+        return value
+    try:
+        return _integer(1, 1024)(value)
+    except ValueError:
+        raise ValueError("an integer from 1 to 1024, or auto (one per core)") from None
+
+
 def _setting(
     default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None
 ) -> Any:
@@ -209,6 +219,32 @@ class Settings:
     )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
+    )
+    # -- scaling out (rpcd.supervisor, rpcd.proxy) --
+    processes: int | str = _setting(
+        1,
+        _processes,
+        "worker processes sharing the listeners, or auto (one per core); every other limit "
+        "(connections, workers, queue, in-flight) applies to each process on its own",
+    )
+    heartbeat_timeout: float = _setting(
+        30.0,
+        _seconds(False),
+        "with --processes: replace a worker whose hub has not beaten for this long",
+    )
+    worker_start_timeout: float = _setting(
+        30.0, _seconds(False), "with --processes: how long a new worker may take to start listening"
+    )
+    restart_backoff_max: float = _setting(
+        30.0, _seconds(False), "with --processes: longest wait before restarting a crashed worker"
+    )
+    proxy_header_timeout: float = _setting(
+        10.0,
+        _seconds(False),
+        "haproxy: listeners: drop a connection whose PROXY header takes longer",
+    )
+    proxy_max_header_bytes: int = _setting(
+        4096, _integer(232, 65551), "haproxy: listeners: largest PROXY header accepted, in bytes"
     )
 
     def __post_init__(self) -> None:

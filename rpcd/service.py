@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from rpcd import auth, logs
+from rpcd import adopt, auth, logs
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
@@ -66,10 +65,9 @@ class RPCService(MultiService):
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
+        # [scale seam] systemd: adopted rpcd's way, haproxy: through rpcd.proxy (rpcd.adopt).
         for endpoint in settings.listen:
-            listener = strports.service(endpoint, self.factory, reactor=reactor)
-            listener._raiseSynchronously = True  # a port we cannot bind stops start-up
-            listener.setServiceParent(self)
+            adopt.listener(endpoint, self.factory, settings, reactor).setServiceParent(self)
 
     def start_log(self) -> None:
         """Write every log event from now on to the log file too (raises logs.LogError)."""

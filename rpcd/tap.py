@@ -7,6 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from rpcd import config, reactor
+from rpcd.adopt import ListenError  # [scale seam]
 from rpcd.auth import AuthKeyError
 from rpcd.config import ConfigError, Settings
 from rpcd.logs import LogError
@@ -54,7 +55,7 @@ class Options(usage.Options):
 
         try:
             self.service = RPCService(settings)
-        except (LoadError, AuthKeyError) as exc:
+        except (LoadError, AuthKeyError, ListenError) as exc:
             _fail(str(exc))
 
 
