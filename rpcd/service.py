@@ -13,6 +13,7 @@ from rpcd import adopt, auth, logs
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
+from rpcd.health import Health, quiet
 from rpcd.methods import Registry
 from rpcd.process import BlockingMonitor, raise_fd_limit
 from rpcd.protocol import ConnectionLimits, RPCFactory
@@ -23,10 +24,10 @@ log = Logger()
 CLOSE_TIMEOUT = 5.0
 
 
-def build_registry(settings: Settings, stats: Any) -> Registry:
+def build_registry(settings: Settings, stats: Any, health: Any = None) -> Registry:
     """The built-ins plus every methods module the settings name (raises LoadError)."""
     registry = Registry()
-    add_builtins(registry, stats)
+    add_builtins(registry, stats, health)  # [scale seam] health: rpc.health's state
     for spec in settings.methods:
         registry.load(spec)
     return registry
@@ -45,7 +46,11 @@ class RPCService(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.started_at = time.time()
-        self.registry = registry if registry is not None else build_registry(settings, self.stats)
+        # [scale seam] rpc.health: the server and each methods module; NOT_SERVING once draining.
+        self.health = Health(settings.methods)
+        if registry is None:
+            registry = build_registry(settings, self.stats, self.health)
+        self.registry = registry
         self.dispatcher = Dispatcher(
             self.registry,
             max_workers=settings.workers,
@@ -83,7 +88,7 @@ class RPCService(MultiService):
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
-            self.dispatcher.on_complete = self.log.access
+            self.dispatcher.on_complete = quiet(self.log.access)  # [scale seam] no check lines
             self.dispatcher.on_refused = self.log.refused
 
     def startService(self) -> None:
@@ -106,6 +111,7 @@ class RPCService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self.health.shutdown()  # [scale seam] NOT_SERVING before the listeners close
         log.info("rpcd stopping: listeners closed, draining {n} calls", n=self.dispatcher.in_flight)
         yield super().stopService()
         yield self.dispatcher.drain(self.settings.shutdown_grace, self.reactor)
