@@ -9,7 +9,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from rpcd import adopt, auth, logs
+from rpcd import adopt, auth, logs, supervisor
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
@@ -97,6 +97,7 @@ class RPCService(MultiService):
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
             self.monitor.start()
         super().startService()
+        supervisor.worker_started(self.reactor)  # [scale seam] under --processes: ready, beats
         if self.factory.limits.auth_key is None:
             for endpoint in filter(public_address, self.settings.listen):
                 log.warn(

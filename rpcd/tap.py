@@ -28,7 +28,8 @@ class Options(usage.Options):
     longdesc = (
         'Serve JSON-RPC 2.0 (and the legacy {"in", "params"} envelope) over 4-byte '
         "length-prefixed frames, running each call in a gevent worker greenlet. "
-        "The command line wins over the config file, which wins over the defaults."
+        "The command line wins over the config file, which wins over the defaults. "
+        "With --processes N every limit applies to each worker process on its own."
     )
     optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"]]
     optFlags: list = []
@@ -51,6 +52,13 @@ class Options(usage.Options):
             _fail(str(exc))
         self.settings = settings
         _install_reactor(settings)
+        # [scale seam] --processes N: a supervisor of N workers instead of one daemon.
+        from rpcd import supervisor
+
+        if supervisor.resolve_processes(settings.processes) > 1:
+            args = supervisor.worker_args(self["config"], self.given)
+            self.service = supervisor.Supervisor(settings, args)
+            return
         from rpcd.service import RPCService
 
         try:
