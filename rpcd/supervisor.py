@@ -198,6 +198,7 @@ class Worker(ProcessProtocol):
         self._waiting: list[defer.Deferred] = []  # when_ready() callers
         self.is_ready = False
         self.retiring = False  # asked to stop: its exit is no crash
+        self.killed = False  # SIGKILLed by the watch: once is enough
         self.ended = defer.Deferred()
         self.status: int | None = None
 
@@ -401,7 +402,7 @@ class Supervisor(Service):
         """Replace a worker whose hub stopped beating, or that never came up in time."""
         now = self.clock.seconds()
         for worker in list(self.workers.values()):
-            if worker.retiring:
+            if worker.retiring or worker.killed:
                 continue
             if worker.is_ready:
                 silent = now - worker.last_beat
@@ -414,6 +415,7 @@ class Supervisor(Service):
                         silent=silent,
                         limit=self.settings.heartbeat_timeout,
                     )
+                    worker.killed = True
                     worker.signal(signal.SIGKILL)
             elif now - worker.started_at > self.settings.worker_start_timeout:
                 log.error(
@@ -423,6 +425,7 @@ class Supervisor(Service):
                     pid=worker.pid,
                     limit=self.settings.worker_start_timeout,
                 )
+                worker.killed = True
                 worker.signal(signal.SIGKILL)
         self._watchdog = self.reactor.callLater(self._interval(), self._watch)
 
