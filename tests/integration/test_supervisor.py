@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
 from tests.integration.conftest import Daemon, free_port
+from tests.integration.scale_load import Load
 from tests.rawclient import RawClient
-
-SHUTTING_DOWN = -32005
 
 
 def children(pid: int) -> set[int]:
@@ -135,70 +133,6 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(supervised):
         )
 
 
-class Load:
-    """Clients calling steadily on kept connections; a call refused with -32005 (not run) or
-    a connection closed before its reply (never read) is sent again on a new connection, as
-    a client does. Counted: calls answered, retried, failed; connections refused."""
-
-    def __init__(self, port: int, clients: int = 4) -> None:
-        self.port = port
-        self.ok = self.retried = self.failed = self.refused = 0
-        self.errors: list = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def _count(self, name: str, error=None) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
-            if error is not None:
-                self.errors.append(error)
-
-    def _run(self) -> None:
-        client = None
-        deadline = time.monotonic() + 120
-        n = 0
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if client is None:
-                try:
-                    client = RawClient(self.port, timeout=10)
-                except ConnectionRefusedError as exc:
-                    self._count("refused", repr(exc))
-                    time.sleep(0.01)
-                    continue
-            n += 1
-            try:
-                rid = client.request("echo", n)
-                reply = client.recv()
-            except ConnectionError:
-                client = None
-                self._count("retried")
-                continue
-            except OSError as exc:  # a timeout: the call is lost
-                client = None
-                self._count("failed", repr(exc))
-                continue
-            if reply.get("error", {}).get("code") == SHUTTING_DOWN:
-                client.close()
-                client = None
-                self._count("retried")
-            elif reply.get("id") == rid and reply.get("result") == n:
-                self._count("ok")
-            else:
-                self._count("failed", reply)
-            time.sleep(0.001)
-
-
 def test_sighup_replaces_workers_without_a_refused_connection_or_failed_call(supervised):
     daemon = supervised("--shutdown-grace", "5")
     before = children(daemon.proc.pid)
@@ -210,7 +144,7 @@ def test_sighup_replaces_workers_without_a_refused_connection_or_failed_call(sup
         ok_before = load.ok
         time.sleep(1.0)
     assert load.ok > ok_before  # still served afterwards
-    print(f"SIGHUP under load: {load.ok} ok, {load.retried} retried, {load.failed} failed")
+    print("SIGHUP under load:", load.summary())
     assert load.failed == 0, load.errors[:5]
     assert load.refused == 0, load.errors[:5]
     after = children(daemon.proc.pid)
