@@ -44,8 +44,22 @@ _DOMAINS = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "U
 _BINDABLE = {"tcp", "tcp6", "unix"}
 
 
-class SupervisorError(ValueError):
+class SupervisorError(adopt.ListenError):
     """The listeners cannot be shared among processes; one line why."""
+
+
+def check_shareable(descriptions: Iterable[str]) -> None:
+    """Raise SupervisorError for a listener the workers could not adopt (ssl:, plugins)."""
+    for description in descriptions:
+        kind, _, rest = description.partition(":")
+        inner = rest if kind.lower() == "haproxy" else description
+        inner_kind = inner.split(":", 1)[0].lower()
+        if inner_kind != "systemd" and inner_kind not in _BINDABLE:
+            raise SupervisorError(
+                f"{description}: --processes shares tcp:, tcp6:, unix: and systemd: "
+                f"listeners (optionally behind haproxy:), not {inner_kind}: (terminate "
+                "TLS in front, e.g. in HAProxy)"
+            )
 
 
 def resolve_processes(value: int | str) -> int:
@@ -129,6 +143,7 @@ class Listener:
 @defer.inlineCallbacks
 def bind(descriptions: Iterable[str], reactor: Any):
     """Bind every listener once (tcp:, tcp6:, unix:, systemd:, each maybe behind haproxy:)."""
+    check_shareable(descriptions)
     bound: list[Listener] = []
     try:
         for description in descriptions:
@@ -140,12 +155,6 @@ def bind(descriptions: Iterable[str], reactor: Any):
                 fd, family = adopt.systemd_socket(inner)
                 bound.append(Listener(description, fd, family, None, proxied))
                 continue
-            if inner_kind not in _BINDABLE:
-                raise SupervisorError(
-                    f"{description}: --processes shares tcp:, tcp6:, unix: and systemd: "
-                    f"listeners (optionally behind haproxy:), not {inner_kind}: (terminate "
-                    "TLS in front, e.g. in HAProxy)"
-                )
             port = yield endpoints.serverFromString(reactor, inner).listen(_NoConnections())
             port.stopReading()  # the queue is the workers' to accept from
             sock = port.socket
@@ -254,6 +263,7 @@ class Supervisor(Service):
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        check_shareable(settings.listen)
         self.settings = settings
         self.reactor = self.clock = reactor
         self.count = resolve_processes(settings.processes)
@@ -306,7 +316,7 @@ class Supervisor(Service):
     def _fatal(self, failure: Any, what: str) -> None:
         log.error("rpcd supervisor: {what}: {why}", what=what, why=failure.getErrorMessage())
         self._exit_code(1)
-        self.reactor.stop()
+        self.reactor.callWhenRunning(self.reactor.stop)  # start-up may not have finished
 
     def _exit_code(self, code: int) -> None:
         # twistd has no exit status of its own; leave with ours once shutdown is done.

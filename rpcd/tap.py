@@ -57,7 +57,10 @@ class Options(usage.Options):
 
         if supervisor.resolve_processes(settings.processes) > 1:
             args = supervisor.worker_args(self["config"], self.given)
-            self.service = supervisor.Supervisor(settings, args)
+            try:
+                self.service = supervisor.Supervisor(settings, args)
+            except ListenError as exc:
+                _fail(str(exc))
             return
         from rpcd.service import RPCService
 

@@ -189,3 +189,66 @@ def test_help_says_limits_are_per_process():
     ).stdout
     assert "--processes=" in out
     assert "applies to each process on its own" in " ".join(out.split())
+
+
+def _twistd(tmp_path, *args: str, timeout: float = 60):
+    import subprocess
+
+    from tests.integration.conftest import ROOT, TWISTD
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "rpcd", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(tmp_path):
+    port = free_port()
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    result = _twistd(tmp_path, "--processes", "2", "--listen", listen, "--methods", "no.such")
+    assert result.returncode == 1
+    assert "cannot import methods module 'no.such'" in result.stderr
+    assert "before listening; stopping" in result.stdout
+
+
+def test_a_listener_workers_cannot_adopt_is_one_line(tmp_path):
+    result = _twistd(
+        tmp_path, "--processes", "2", "--listen", "ssl:5999:privateKey=k.pem:interface=127.0.0.1"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("(terminate TLS in front, e.g. in HAProxy)")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_workers_stop_when_the_supervisor_dies(supervised):
+    daemon = supervised()
+    pids = children(daemon.proc.pid)
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+
+    def all_gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+    wait_for(all_gone, 20, "the orphaned workers to stop")  # init reaps them
+    assert "its supervisor is gone" in (daemon.workdir / "rpcd.log").read_text()
+
+
+def test_follow_on_one_worker_sees_lines_written_by_another(supervised):
+    daemon = supervised()
+    follower = RawClient(daemon.port, timeout=20)
+    follow_pid = follower.call("rpc.stats")["result"]["process"]["pid"]
+    rid = follower.request("getlog", 0, None, "followed-", None, True)
+
+    def shout_from_the_other() -> bool:
+        client = RawClient(daemon.port)
+        pid = client.call("rpc.stats")["result"]["process"]["pid"]
+        if pid != follow_pid:
+            client.call("shout", "followed-elsewhere")
+        client.close()
+        return pid != follow_pid
+
+    wait_for(shout_from_the_other, 20, "a connection to the other worker")
+    item = follower.recv()
+    assert item["method"] == "rpc.stream" and item["params"]["id"] == rid
+    assert "followed-elsewhere" in str(item["params"]["item"])
