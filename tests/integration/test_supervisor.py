@@ -21,6 +21,15 @@ def children(pid: int) -> set[int]:
         return set()
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -127,10 +136,7 @@ def test_sigterm_drains_every_worker_and_leaves_no_process(supervised):
     reply = client.recv()
     assert reply["id"] == rid and "result" in reply  # finished within the grace
     assert daemon.proc.wait(30) == 0
-    for pid in pids:
-        assert (
-            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-        )
+    assert not any(running(pid) for pid in pids)
 
 
 def test_sighup_replaces_workers_without_a_refused_connection_or_failed_call(supervised):
@@ -227,10 +233,7 @@ def test_workers_stop_when_the_supervisor_dies(supervised):
     daemon.proc.kill()
     daemon.proc.wait(10)
 
-    def all_gone() -> bool:
-        return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
-
-    wait_for(all_gone, 20, "the orphaned workers to stop")  # init reaps them
+    wait_for(lambda: not any(running(p) for p in pids), 20, "the orphaned workers to stop")
     assert "its supervisor is gone" in (daemon.workdir / "rpcd.log").read_text()
 
 
