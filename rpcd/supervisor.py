@@ -31,6 +31,7 @@ log = Logger()
 HEARTBEAT_ENV = "RPCD_HEARTBEAT_FD"
 WORKER_ENV = "RPCD_WORKER"
 PROCESSES_ENV = "RPCD_PROCESSES"
+SHARED_LOG_ENV = "RPCD_LOG_SHARED"  # read by rpcd.service (the logs branch) to share the log
 READY = b"R"
 BEAT = b"."
 # A worker that ran this long before exiting counts as healthy: its slot's backoff restarts.
@@ -338,6 +339,9 @@ class Supervisor(Service):
                 "RPCD_HEARTBEAT_TIMEOUT": str(self.settings.heartbeat_timeout),
                 WORKER_ENV: str(slot),
                 PROCESSES_ENV: str(self.count),
+                # The workers share one service log (rpcd.logs: a shared lock, rotation
+                # serialised among them) instead of each refusing the others'.
+                SHARED_LOG_ENV: "1",
             }
         )
         env.pop("LISTEN_PID", None)

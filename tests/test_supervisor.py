@@ -91,6 +91,7 @@ def test_worker_is_handed_the_sockets_the_systemd_way():
     assert child_fds[3] == 7 and child_fds[4] == "r"
     assert env["LISTEN_FDS"] == "1" and env["LISTEN_FDNAMES"] == "rpcd0"
     assert env["RPCD_WORKER"] == "0" and env["RPCD_HEARTBEAT_FD"] == "4"
+    assert env["RPCD_LOG_SHARED"] == "1"
     assert "LISTEN_PID" not in env  # set by the shell to the worker's own pid
     assert args[:3] == ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"']
     assert ["--listen", "systemd:domain=INET:index=0"] == args[-2:]
