@@ -21,8 +21,10 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from rpcd import adopt, config
 
@@ -156,7 +158,12 @@ def bind(descriptions: Iterable[str], reactor: Any):
                 fd, family = adopt.systemd_socket(inner)
                 bound.append(Listener(description, fd, family, None, proxied))
                 continue
-            port = yield endpoints.serverFromString(reactor, inner).listen(_NoConnections())
+            try:
+                port = yield endpoints.serverFromString(reactor, inner).listen(_NoConnections())
+            except CannotListenError as exc:
+                errno = getattr(exc.socketError, "errno", None)
+                why = os.strerror(errno).lower() if errno else str(exc.socketError)
+                raise adopt.ListenError(f"cannot listen on {description}: {why}") from None
             port.stopReading()  # the queue is the workers' to accept from
             sock = port.socket
             bound.append(Listener(description, sock.fileno(), sock.family, port, proxied))
@@ -292,15 +299,30 @@ class Supervisor(Service):
 
     # -- start ----------------------------------------------------------------------------
 
+    def bind(self) -> None:
+        """Bind every listener now, before twistd daemonizes (raises ListenError): a port in
+        use is one line on the terminal, as for one daemon."""
+        if self.listeners:
+            return
+        outcome: list = []
+        bind(self.settings.listen, self.reactor).addBoth(outcome.append)
+        (result,) = outcome  # tcp:, unix: and systemd: all bind synchronously
+        if isinstance(result, Failure):
+            if result.check(adopt.ListenError):
+                raise result.value
+            raise adopt.ListenError(f"cannot listen: {result.getErrorMessage()}")
+        self.listeners = result
+
     def startService(self) -> None:
         super().startService()
-        d = bind(self.settings.listen, self.reactor)
-        d.addCallback(self._bound)
-        d.addErrback(self._fatal, "cannot bind the listeners")
-
-    def _bound(self, listeners: list[Listener]) -> None:
-        self.listeners = listeners
-        self.heartbeat_fd = adopt.LISTEN_FDS_START + len(listeners)
+        try:
+            self.bind()
+        except adopt.ListenError as exc:
+            log.error("rpcd supervisor: {why}", why=exc)
+            self._exit_code(1)
+            self.reactor.callWhenRunning(self.reactor.stop)  # start-up may not have finished
+            return
+        self.heartbeat_fd = adopt.LISTEN_FDS_START + len(self.listeners)
         for slot in range(self.count):
             self.spawn(slot)
         self._watchdog = self.reactor.callLater(self._interval(), self._watch)
@@ -313,11 +335,6 @@ class Supervisor(Service):
 
     def _interval(self) -> float:
         return heartbeat_interval(self.settings.heartbeat_timeout)
-
-    def _fatal(self, failure: Any, what: str) -> None:
-        log.error("rpcd supervisor: {what}: {why}", what=what, why=failure.getErrorMessage())
-        self._exit_code(1)
-        self.reactor.callWhenRunning(self.reactor.stop)  # start-up may not have finished
 
     def _exit_code(self, code: int) -> None:
         # twistd has no exit status of its own; leave with ours once shutdown is done.

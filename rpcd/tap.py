@@ -59,6 +59,7 @@ class Options(usage.Options):
             args = supervisor.worker_args(self["config"], self.given)
             try:
                 self.service = supervisor.Supervisor(settings, args)
+                self.service.bind()  # here, before twistd daemonizes: errors on the terminal
             except ListenError as exc:
                 _fail(str(exc))
             return

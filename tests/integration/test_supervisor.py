@@ -255,3 +255,16 @@ def test_follow_on_one_worker_sees_lines_written_by_another(supervised):
     item = follower.recv()
     assert item["method"] == "rpc.stream" and item["params"]["id"] == rid
     assert "followed-elsewhere" in str(item["params"]["item"])
+
+
+def test_port_in_use_is_one_line_before_daemonizing(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"rpcd: cannot listen on {listen}: address already in use"
