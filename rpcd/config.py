@@ -124,6 +124,9 @@ def _processes(value: Any) -> int | str:
         raise ValueError("an integer from 1 to 1024, or auto (one per core)") from None
 
 
+_processes.allowed = "an integer from 1 to 1024, or auto (one per core)"  # for --help
+
+
 def _setting(
     default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None
 ) -> Any:
