@@ -29,7 +29,7 @@ class Options(usage.Options):
         'Serve JSON-RPC 2.0 (and the legacy {"in", "params"} envelope) over 4-byte '
         "length-prefixed frames, running each call in a gevent worker greenlet. "
         "The command line wins over the config file, which wins over the defaults. "
-        "With --processes N every limit applies to each worker process on its own."
+        "Under a supervisor (processes > 1) every limit applies to each worker process on its own."
     )
     optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"]]
     optFlags: list = []
