@@ -233,13 +233,13 @@ class Settings:
     heartbeat_timeout: float = _setting(
         30.0,
         _seconds(False),
-        "with --processes: replace a worker whose hub has not beaten for this long",
+        "processes > 1: replace a worker whose hub has not beaten for this long",
     )
     worker_start_timeout: float = _setting(
-        30.0, _seconds(False), "with --processes: how long a new worker may take to start listening"
+        30.0, _seconds(False), "processes > 1: how long a new worker may take to start listening"
     )
     restart_backoff_max: float = _setting(
-        30.0, _seconds(False), "with --processes: longest wait before restarting a crashed worker"
+        30.0, _seconds(False), "processes > 1: longest wait before restarting a crashed worker"
     )
     proxy_header_timeout: float = _setting(
         10.0,
