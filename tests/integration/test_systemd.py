@@ -121,3 +121,27 @@ def test_wrong_name_lists_what_was_passed(tmp_path):
     text = output.read_text()
     assert "no passed socket named 'other'; passed: index 0 name 'rpc'" in text
     assert "Traceback" not in text
+
+
+def test_supervisor_shares_a_socket_systemd_passed_it(tmp_path):
+    # conf/rpcd.service: the socket unit's port, --processes, workers adopting it in turn.
+    proc, port, output = _activate(
+        tmp_path,
+        "systemd:domain=INET:name=rpc",
+        "--processes",
+        "2",
+        "--allow-public-unauthenticated",
+        fdname="rpc",
+    )
+    try:
+        _ping_until(port, proc, output)
+        deadline = time.monotonic() + 30
+        seen = set()
+        while len(seen) < 2 and time.monotonic() < deadline:
+            client = RawClient(port)
+            seen.add(client.call("rpc.stats")["result"]["process"]["worker"])
+            client.close()
+        assert seen == {0, 1}
+    finally:
+        assert _stop(proc) == 0
+    assert "every worker stopped" in output.read_text()
