@@ -89,10 +89,11 @@ def worker_started(reactor: Any) -> None:
     The beat is a libev timer of the hub itself, so a method that blocks the loop stops it.
     A supervisor gone (the pipe broken) stops the worker: no orphan keeps the port.
     """
-    fd_text = os.environ.get(HEARTBEAT_ENV)
+    fd_text = os.environ.pop(HEARTBEAT_ENV, None)  # not for a method's own subprocesses
     if not fd_text or not fd_text.isdigit():
         return
     fd = int(fd_text)
+    os.set_inheritable(fd, False)
     os.set_blocking(fd, False)  # a supervisor not reading must never block the hub
     import gevent
     import gevent.monkey
@@ -121,6 +122,8 @@ def worker_started(reactor: Any) -> None:
 
 class _NoConnections(Factory):
     """The supervisor never accepts: its listening ports stop reading at once."""
+
+    noisy = False
 
     def buildProtocol(self, addr: Any) -> None:
         return None
