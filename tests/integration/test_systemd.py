@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 
 import pytest
 
@@ -13,9 +14,10 @@ from tests.integration.conftest import ROOT, TWISTD, free_port
 from tests.rawclient import RawClient
 
 ACTIVATE = shutil.which("systemd-socket-activate")
-pytestmark = pytest.mark.skipif(
-    ACTIVATE is None, reason="systemd-socket-activate not installed (Debian package systemd)"
-)
+REASON = "systemd-socket-activate not installed (Debian package systemd)"
+pytestmark = pytest.mark.skipif(ACTIVATE is None, reason=REASON)
+if ACTIVATE is None:  # pytest -q lists no skip reason: a warning is always shown
+    warnings.warn(f"{__name__} skipped: {REASON}", stacklevel=1)
 
 
 def _activate(tmp_path, listen: str, *args: str, fdname: str | None = None):
