@@ -11,8 +11,9 @@ The shape `multiprocessing` uses for its authkey, carried as JSON-RPC messages:
    "rpcd-auth server " + C)` when C was sent), or -32003 and closes the connection.
 
 The role label in each digest keeps one side's answer from ever being valid for the other.
-Digests are compared with `hmac.compare_digest`. Nothing here touches a socket; the server
-side lives in `rpcd.protocol`, a client calls `respond` and `check_server`.
+Digests are compared with `hmac.compare_digest`. Nothing here touches a socket:
+`ServerHandshake` and `ClientHandshake` are the two sides' state machines (messages in,
+messages or a verdict out), used by the server's session and by every client.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 import string
 from typing import Any
 
@@ -62,13 +64,23 @@ class Key:
         return hmac.new(self._secret, label + nonce.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def load_key(path: str) -> Key:
-    """Read a key file: its bytes, less one trailing newline. Raise AuthKeyError if unusable."""
+def load_key(path: str, private: bool = True) -> Key:
+    """Read a key file: its bytes, less one trailing newline. Raise AuthKeyError if unusable.
+
+    `private` (the server's case) also refuses a file that group or others may read or
+    write, as OpenSSH refuses such a private key: anyone who can read it can authenticate.
+    """
     try:
         with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
             secret = f.read()
     except OSError as exc:
         raise AuthKeyError(f"cannot read auth key file {path}: {exc.strerror}") from None
+    if private and mode & 0o077:
+        raise AuthKeyError(
+            f"auth key file {path} is open to group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"anyone who reads it can authenticate; chmod 600 {path}"
+        )
     secret = secret.removesuffix(b"\n").removesuffix(b"\r")
     if not secret:
         raise AuthKeyError(f"auth key file {path} is empty")
@@ -135,8 +147,56 @@ def check_server(key: Key | bytes, client_nonce: str, result: Any) -> bool:
     return hmac.compare_digest(result["digest"].encode(), expected.encode())
 
 
+class ServerHandshake:
+    """The server's side of one connection's handshake: its challenge, then the verdict."""
+
+    __slots__ = ("_key", "_nonce", "challenge_params")
+
+    def __init__(self, key: Key) -> None:
+        self._key = key
+        self._nonce = new_nonce()
+        # The params of the `rpc.auth` notification the server sends first.
+        self.challenge_params: dict = challenge(self._nonce)
+
+    def verify(self, params: Any) -> dict:
+        """The result to send back for the client's `rpc.auth` params; AuthFailed(reason)."""
+        return verify(self._key, self._nonce, params)
+
+
+class ClientHandshake:
+    """The client's side of one connection's handshake, always mutual: it answers the
+    server's challenge with a nonce of its own, then checks the server's proof."""
+
+    __slots__ = ("_key", "_nonce")
+
+    def __init__(self, key: Key | bytes) -> None:
+        self._key = _key(key)
+        self._nonce = new_nonce()
+
+    def answer(self, challenge_params: Any) -> dict:
+        """The params of the client's `rpc.auth` call; AuthFailed if the challenge is malformed."""
+        return respond(self._key, challenge_params, self._nonce)
+
+    def check(self, result: Any) -> None:
+        """AuthFailed unless the server's `rpc.auth` result proves it holds the key."""
+        if not check_server(self._key, self._nonce, result):
+            raise AuthFailed("the server did not prove it holds the key (wrong server digest)")
+
+
 __all__ = [
-    "HANDSHAKE_TIMEOUT", "MECHANISM", "METHOD", "PREAUTH_MAX_FRAME",
-    "AuthFailed", "AuthKeyError", "Key",
-    "challenge", "check_server", "load_key", "new_nonce", "respond", "verify",
+    "HANDSHAKE_TIMEOUT",
+    "MECHANISM",
+    "METHOD",
+    "PREAUTH_MAX_FRAME",
+    "AuthFailed",
+    "AuthKeyError",
+    "ClientHandshake",
+    "Key",
+    "ServerHandshake",
+    "challenge",
+    "check_server",
+    "load_key",
+    "new_nonce",
+    "respond",
+    "verify",
 ]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from rpcd.endpoint_syntax import split_endpoint as _split_endpoint
 
 
 class ConfigError(Exception):
@@ -24,7 +27,54 @@ def _endpoints(value: Any) -> tuple[str, ...]:
         raise ValueError(
             "a non-empty list of Twisted endpoint strings, e.g. tcp:5354:interface=127.0.0.1"
         )
+    for endpoint in value:
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ConfigError(f"invalid endpoint in listen: {endpoint}: {problem}")
     return tuple(value)
+
+
+# Where the port sits among an endpoint type's arguments, and its keyword.
+_PORT_TYPES = {"tcp": "port", "tcp6": "port", "ssl": "port"}
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a listening endpoint string, in a few words, or None.
+
+    Checks what can be checked before listening: a TCP or SSL port that is a number in
+    range, an SSL listener's certificate file, a UNIX socket's directory. Endpoint types rpcd
+    does not know (plugins) are left to Twisted.
+    """
+    kind, args, kwargs = _split_endpoint(endpoint)
+    if kind == "haproxy":
+        inner = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        return endpoint_problem(inner) if inner else "no endpoint after haproxy:"
+    if kind == "unix":
+        path = kwargs.get("address", args[0] if args else "")
+        if not path:
+            return "no path"
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            return f"the directory {directory} does not exist"
+        return None
+    if kind not in _PORT_TYPES:
+        return None
+    port = kwargs.get("port", args[0] if args else None)
+    if port is None:
+        return "no port"
+    if not port.isdigit() or int(port) > 65535:
+        return f"the port must be a number from 0 to 65535, not {port!r}"
+    if kind == "ssl":
+        if "privateKey" not in kwargs and not os.path.exists("server.pem"):
+            return (
+                "an ssl: listener needs a certificate: privateKey=FILE (key and certificate "
+                "in one PEM file) or privateKey=KEY:certKey=CERT"
+            )
+        for option in ("privateKey", "certKey"):
+            path = kwargs.get(option)
+            if path and not os.access(path, os.R_OK):
+                return f"cannot read {option} {path}"
+    return None
 
 
 def _modules(value: Any) -> tuple[str, ...]:
@@ -51,6 +101,7 @@ def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
             raise ValueError(allowed)
         return number
 
+    parse.allowed = allowed
     return parse
 
 
@@ -73,6 +124,7 @@ def _seconds(allow_zero: bool) -> Callable[[Any], float]:
             raise ValueError(allowed)
         return number
 
+    parse.allowed = allowed
     return parse
 
 
@@ -82,6 +134,7 @@ def _choice(*choices: str) -> Callable[[Any], str]:
             raise ValueError("one of " + ", ".join(choices))
         return value
 
+    parse.allowed = "one of " + ", ".join(choices)
     return parse
 
 
@@ -128,13 +181,27 @@ _processes.allowed = "an integer from 1 to 1024, or auto (one per core)"  # for 
 
 
 def _setting(
-    default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,
+    *,
+    flag: str | None = None,
+    unit: str = "",
 ) -> Any:
     """A settings field: its default, its parser/validator, its help text.
 
-    `flag` names a command-line switch that turns a default-true setting off.
+    `flag` names a command-line switch that turns a default-true setting off; `unit` is what
+    an integer counts, for the help text (a time is always in seconds).
     """
-    return field(default=default, metadata={"parse": parse, "help": help, "flag": flag})
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "flag": flag, "unit": unit}
+    )
+
+
+def allowed(f: Any) -> str:
+    """What a setting accepts, with its unit, for help texts: "an integer >= 1024, in bytes"."""
+    text = getattr(f.metadata["parse"], "allowed", "")
+    return f"{text}, in {f.metadata['unit']}" if text and f.metadata["unit"] else text
 
 
 MiB = 1024 * 1024
@@ -159,10 +226,10 @@ class Settings:
         0, _integer(0), "maximum open connections per peer address (0 = no limit)"
     )
     max_frame_bytes: int = _setting(
-        4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted, in bytes"
+        4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted", unit="bytes"
     )
     idle_timeout: float = _setting(
-        300.0, _seconds(True), "close a connection that sends no frame for this long (0 = never)"
+        300.0, _seconds(True), "close a connection that sends no frame for this long"
     )
     call_timeout: float = _setting(
         30.0, _seconds(False), "a call running longer is stopped and answered -32001"
@@ -173,15 +240,27 @@ class Settings:
     workers: int = _setting(
         1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)"
     )
+    max_streams: int = _setting(
+        1000, _integer(1), "streams open at once (each outside the workers); more get -32000"
+    )
     max_inflight: int = _setting(
         128, _integer(1), "calls pending per connection before it is no longer read"
     )
     max_batch: int = _setting(100, _integer(1), "largest JSON-RPC batch accepted")
+    max_method_bytes: int = _setting(
+        128, _integer(16, 2**20), "longest method name accepted, in UTF-8 bytes (-32600, cut short)"
+    )
+    max_reply_bytes: int = _setting(
+        0,
+        _integer(0, 2**32 - 1),
+        "largest reply body sent, in bytes; a larger result is answered -32603 "
+        "(0 = max_frame_bytes)",
+    )
     shutdown_grace: float = _setting(
         10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish"
     )
     byteorder: str = _setting(
-        "big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little"
+        "big", _choice("big", "little"), "byte order of the 4-byte length prefix"
     )
     monkey_patch: bool = _setting(
         True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch"
@@ -190,7 +269,10 @@ class Settings:
         "rpcd.log", _path, "rpcd's log file (relative to the working directory at start-up)"
     )
     log_rotate_bytes: int = _setting(
-        10 * MiB, _integer(1024), "rotate the log file when it would grow past this size"
+        10 * MiB,
+        _integer(1024),
+        "rotate the log file when it would grow past this size",
+        unit="bytes",
     )
     log_backups: int = _setting(
         5, _integer(0, 1000), "rotated log files kept: FILE.1 (newest) ... FILE.N"
@@ -201,24 +283,36 @@ class Settings:
         "lowest level written to the log file",
     )
     log_format: str = _setting(
-        "text", _choice("text", "json"), "log line format: text or json (one object per line)"
+        "text", _choice("text", "json"), "log line format (json: one object per line)"
     )
     access_log: bool = _setting(
         True, _boolean, "a log line per call (peer, method, id, ms, outcome)", flag="no-access-log"
     )
     max_outbuf: int = _setting(
-        MiB, _integer(1024), "unsent reply bytes per connection before rpcd stops reading from it"
+        MiB,
+        _integer(1024),
+        "unsent reply bytes per connection before rpcd stops reading from it",
+        unit="bytes",
     )
     write_timeout: float = _setting(
         30.0, _seconds(False), "abort a connection whose replies stay over max_outbuf this long"
     )
     max_blocking_time: float = _setting(
-        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
+        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long"
     )
     auth_key_file: str = _setting(
         "",
         _optional_path,
         "file holding the shared key clients must prove with the rpc.auth handshake",
+    )
+    max_unauthenticated: int = _setting(
+        64, _integer(1), "connections still in the auth handshake; past it the oldest is dropped"
+    )
+    auth_failure_delay: float = _setting(
+        0.1,
+        _seconds(True),
+        "after a peer's failed handshake its next one is read this late, doubled per failure "
+        "up to 10 s (0 = off)",
     )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
@@ -247,7 +341,10 @@ class Settings:
         "haproxy: listeners: drop a connection whose PROXY header takes longer",
     )
     proxy_max_header_bytes: int = _setting(
-        4096, _integer(232, 65551), "haproxy: listeners: largest PROXY header accepted, in bytes"
+        4096,
+        _integer(232, 65551),
+        "haproxy: listeners: largest PROXY header accepted",
+        unit="bytes",
     )
 
     def __post_init__(self) -> None:
@@ -323,33 +420,6 @@ def _check_exposure(settings: Settings) -> None:
                 "bind it to 127.0.0.1 or ::1, set auth_key_file (--auth-key-file), or set "
                 "allow_public_unauthenticated (--allow-public-unauthenticated)"
             )
-
-
-def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """An endpoint string's type, positional and keyword arguments, as Twisted splits them.
-
-    ':' separates arguments, the first '=' separates a keyword from its value, and a
-    backslash makes the next character (such as each ':' of an IPv6 address) literal.
-    """
-    parts: list[list[tuple[str, bool]]] = [[]]
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            parts[-1].append((next(chars, ""), True))
-        elif char == ":":
-            parts.append([])
-        else:
-            parts[-1].append((char, False))
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for part in parts[1:]:
-        split = next((i for i, (c, escaped) in enumerate(part) if c == "=" and not escaped), None)
-        text = "".join(c for c, _ in part)
-        if split is None:
-            args.append(text)
-        else:
-            kwargs[text[:split]] = text[split + 1 :]
-    return "".join(c for c, _ in parts[0]).lower(), args, kwargs
 
 
 # Where the interface sits among an endpoint type's positional arguments (after the port).

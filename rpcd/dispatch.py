@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -43,22 +43,24 @@ class Sink(Protocol):
 
     def deliver(self, call: Call, response: Response) -> None: ...
 
-    def stream(self, call: Call, item: Any) -> None: ...
+    def stream(self, call: Call, item: Any) -> bool:
+        """Send one item; False when the peer lags: the stream waits for `writable(sink)`."""
+        ...
 
 
 class CallCancelled(BaseException):
-    """Thrown into a worker to stop its call. A BaseException so `except Exception` can't eat it."""
+    """Thrown into a worker to stop its call. A BaseException so `except Exception` can't eat it
+    (a method that eats it anyway is abandoned: its call was answered when it was thrown)."""
 
-    def __init__(self, call: Call, response: Response | None) -> None:
+    def __init__(self, call: Call) -> None:
         super().__init__()
         self.call = call
-        self.response = response
 
 
 class Call:
     """One accepted request on its way through the queue."""
 
-    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "context")
+    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "route")
 
     def __init__(self, request: Request, method: Method, sink: Sink) -> None:
         self.request = request
@@ -67,7 +69,7 @@ class Call:
         self.worker: gevent.Greenlet | None = None
         self.done = False
         self.accepted_at = time.perf_counter()
-        self.context: Any = None  # the sink's own bookkeeping (batch slot, legacy order)
+        self.route: Any = None  # where the sink puts the reply (rpcd.session routes)
 
 
 # Results that are plainly values: no Deferred, coroutine or generator checks needed.
@@ -83,19 +85,34 @@ class _CallTimer:
     exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
     """
 
-    __slots__ = ("worker", "deadline", "fired", "_seconds", "_loop", "_timer", "_fires_at")
+    __slots__ = (
+        "worker",
+        "call",
+        "deadline",
+        "fired",
+        "_expired_call",
+        "_seconds",
+        "_loop",
+        "_timer",
+        "_fires_at",
+    )
 
-    def __init__(self, worker: gevent.Greenlet) -> None:
+    def __init__(
+        self, worker: gevent.Greenlet, expired: Callable[[_CallTimer, Call], None]
+    ) -> None:
         self.worker = worker
+        self.call: Call | None = None  # the call the deadline is for
         self.deadline: float | None = None  # None: no call is running under this timer
         self.fired: Timeout | None = None  # the exception thrown by the last expiry
+        self._expired_call = expired  # answers the call and stops the worker, in the hub
         self._seconds = 0.0
         self._loop = gevent.get_hub().loop
         self._timer: Any = None
         self._fires_at = 0.0
 
-    def start(self, seconds: float) -> None:
+    def start(self, seconds: float, call: Call) -> None:
         self._seconds = seconds
+        self.call = call
         deadline = self.deadline = time.monotonic() + seconds
         if self._timer is None or deadline < self._fires_at:
             self._arm(seconds, deadline)
@@ -130,7 +147,7 @@ class _CallTimer:
         # A new instance each time, so a raised one never carries an old traceback along.
         fired = self.fired = Timeout(self._seconds)
         fired.close()
-        self.worker.throw(fired)
+        self._expired_call(self, self.call)
 
 
 class Dispatcher:
@@ -142,6 +159,7 @@ class Dispatcher:
         *,
         max_workers: int = 1000,
         queue_size: int = 10000,
+        max_streams: int = 1000,
         call_timeout: float = 30.0,
         on_complete: Callable[[Call, Response, float], None] | None = None,
         on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
@@ -149,6 +167,7 @@ class Dispatcher:
         self.registry = registry
         self.max_workers = max_workers
         self.queue_size = queue_size
+        self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
         self.call_timeout = call_timeout
         self.on_complete = on_complete
         self.on_refused = on_refused  # a request refused at submit, never a Call
@@ -163,10 +182,14 @@ class Dispatcher:
         self._workers = 0
         self._busy = 0
         self._active: set[Call] = set()
-        self._closing = False
+        self._streaming: set[gevent.Greenlet] = set()  # the greenlets running streams
+        self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
+        self._draining = False
         self._drained: Deferred | None = None
+        # Sinks whose peer lags (unsent replies past the connection's bound) -> what waits for
+        # it to read: streams (their Events) and calls not started yet (Calls).
+        self._lagging: dict[Sink, list[Event | Call]] = {}
         self.calls_total = 0
-        self.refused_busy = 0
         self.stats = CallStats()
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
@@ -188,8 +211,19 @@ class Dispatcher:
         return self._busy
 
     @property
-    def closing(self) -> bool:
-        return self._closing
+    def streams(self) -> int:
+        """Streams open, each in its own greenlet (not a worker)."""
+        return len(self._streaming)
+
+    @property
+    def draining(self) -> bool:
+        """Whether a drain has started (new calls are refused; rpc.health turns NOT_SERVING)."""
+        return self._draining
+
+    @property
+    def refused_busy(self) -> int:
+        """Calls refused with -32000, as the stats count them."""
+        return self.stats.errors[SERVER_BUSY]
 
     # -- accepting work ----------------------------------------------------------------------
 
@@ -203,7 +237,7 @@ class Dispatcher:
             raise
 
     def _submit(self, request: Request, sink: Sink) -> Call:
-        if self._closing:
+        if self._draining:
             self.stats.refused(SHUTTING_DOWN)
             raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
         try:
@@ -215,7 +249,6 @@ class Dispatcher:
         # against the queue: capacity is queue_size plus the workers not busy.
         waiting = self._waiting
         if waiting >= self.queue_size + self.max_workers - self._busy:
-            self.refused_busy += 1
             self.stats.refused(SERVER_BUSY)
             raise RPCError(
                 SERVER_BUSY,
@@ -259,8 +292,8 @@ class Dispatcher:
             self._waiting -= 1
             self._finish(call, response, 0.0)
         else:
-            # Thrown from the hub, and only if the worker is still on this call by then.
-            gevent.get_hub().loop.run_callback(self._throw, worker, call, response)
+            # From the hub, and only if the worker is still on this call by then.
+            self._loop.run_callback(self._cancel_running, worker, call, response)
         return True
 
     def running_in(self, greenlet: Any) -> Call | None:
@@ -270,9 +303,40 @@ class Dispatcher:
                 return call
         return None
 
-    def _throw(self, worker: gevent.Greenlet, call: Call, response: Response | None) -> None:
+    def _cancel_running(
+        self, worker: gevent.Greenlet, call: Call, response: Response | None
+    ) -> None:
         if call.worker is worker and not call.done:
-            worker.throw(CallCancelled(call, response))
+            # The answer is the server's: given now, whatever the method does with the throw.
+            self._finish(call, response, 0.0)
+            self._interrupt(worker, call, CallCancelled(call))
+
+    def _timed_out(self, timer: _CallTimer, call: Call) -> None:
+        if call.done or call.worker is not timer.worker:
+            return
+        request = call.request
+        error = RPCError(
+            CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
+        )
+        self._finish(call, Response(request, error=error), self.call_timeout)
+        self._interrupt(timer.worker, call, timer.fired)
+
+    def _interrupt(self, worker: gevent.Greenlet, call: Call, exc: BaseException) -> None:
+        """Throw `exc` into the worker running `call` (already answered); if the method eats
+        it and runs on, abandon the worker: its slot is free for a new one, and it exits when
+        the method ends."""
+        worker.throw(exc)
+        if call.worker is worker:
+            self._abandoned.add(worker)
+            if worker in self._streaming:
+                self._streaming.discard(worker)
+            else:
+                self._busy -= 1
+                self._workers -= 1
+            log.warn(
+                "method {method} ran on after its call was stopped: its worker is abandoned",
+                method=call.request.method,
+            )
 
     # -- the workers -------------------------------------------------------------------------
 
@@ -280,7 +344,8 @@ class Dispatcher:
         queue, parked = self._queue, self._parked
         me = getcurrent()
         hub = gevent.get_hub()
-        timer = _CallTimer(me)
+        abandoned, lagging = self._abandoned, self._lagging
+        timer = _CallTimer(me, self._timed_out)
         try:
             while True:
                 if not queue:
@@ -298,12 +363,21 @@ class Dispatcher:
                     return
                 if call.done:
                     continue
+                if lagging and call.sink in lagging:
+                    lagging[call.sink].append(call)  # its peer lags: wait, still queued
+                    continue
                 self._waiting -= 1
                 self._busy += 1
                 try:
                     self._run(call, timer)
                 finally:
-                    self._busy -= 1
+                    left = abandoned and me in abandoned
+                    if left:
+                        abandoned.discard(me)  # already counted out
+                    else:
+                        self._busy -= 1
+                if left:
+                    return
         finally:
             timer.close()
 
@@ -312,7 +386,8 @@ class Dispatcher:
         request = call.request
         started = time.perf_counter()
         call.worker = timer.worker
-        timer.start(self.call_timeout)
+        timer.start(self.call_timeout, call)
+        stream = None
         try:
             try:
                 method, params = call.method, request.params
@@ -333,45 +408,109 @@ class Dispatcher:
                         result = _wait_deferred(result)
                     elif inspect.isgenerator(result):
                         timer.stop()  # a stream lasts until it ends or the client stops it
-                        result = self._stream(call, result)
+                        self._admit_stream(call, result)
+                        stream = result
                 response = Response(request, result)
             finally:
                 timer.stop()
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
-            response = cancelled.response
+            return  # answered when it was cancelled
         except Timeout as fired:
-            if fired is not timer.fired:
-                response = self._failed(call, fired)
-            else:
-                response = Response(
-                    request,
-                    error=RPCError(
-                        CALL_TIMEOUT,
-                        f"call timed out: {request.method} ran past {self.call_timeout:g} s",
-                    ),
-                )
+            if fired is timer.fired:
+                return  # answered at the deadline
+            response = self._failed(call, fired)
         except RPCError as error:
             response = Response(request, error=error)
         except Exception as exc:
             response = self._failed(call, exc)
+        except BaseException as exc:
+            # SystemExit (argparse on bad input), KeyboardInterrupt, GeneratorExit, a custom
+            # subclass: the method's failure, answered like any other; the worker lives on.
+            response = self._failed(call, exc)
         finally:
             call.worker = None
-        self._finish(call, response, time.perf_counter() - started)
+        if stream is not None:
+            # The stream goes on in a greenlet of its own: its waits hold no worker.
+            call.worker = greenlet = gevent.spawn(self._stream, call, stream)
+            self._streaming.add(greenlet)
+        elif not call.done:  # else answered at its deadline or cancel; the method ran on
+            self._finish(call, response, time.perf_counter() - started)
 
-    @staticmethod
-    def _stream(call: Call, generator: Any) -> Any:
-        try:
-            # Refuse now: a stream may not yield its first item for a long time.
-            if call.request.legacy or call.request.notification:
-                raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
-            while True:
-                call.sink.stream(call, next(generator))
-        except StopIteration as stop:
-            return stop.value
-        finally:
+    def _admit_stream(self, call: Call, generator: Any) -> None:
+        """Refuse a stream now if it cannot be served: it may not yield for a long time."""
+        request = call.request
+        if request.legacy or request.notification:
             generator.close()
+            raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
+        if len(self._streaming) >= self.max_streams:
+            generator.close()
+            raise RPCError(
+                SERVER_BUSY,
+                f"server busy: {len(self._streaming)} streams open (max_streams "
+                f"{self.max_streams})",
+            )
+
+    def _stream(self, call: Call, generator: Any) -> None:
+        """A stream's own greenlet: send its items, then its return value as the answer."""
+        me = getcurrent()
+        request = call.request
+        started = time.perf_counter()
+        try:
+            try:
+                sink = call.sink
+                while True:
+                    if sink.stream(call, next(generator)) is False:
+                        self._wait_writable(sink)
+            except StopIteration as stop:
+                response = Response(request, stop.value)
+            finally:
+                generator.close()
+        except CallCancelled as cancelled:
+            if cancelled.call is not call:
+                raise
+            return  # answered when it was cancelled
+        except RPCError as error:
+            response = Response(request, error=error)
+        except BaseException as exc:
+            response = self._failed(call, exc)
+        finally:
+            call.worker = None
+            self._streaming.discard(me)
+            self._abandoned.discard(me)
+        if not call.done:
+            self._finish(call, response, time.perf_counter() - started)
+
+    def _wait_writable(self, sink: Sink) -> None:
+        """Hold this stream until its peer has read what was sent (a cancel ends the wait)."""
+        event = Event()
+        waiting = self._lagging.setdefault(sink, [])
+        waiting.append(event)
+        try:
+            event.wait()
+        finally:
+            if not event.is_set() and waiting is self._lagging.get(sink) and event in waiting:
+                waiting.remove(event)
+
+    def lagging(self, sink: Sink) -> None:
+        """`sink`'s peer lags: start none of its calls until `writable(sink)`, so what the
+        connection buffers stays about its bound plus the replies of calls already running."""
+        self._lagging.setdefault(sink, [])
+
+    def writable(self, sink: Sink) -> None:
+        """`sink`'s peer can take more (or is gone): its held calls go back to the front of
+        the queue, in order, and the streams waiting on it wake."""
+        waiting = self._lagging.pop(sink, None)
+        if not waiting:
+            return
+        calls = [w for w in waiting if type(w) is Call]
+        if calls:
+            self._queue.extendleft(reversed(calls))
+            self._wake()
+        for w in waiting:
+            if type(w) is not Call:
+                w.set()
 
     @staticmethod
     def _failed(call: Call, exc: BaseException) -> Response:
@@ -408,7 +547,12 @@ class Dispatcher:
     def drain(self, grace: float, clock: Any) -> Deferred:
         """Refuse new calls; fire when every accepted call has finished, or after `grace`
         seconds, when what remains is answered with -32005."""
-        self._closing = True
+        self._draining = True
+        # A stream has no end of its own to wait for: each ends now with its final answer.
+        for call in list(self._active):
+            if call.worker in self._streaming:
+                error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
+                self.cancel(call, Response(call.request, error=error))
         if not self._active:
             return succeed(None)
         drained = self._drained = Deferred()

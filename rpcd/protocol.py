@@ -1,48 +1,60 @@
-"""Connections: Int32 framing, connection limits, idle timeout, in-flight cap and reply ordering.
+"""Twisted glue over a sans-IO `Session`: framing, transport, timers, backpressure, admission.
 
-`RPCProtocol` turns frames into `Request`s for the dispatcher and writes back what it
-delivers: JSON-RPC replies as soon as they are ready (in any order), legacy replies in
-request order, batch replies as one array. It never runs method code.
+`RPCProtocol` cuts the byte stream into frames, hands each body to its connection's
+`rpcd.session.Session` and acts on what it decides: pause or resume reading, lift the
+pre-auth frame limit, close. It owns the timers (idle, write stall, abort, handshake), the
+outbuf watch registered with the transport, and it tells the dispatcher when a peer that
+lagged can take stream items again. `RPCFactory` admits connections (total and per peer).
+It never runs method code and never blocks.
 """
 
 from __future__ import annotations
 
-import struct
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from gevent.event import Event
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IPushProducer,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from rpcd import auth, wire
 from rpcd.dispatch import Call, Dispatcher
-from rpcd.wire import (
-    CANCELLED,
-    FRAME_TOO_LARGE,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    NOT_AUTHENTICATED,
-    TOO_MANY_CONNECTIONS,
-    Batch,
-    Request,
-    Response,
-    RPCError,
-)
+from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
+from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
 log = Logger()
 
-CANCEL_METHOD = "rpc.cancel"
+AUTH_DELAY_MAX = 10.0  # the longest a peer's next handshake waits after its failures
+# One log line per peer per interval for its failed handshakes, and one per error code for
+# frames that decoded to no request; the rest are counted in a line at the interval's end.
+AUTH_LOG_INTERVAL = 60.0
+AUTH_FORGET = 600.0  # failures older than this no longer slow the peer
+_AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten first
 
-# The length prefix by Int32StringReceiver.structFormat ("!I" big-endian, "<I" little).
-_PREFIXES = {fmt: struct.Struct(fmt) for fmt in ("!I", ">I", "<I")}
+
+class _Tally:
+    """Failures of one kind (a peer's handshakes, frames with one error code): how many in a
+    row, and what was not logged yet."""
+
+    __slots__ = ("count", "last", "logged_at", "unlogged", "reason", "peer", "flush")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = 0.0
+        self.logged_at = float("-inf")
+        self.unlogged = 0
+        self.reason = ""
+        self.peer = "-"
+        self.flush: Any = None  # the timer that logs the unlogged count
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,28 +68,14 @@ class ConnectionLimits:
     max_inflight: int = 128
     max_batch: int = 100
     byteorder: str = "big"
-    max_outbuf: int = 1024 * 1024  # unsent reply bytes before the peer is no longer read
+    # Unsent reply bytes past which the peer is no longer read and none of its calls starts:
+    # a connection holds about max_outbuf plus the replies of the calls already running.
+    max_outbuf: int = 1024 * 1024
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
-
-
-class _LegacySlot:
-    """A legacy reply's place in its connection's order; filled when its call finishes."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self) -> None:
-        self.frame: bytes | None = None
-
-
-class _BatchReply:
-    """Collects the responses to one batch and sends them as one array when all are in."""
-
-    __slots__ = ("responses", "waiting")
-
-    def __init__(self) -> None:
-        self.responses: list[Response] = []
-        self.waiting = 0
+    max_unauthenticated: int = 64  # connections still in the handshake; the oldest goes first
+    auth_failure_delay: float = 0.1  # a peer's next handshake is read this late, doubled per
+    # failure up to AUTH_DELAY_MAX (0: off)
 
 
 @implementer(IPushProducer)
@@ -100,31 +98,26 @@ class _OutbufWatch:
         pass
 
 
-@implementer(IHandshakeListener)
-class RPCProtocol(Int32StringReceiver):
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
+class RPCProtocol(Protocol):
     """One client connection."""
 
     factory: RPCFactory
 
     def __init__(self) -> None:
-        self._calls: set[Call] = set()
-        self._held: deque[tuple[Request, Any]] = deque()  # batch entries past max_inflight
-        self._legacy: deque[_LegacySlot] = deque()
-        self._refused = False
-        self._closed = False
+        self._session: Session | None = None  # None: refused at admission
+        self._decoder: wire.FrameDecoder | None = None
+        self._closed = False  # nothing more in or out
         self._last_frame = 0.0
         self._idle_call: Any = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
-        # Why reading is paused ("inflight", "outbuf", "closing"): one reason lifting must
-        # not resume what another still holds.
+        # Why reading is paused ("inflight", "outbuf", "closing", "refused", "penalty"): one
+        # reason lifting must not resume what another holds. Reading is paused iff non-empty.
         self._pauses: set[str] = set()
         self._watching_outbuf = False
-        self._writable = Event()  # clear while unsent replies are past max_outbuf
-        self._writable.set()
         self._write_timer: Any = None
-        self._abort_timer: Any = None
-        self._auth_nonce: str | None = None  # set while the auth handshake is pending
+        self._abort_timer: Any = None  # running once close() began: flush or abort
         self._auth_call: Any = None
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -132,24 +125,42 @@ class RPCProtocol(Int32StringReceiver):
     def connectionMade(self) -> None:
         factory = self.factory
         limits = factory.limits
-        if limits.byteorder == "little":
-            self.structFormat = "<I"
-        self.MAX_LENGTH = limits.max_frame_bytes
+        self._byteorder = limits.byteorder
+        decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
-            self._refused = True
-            self.pauseProducing()  # read nothing from a refused peer: its one answer is this frame
+            self._pause("refused")  # read nothing from a refused peer: its one answer is this
             self.sendString(wire.encode_error(refusal))
             self.transport.loseConnection()
             return
-        self._max_inflight = limits.max_inflight
+        key = limits.auth_key
+        handshake = auth.ServerHandshake(key) if key is not None else None
+        session = self._session = Session(
+            factory.dispatcher,
+            self,
+            self.sendString,
+            max_inflight=limits.max_inflight,
+            max_batch=limits.max_batch,
+            handshake=handshake,
+            on_frame_error=self._frame_error,
+        )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
         # over TLS the watch starts in handshakeCompleted.
         if not isinstance(self.transport, TLSMemoryBIOProtocol):
             self._watch_outbuf()
-        if limits.auth_key is not None:
-            self._start_handshake()
+        if handshake is not None:
+            decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, decoder.max_frame_bytes)
+            session.begin()
+            clock = factory.clock
+            delay = factory.auth_delay(self)
+            if delay > 0:
+                # This peer failed lately: its answer is read only after a growing delay,
+                # and the handshake's own time starts then.
+                self._pause("penalty")
+                self._auth_call = clock.callLater(delay, self._penalty_over)
+            else:
+                self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
@@ -163,7 +174,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def handshakeCompleted(self) -> None:
         """TLS is up: from now on a full write buffer pauses reading (IHandshakeListener)."""
-        if not self._closed and not self._refused and not self._watching_outbuf:
+        if not self._closed and self._session is not None and not self._watching_outbuf:
             self._watch_outbuf()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -172,20 +183,48 @@ class RPCProtocol(Int32StringReceiver):
             if timer is not None and timer.active():
                 timer.cancel()
         self._idle_call = self._write_timer = self._abort_timer = self._auth_call = None
-        self._writable.set()  # wake any stream waiting to write; its call is cancelled below
-        if self._refused:
+        session = self._session
+        if session is None:
             return
-        dispatcher = self.factory.dispatcher
-        for call in list(self._calls):
-            dispatcher.cancel(call)
-        self._calls.clear()
-        self._held.clear()
+        session.abandon()  # a stream waiting for this peer to read is cancelled with the rest
+        self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
         self.factory.release(self)
+
+    def readConnectionLost(self) -> None:
+        """The peer half-closed (shutdown(SHUT_WR)): answer every frame already received,
+        past the in-flight cap too, then close (IHalfCloseableProtocol)."""
+        session = self._session
+        if session is None or self._closed:
+            self.transport.loseConnection()
+            return
+        decoder = self._decoder
+        try:
+            while not self._closed and "closing" not in self._pauses:
+                body = decoder.next_frame()
+                if body is None:
+                    break
+                self.stringReceived(body)
+        except wire.FrameTooLarge as error:
+            self._frame_too_large(error)
+            return
+        decoder.clear()  # a partial frame is owed nothing
+        if session.read_closed() == CLOSE:
+            self.close()
+
+    def writeConnectionLost(self) -> None:
+        """Never for TCP (IHalfCloseableProtocol); rpcd does not half-close its side."""
+
+    def drop(self, error: RPCError) -> None:
+        """Answer `error` and close: the factory gave this unauthenticated slot to a newer one."""
+        if self._closed or "closing" in self._pauses:
+            return
+        self.sendString(wire.encode_error(error))
+        self.close()
 
     def _check_idle(self) -> None:
         clock = self.factory.clock
         timeout = self.factory.limits.idle_timeout
-        if self._calls:
+        if self._session.calls:
             # Waiting on our own calls (or streaming) is not idleness.
             self._idle_call = clock.callLater(timeout, self._check_idle)
             return
@@ -199,7 +238,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def close(self) -> None:
         """Close once written replies are flushed; abort if the peer won't take them in time."""
-        if self._closed or self._abort_timer is not None:
+        if self._closed or "closing" in self._pauses:
             return
         self._pause("closing")
         if self._watching_outbuf:
@@ -219,7 +258,7 @@ class RPCProtocol(Int32StringReceiver):
 
     def _pause(self, reason: str) -> None:
         if not self._pauses:
-            self.pauseProducing()
+            self.transport.pauseProducing()
         self._pauses.add(reason)
 
     def _resume(self, reason: str) -> None:
@@ -227,13 +266,14 @@ class RPCProtocol(Int32StringReceiver):
             return
         self._pauses.discard(reason)
         if not self._pauses and not self._closed:
-            self.resumeProducing()
+            self.transport.resumeProducing()
+            self.dataReceived(b"")  # the frames already buffered first
 
     def _outbuf_full(self) -> None:
         if self._closed or "outbuf" in self._pauses:
             return
-        self._writable.clear()
         self._pause("outbuf")
+        self.factory.dispatcher.lagging(self)  # no new call of ours starts until it reads
         self._write_timer = self.factory.clock.callLater(
             self.factory.limits.write_timeout, self._write_stalled
         )
@@ -242,8 +282,8 @@ class RPCProtocol(Int32StringReceiver):
         if self._write_timer is not None and self._write_timer.active():
             self._write_timer.cancel()
         self._write_timer = None
-        self._writable.set()
         self._resume("outbuf")
+        self.factory.dispatcher.writable(self)
 
     def _write_stalled(self) -> None:
         self._write_timer = None
@@ -256,233 +296,103 @@ class RPCProtocol(Int32StringReceiver):
 
     # -- frames in ---------------------------------------------------------------------------
 
-    def lengthLimitExceeded(self, length: int) -> None:
-        limit = self.MAX_LENGTH
-        if self._auth_nonce is not None:
-            self._unprocessed = b""
-            reason = f"frame too large: {length} bytes exceeds {limit} before authentication"
-            self._fail_handshake(reason, code=FRAME_TOO_LARGE)
-            return
-        self._send_error(
-            RPCError(
-                FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}"
-            )
-        )
-        self._unprocessed = b""  # never buffer the oversized body
-        self.close()
-        self._closed = True  # nothing more in or out, not even replies still due
-
     def dataReceived(self, data: bytes) -> None:
-        # Int32StringReceiver's loop, leaner per frame: one buffer walked by offset with a
-        # prebuilt Struct, and no per-frame attribute writes. It stops while paused (the
-        # in-flight cap); resumeProducing calls it again with b"" to go on.
-        buffer = self._unprocessed + data if self._unprocessed else data
-        offset = 0
-        end = len(buffer)
-        unpack = _PREFIXES[self.structFormat].unpack_from
-        limit = self.MAX_LENGTH
-        while end - offset >= 4 and not self.paused:
-            (length,) = unpack(buffer, offset)
-            if length > limit:
-                self._unprocessed = buffer[offset:]
-                self.lengthLimitExceeded(length)
-                return
-            start = offset + 4
-            offset = start + length
-            if offset > end:
-                offset = start - 4
-                break
-            self.stringReceived(buffer[start:offset])
-        self._unprocessed = buffer[offset:] if offset else buffer
+        # Frames are taken while reading is not paused (the in-flight cap); _resume calls
+        # this again with b"" to go on with the frames already buffered.
+        decoder = self._decoder
+        decoder.receive(data)
+        next_frame, pauses = decoder.next_frame, self._pauses
+        try:
+            while not pauses:
+                body = next_frame()
+                if body is None:
+                    return
+                self.stringReceived(body)
+        except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
+            self._frame_too_large(error)
 
     def stringReceived(self, body: bytes) -> None:
-        if self._refused or self._closed:
+        session = self._session
+        if session is None or self._closed:
             return
         if self._idle_call is not None:
             self._last_frame = self.factory.clock.seconds()
-        try:
-            message = wire.decode(body, self.factory.limits.max_batch)
-        except RPCError as error:
-            self._send_error(error)
+        decision = session.receive(body)
+        if decision is not None:
+            self._decided(decision)
+
+    def _frame_error(self, error: RPCError) -> None:
+        self.factory.frame_error(self, error.code, error.message)
+
+    def _frame_too_large(self, error: wire.FrameTooLarge) -> None:
+        session = self._session
+        if session is None or self._closed:
             return
-        if self._auth_nonce is not None:
-            self._handshake(message)
+        authenticating = session.authenticating
+        session.frame_too_large(error, error.likely_cause(self._byteorder))
+        self.factory.frame_error(self, error.code, session.failure)
+        if authenticating:
+            self._decided(CLOSE)
             return
-        if type(message) is Request:
-            self._accept(message, None)
-        else:
-            self._accept_batch(message)
-        if len(self._calls) >= self._max_inflight:
+        self.close()
+        self._closed = True  # nothing more in or out, not even replies still due
+
+    def _decided(self, decision: int) -> None:
+        if decision == PAUSE:
             self._pause("inflight")
-
-    def _accept_batch(self, batch: Batch) -> None:
-        reply = _BatchReply()
-        reply.waiting = len(batch.items)
-        for item in batch.items:
-            if isinstance(item, RPCError):
-                self._reply(Response(_error_request(item), error=item), reply)
+        elif decision == RESUME:
+            self._resume("inflight")
+        elif decision == AUTHENTICATED:
+            self._auth_call.cancel()
+            self._auth_call = None
+            self._decoder.max_frame_bytes = self.factory.limits.max_frame_bytes
+            self.factory.authenticated(self)
+            log.debug("{peer} authenticated", peer=self.peer)
+        elif decision == CLOSE:
+            reason = self._session.failure
+            if reason is not None:
+                # A failed handshake: answered, read nothing more, no second try.
+                self.factory.auth_failed(self, reason)
+                if self._auth_call is not None and self._auth_call.active():
+                    self._auth_call.cancel()
+                self._auth_call = None
+                self._pause("closing")
+                self.transport.loseConnection()
             else:
-                self._accept(item, reply)
+                self.close()
 
-    def _accept(self, request: Request, batch: _BatchReply | None) -> None:
-        context: Any = batch
-        if request.legacy:
-            context = _LegacySlot()
-            self._legacy.append(context)
-        if request.method == CANCEL_METHOD:
-            try:
-                response = Response(request, self._cancel(request))
-            except RPCError as error:
-                response = Response(request, error=error)
-            self._reply(response, context)
-            return
-        if len(self._calls) >= self._max_inflight:
-            # Only a batch gets here: its entries past the cap wait for this connection's calls.
-            self._held.append((request, context))
-            return
-        self._submit(request, context)
-
-    def _submit(self, request: Request, context: Any) -> None:
-        try:
-            call = self.factory.dispatcher.submit(request, self)
-        except RPCError as error:
-            self._reply(Response(request, error=error), context)
-            return
-        call.context = context
-        self._calls.add(call)
-
-    def _cancel(self, request: Request) -> bool:
-        params = request.params
-        if isinstance(params, dict) and "id" in params:
-            target = params["id"]
-        elif isinstance(params, tuple) and len(params) == 1:
-            target = params[0]
-        else:
-            raise RPCError(
-                INVALID_PARAMS, 'invalid params for rpc.cancel: expected {"id": CALL_ID}'
-            )
-        for call in self._calls:
-            if call.request.id == target and not call.request.legacy:
-                error = RPCError(CANCELLED, "call cancelled by the client")
-                return self.factory.dispatcher.cancel(call, Response(call.request, error=error))
-        return False
-
-    # -- the auth handshake (rpcd.auth has the message shapes) -------------------------------
-
-    def _start_handshake(self) -> None:
-        self._auth_nonce = auth.new_nonce()
-        self.MAX_LENGTH = min(auth.PREAUTH_MAX_FRAME, self.MAX_LENGTH)
-        self.sendString(wire.encode_request(auth.METHOD, auth.challenge(self._auth_nonce)))
+    def _penalty_over(self) -> None:
         clock = self.factory.clock
         self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
-
-    def _handshake(self, message: Request | Batch) -> None:
-        if type(message) is not Request or message.method != auth.METHOD:
-            error = RPCError(NOT_AUTHENTICATED, f"not authenticated: call {auth.METHOD} first")
-            if type(message) is Request:
-                self._answer_now(Response(message, error=error))
-            else:
-                self.sendString(wire.encode_error(error))
-            return
-        try:
-            result = auth.verify(self.factory.limits.auth_key, self._auth_nonce, message.params)
-        except auth.AuthFailed as exc:
-            self._fail_handshake(f"authentication failed: {exc}", message)
-            return
-        self._auth_nonce = None
-        self._auth_call.cancel()
-        self._auth_call = None
-        self.MAX_LENGTH = self.factory.limits.max_frame_bytes
-        log.debug("{peer} authenticated", peer=self.peer)
-        self._answer_now(Response(message, result))
-
-    def _answer_now(self, response: Response) -> None:
-        # Before authentication nothing else is in flight, so no ordering to keep.
-        if not response.request.notification:
-            self.sendString(wire.encode(response))
+        self._resume("penalty")
 
     def _handshake_timeout(self) -> None:
         self._auth_call = None
-        self._fail_handshake(f"authentication timed out after {auth.HANDSHAKE_TIMEOUT:g} s")
-
-    def _fail_handshake(
-        self, reason: str, request: Request | None = None, code: int = NOT_AUTHENTICATED
-    ) -> None:
-        """Answer -32003 and close: a failed handshake gets no second try on this connection."""
-        log.warn("closing {peer}: {reason}", peer=self.peer, reason=reason)
-        if self._auth_call is not None and self._auth_call.active():
-            self._auth_call.cancel()
-        self._auth_call = None
-        error = RPCError(code, reason)
-        if request is not None:
-            self._answer_now(Response(request, error=error))
-        else:
-            self.sendString(wire.encode_error(error))
-        self.pauseProducing()  # read nothing more from it
-        self.transport.loseConnection()
+        self._decided(self._session.handshake_timed_out(auth.HANDSHAKE_TIMEOUT))
 
     # -- replies out (the dispatcher's sink) -------------------------------------------------
 
     def deliver(self, call: Call, response: Response) -> None:
-        calls = self._calls
-        calls.discard(call)
         if self._closed:
             return
-        if not calls and self._idle_call is not None:
+        session = self._session
+        decision = session.finished(call, response)
+        if not session.calls and self._idle_call is not None:
             # Idleness starts when the last pending call is answered, not at its request.
             self._last_frame = self.factory.clock.seconds()
-        self._reply(response, call.context)
-        held = self._held
-        while held and len(self._calls) < self._max_inflight:
-            self._submit(*held.popleft())
-        if len(self._calls) < self._max_inflight:
-            self._resume("inflight")
+        if decision is not None:
+            self._decided(decision)
 
-    def stream(self, call: Call, item: Any) -> None:
-        request = call.request
-        if request.legacy or request.notification:
-            raise RPCError(INVALID_REQUEST, "streaming needs a JSON-RPC 2.0 call with an id")
-        if not self._closed:
-            self.sendString(wire.encode_stream_item(request.id, item))
-            # Runs in the call's worker greenlet: a stream waits there while the peer lags.
-            self._writable.wait()
-
-    def _reply(self, response: Response, context: Any) -> None:
-        if context is None:
-            if not response.request.notification:
-                self.sendString(wire.encode(response))
-        elif type(context) is _LegacySlot:
-            context.frame = wire.encode(response)
-            self._flush_legacy()
-        else:
-            if not response.request.notification:
-                context.responses.append(response)
-            context.waiting -= 1
-            if context.waiting == 0 and context.responses:
-                self.sendString(wire.encode_batch(context.responses))
-
-    def _flush_legacy(self) -> None:
-        legacy = self._legacy
-        while legacy and legacy[0].frame is not None:
-            self.sendString(legacy.popleft().frame)
-
-    def _send_error(self, error: RPCError) -> None:
-        if error.legacy:
-            # Keep its place in the legacy order.
-            slot = _LegacySlot()
-            slot.frame = wire.encode_error(error)
-            self._legacy.append(slot)
-            self._flush_legacy()
-        else:
-            self.sendString(wire.encode_error(error))
+    def stream(self, call: Call, item: Any) -> bool:
+        """Send one stream item; say whether the peer can take more now (else the dispatcher
+        holds the stream until `writable`)."""
+        if self._closed:
+            return True  # the call is being cancelled
+        self.sendString(wire.encode_stream_item(call.request.id, item))
+        return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        self.transport.write(_PREFIXES[self.structFormat].pack(len(string)) + string)
-
-
-def _error_request(error: RPCError) -> Request:
-    """A stand-in request so an invalid batch entry's error carries that entry's id."""
-    return Request("", (), error.request_id)
+        self.transport.write(wire.encode_frame(string, self._byteorder))
 
 
 def _peer_text(protocol: RPCProtocol) -> str:
@@ -501,6 +411,11 @@ def _peer_key(protocol: RPCProtocol) -> Any:
     return None  # UNIX sockets and the like have no address to limit by
 
 
+def _failure_key(protocol: RPCProtocol) -> Any:
+    # By address (a new port each attempt is the same peer); UNIX peers all count as one.
+    return protocol.peer_key if protocol.peer_key is not None else protocol.peer
+
+
 class RPCFactory(Factory):
     """Builds connections and enforces the connection limits across them."""
 
@@ -515,6 +430,9 @@ class RPCFactory(Factory):
         self.clock = clock
         self.connections: set[RPCProtocol] = set()
         self._per_peer: Counter = Counter()
+        self._unauthenticated: dict[RPCProtocol, None] = {}  # oldest first
+        self._auth_failures: dict[Any, _Tally] = {}  # by peer address, oldest first
+        self._frame_errors: dict[int, _Tally] = {}  # by error code: what to log when
         self.accepted = 0
         self.refused: Counter = Counter()
         self._all_closed: list[defer.Deferred] = []
@@ -523,7 +441,9 @@ class RPCFactory(Factory):
         """Count a new connection in, or say why it is refused."""
         limits = self.limits
         protocol.peer = _peer_text(protocol)
-        if len(self.connections) >= limits.max_connections:
+        unauthenticated = self._unauthenticated
+        full = len(self.connections) >= limits.max_connections
+        if full and not unauthenticated:
             return self._refuse(
                 protocol,
                 "max_connections",
@@ -540,6 +460,14 @@ class RPCFactory(Factory):
                     f"too many connections: {key} has reached the per-peer limit of "
                     f"{limits.max_connections_per_peer}",
                 )
+        if full:
+            # Unauthenticated connections go first (sshd's MaxStartups): a client holding the
+            # key gets in past sockets that never authenticate.
+            self._drop_oldest_unauthenticated("max_connections", limits.max_connections)
+        if limits.auth_key is not None:
+            if len(unauthenticated) >= limits.max_unauthenticated:
+                self._drop_oldest_unauthenticated("max_unauthenticated", limits.max_unauthenticated)
+            unauthenticated[protocol] = None
         protocol.peer_key = key
         if key is not None:
             self._per_peer[key] += 1
@@ -547,6 +475,122 @@ class RPCFactory(Factory):
         self.accepted += 1
         log.info("connection from {peer} opened", peer=protocol.peer)
         return None
+
+    def _drop_oldest_unauthenticated(self, limit: str, value: int) -> None:
+        oldest = next(iter(self._unauthenticated))
+        self.refused[limit] += 1
+        log.warn(
+            "dropping unauthenticated {peer} for a newer connection: {limit} {value} reached",
+            peer=oldest.peer,
+            limit=limit,
+            value=value,
+        )
+        self.release(oldest)  # counted out now: its slot is the newcomer's
+        oldest.drop(
+            RPCError(
+                TOO_MANY_CONNECTIONS,
+                f"too many connections: dropped while unauthenticated for a newer connection "
+                f"({limit} {value} reached)",
+                {"limit": limit},
+            )
+        )
+
+    def authenticated(self, protocol: RPCProtocol) -> None:
+        """`protocol` passed the handshake: it is never dropped for a newcomer, and its peer's
+        failures are forgotten."""
+        self._unauthenticated.pop(protocol, None)
+        failures = self._auth_failures.pop(_failure_key(protocol), None)
+        if failures is not None and failures.flush is not None and failures.flush.active():
+            failures.flush.cancel()
+            self._log_failures(failures)
+
+    def auth_delay(self, protocol: RPCProtocol) -> float:
+        """How long to wait before reading a new connection's handshake (its peer's failures)."""
+        base = self.limits.auth_failure_delay
+        failures = self._auth_failures.get(_failure_key(protocol))
+        if base <= 0 or failures is None:
+            return 0.0
+        if self.clock.seconds() - failures.last > AUTH_FORGET:
+            return 0.0
+        return min(base * 2 ** min(failures.count - 1, 32), AUTH_DELAY_MAX)
+
+    def auth_failed(self, protocol: RPCProtocol, reason: str) -> None:
+        """Count a failed handshake against its peer; log one line per peer per interval."""
+        key = _failure_key(protocol)
+        table = self._auth_failures
+        failures = table.pop(key, None)  # re-inserted last: the table is oldest first
+        if failures is None:
+            failures = _Tally()
+            if len(table) >= _AUTH_PEERS:
+                oldest = table.pop(next(iter(table)))
+                if oldest.flush is not None and oldest.flush.active():
+                    oldest.flush.cancel()
+        table[key] = failures
+        now = self.clock.seconds()
+        failures.count += 1
+        failures.last = now
+        failures.reason = reason
+        failures.peer = protocol.peer
+        if now - failures.logged_at >= AUTH_LOG_INTERVAL:
+            failures.logged_at = now
+            log.warn("closing {peer}: {reason}", peer=protocol.peer, reason=reason)
+            return
+        failures.unlogged += 1
+        if failures.flush is None or not failures.flush.active():
+            wait = failures.logged_at + AUTH_LOG_INTERVAL - now
+            failures.flush = self.clock.callLater(wait, self._log_failures, failures)
+
+    def frame_error(self, protocol: RPCProtocol, code: int, message: str) -> None:
+        """Count a frame that decoded to no request (rpc.stats); log it, one line per code per
+        interval at most, the rest as a count at the interval's end."""
+        self.dispatcher.stats.refused(code)
+        now = self.clock.seconds()
+        entry = self._frame_errors.get(code)
+        if entry is None:
+            entry = self._frame_errors[code] = _Tally()
+        entry.peer, entry.reason = protocol.peer, message
+        if now - entry.logged_at >= AUTH_LOG_INTERVAL:
+            entry.logged_at = now
+            log.warn(
+                "frame error {code} from {peer}: {message}",
+                code=code,
+                peer=protocol.peer,
+                message=message,
+            )
+            return
+        entry.unlogged += 1
+        if entry.flush is None or not entry.flush.active():
+            wait = entry.logged_at + AUTH_LOG_INTERVAL - now
+            entry.flush = self.clock.callLater(wait, self._log_frame_errors, code, entry)
+
+    def _log_frame_errors(self, code: int, entry: _Tally) -> None:
+        entry.flush = None
+        if entry.unlogged:
+            log.warn(
+                "{count} more frame errors {code} in {interval:g} s (the last from {peer}: "
+                "{message})",
+                count=entry.unlogged,
+                code=code,
+                interval=AUTH_LOG_INTERVAL,
+                peer=entry.peer,
+                message=entry.reason,
+            )
+            entry.unlogged = 0
+            entry.logged_at = self.clock.seconds()
+
+    def _log_failures(self, failures: _Tally) -> None:
+        failures.flush = None
+        if failures.unlogged:
+            log.warn(
+                "{count} more authentication failures from {peer} in {interval:g} s "
+                "(the last: {reason})",
+                count=failures.unlogged,
+                peer=failures.peer,
+                interval=AUTH_LOG_INTERVAL,
+                reason=failures.reason,
+            )
+            failures.unlogged = 0
+            failures.logged_at = self.clock.seconds()
 
     def _refuse(self, protocol: RPCProtocol, limit: str, value: int, message: str) -> RPCError:
         self.refused[limit] += 1
@@ -560,6 +604,7 @@ class RPCFactory(Factory):
 
     def release(self, protocol: RPCProtocol) -> None:
         """Count a closed connection out."""
+        self._unauthenticated.pop(protocol, None)
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)

@@ -7,7 +7,8 @@ as a result (an unencodable result becomes an internal-error response).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import struct
 from typing import Any
 
 import orjson
@@ -47,6 +48,10 @@ ERROR_NAMES = {
 STREAM_METHOD = "rpc.stream"
 
 _NO_ID = object()  # marks a request that has no "id" member: a notification
+# Method names longer than this (in UTF-8 bytes) are refused, the name cut short (Redis: 128).
+MAX_METHOD_BYTES = 128
+# Integers orjson reads exactly; beyond them it reads a float, which would change an id.
+_INT_IDS = "an integer from -9223372036854775808 to 18446744073709551615"
 # The spec allows any Number as an id (fractions are discouraged, not forbidden); not a bool.
 _ID_TYPES = (str, int, float)
 
@@ -83,31 +88,265 @@ class RPCError(Exception):
         return error
 
 
-@dataclass(frozen=True, slots=True)
+class FrameTooLarge(RPCError):
+    """A length prefix over the decoder's limit; `length` is what the prefix said.
+
+    `prefix` keeps the four raw bytes, so the side that reports it can name the likely
+    cause (`likely_cause`): a byte-order mismatch, or a peer that is not speaking rpcd.
+    """
+
+    def __init__(self, length: int, limit: int, prefix: bytes = b"") -> None:
+        super().__init__(
+            FRAME_TOO_LARGE, f"frame too large: {length} bytes exceeds max_frame_bytes {limit}"
+        )
+        self.length = length
+        self.limit = limit
+        self.prefix = prefix
+
+    def likely_cause(self, byteorder: str = "big") -> str | None:
+        """What the oversized prefix most likely means, or None if it looks like a real size."""
+        return prefix_cause(self.prefix, self.limit, byteorder)
+
+
+# Prefixes of other protocols that a confused peer sends (an HTTP probe, a TLS handshake).
+_FOREIGN_PREFIXES = (
+    (b"GET ", "an HTTP request"),
+    (b"POST", "an HTTP request"),
+    (b"HEAD", "an HTTP request"),
+    (b"PUT ", "an HTTP request"),
+    (b"OPTI", "an HTTP request"),
+    (b"DELE", "an HTTP request"),
+    (b"PATC", "an HTTP request"),
+    (b"CONN", "an HTTP request"),
+    (b"PRI ", "an HTTP/2 preface"),
+    (b"HTTP", "an HTTP response"),
+    (b"PROX", "a PROXY protocol v1 header"),
+    (b"\r\n\r\n", "a PROXY protocol v2 header"),
+    (b"SSH-", "an SSH banner"),
+)
+
+
+def foreign_prefix(prefix: bytes) -> str | None:
+    """What another protocol's first four bytes are ("an HTTP request", "TLS"), or None."""
+    for start, what in _FOREIGN_PREFIXES:
+        if prefix.startswith(start):
+            return what
+    # A TLS record: handshake, alert or application data, version 3.x.
+    if len(prefix) >= 2 and prefix[0] in (0x15, 0x16, 0x17) and prefix[1] == 3:
+        return "TLS"
+    return None
+
+
+def swapped_prefix(prefix: bytes, limit: int, byteorder: str = "big") -> bool:
+    """Whether an oversized prefix reads as a size within `limit` in the other byte order.
+
+    A small size packed the other way round puts its low byte first: the reading in our
+    order is then at least 2**24, and the reading the other way a size within the limit.
+    """
+    if len(prefix) < 4:
+        return False
+    other = "little" if byteorder == "big" else "big"
+    return (
+        int.from_bytes(prefix[:4], byteorder) >= 1 << 24
+        and int.from_bytes(prefix[:4], other) <= limit
+    )
+
+
+def prefix_cause(prefix: bytes, limit: int, byteorder: str = "big") -> str | None:
+    """Name what an oversized 4-byte length prefix most likely is, for an error message.
+
+    "looks like an HTTP request, not an rpcd frame" when the bytes spell one; "looks like
+    TLS ..." for a TLS record; "the length prefix looks little-endian ..." (or big-endian)
+    when, read the other way round, it is a size within `limit`. None: no better guess.
+    """
+    foreign = foreign_prefix(prefix)
+    if foreign == "TLS":
+        return "looks like TLS: one side uses ssl: and the other does not"
+    if foreign is not None:
+        return f"looks like {foreign}, not an rpcd frame"
+    if swapped_prefix(prefix, limit, byteorder):
+        other = "little" if byteorder == "big" else "big"
+        return f"the length prefix looks {other}-endian: set the byte order to match the peer"
+    return None
+
+
+_PREFIX = {"big": struct.Struct("!I"), "little": struct.Struct("<I")}
+
+
+def _prefix(byteorder: str) -> struct.Struct:
+    try:
+        return _PREFIX[byteorder]
+    except KeyError:
+        raise ValueError("byteorder must be 'big' or 'little'") from None
+
+
+def encode_frame(body: bytes, byteorder: str = "big") -> bytes:
+    """A frame: the 4-byte length prefix in `byteorder`, then `body`."""
+    return _prefix(byteorder).pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental decoder of length-prefixed frames: bytes in (`receive`), bodies out.
+
+    Used by the server's connections and every client. Received chunks are queued and
+    joined only when the frame they complete needs them, so a large frame arriving in many
+    pieces is copied once (not once per piece), and a chunk holding many whole frames is
+    walked by offset without copying the rest. `max_frame_bytes` may be changed at any
+    time (the auth phase lowers it); it applies to the next prefix read.
+    """
+
+    __slots__ = ("max_frame_bytes", "_unpack", "_buffer", "_offset", "_parts", "_queued")
+
+    def __init__(self, max_frame_bytes: int, byteorder: str = "big") -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._unpack = _prefix(byteorder).unpack_from
+        self._buffer = b""  # walked from _offset
+        self._offset = 0
+        self._parts: list[bytes] = []  # received after _buffer, not yet joined to it
+        self._queued = 0  # their total length
+
+    def receive(self, data: bytes) -> None:
+        """Buffer `data`; take the frames it completes with `next_frame`."""
+        if data:
+            self._parts.append(data)
+            self._queued += len(data)
+
+    def next_frame(self) -> bytes | None:
+        """The next whole frame body, or None until more bytes arrive.
+
+        Raises FrameTooLarge, and drops everything buffered, as soon as a prefix says more
+        than `max_frame_bytes`: the body is never waited for.
+        """
+        while True:
+            buffer = self._buffer
+            offset = self._offset
+            available = len(buffer) - offset
+            if available >= 4:
+                (length,) = self._unpack(buffer, offset)
+                if length > self.max_frame_bytes:
+                    prefix = bytes(buffer[offset : offset + 4])
+                    self.clear()
+                    raise FrameTooLarge(length, self.max_frame_bytes, prefix)
+                end = offset + 4 + length
+                if end <= len(buffer):
+                    self._offset = end
+                    return buffer[offset + 4 : end]
+                needed = 4 + length
+            else:
+                needed = 4
+            if available + self._queued < needed:
+                return None
+            self._join(buffer, offset)
+
+    def _join(self, buffer: bytes, offset: int) -> None:
+        parts = self._parts
+        if offset < len(buffer):
+            parts.insert(0, buffer[offset:])
+        self._buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._offset = 0
+        self._parts = []
+        self._queued = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames."""
+        return len(self._buffer) - self._offset + self._queued
+
+    def take_buffered(self) -> bytes:
+        """Everything received and not yet returned, emptying the decoder (to hand it on)."""
+        data = self._buffer[self._offset :] + b"".join(self._parts)
+        self.clear()
+        return data
+
+    def clear(self) -> None:
+        """Drop everything buffered."""
+        self._buffer = b""
+        self._offset = 0
+        self._parts = []
+        self._queued = 0
+
+
 class Request:
-    """One call. `params` is a tuple (positional) or a dict (named)."""
+    """One call. `params` is a tuple (positional) or a dict (named).
 
-    method: str
-    params: tuple | dict
-    id: Any = None
-    notification: bool = False
-    legacy: bool = False
+    Plain `__slots__` classes, not frozen dataclasses: these are built once per call, and a
+    frozen dataclass's `__init__` (through `object.__setattr__`) costs about a microsecond.
+    Treat them as immutable all the same.
+    """
+
+    __slots__ = ("method", "params", "id", "notification", "legacy")
+
+    def __init__(
+        self,
+        method: str,
+        params: tuple | dict,
+        id: Any = None,
+        notification: bool = False,
+        legacy: bool = False,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.id = id
+        self.notification = notification
+        self.legacy = legacy
+
+    def _key(self) -> tuple:
+        return (self.method, self.params, self.id, self.notification, self.legacy)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Request:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(method={self.method!r}, params={self.params!r}, id={self.id!r}, "
+            f"notification={self.notification!r}, legacy={self.legacy!r})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
     """A JSON-RPC batch: each item a Request, or the RPCError that its entry decoded to."""
 
-    items: tuple[Request | RPCError, ...]
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple[Request | RPCError, ...]) -> None:
+        self.items = items
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Batch:
+            return NotImplemented
+        return self.items == other.items
+
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __repr__(self) -> str:
+        return f"Batch(items={self.items!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Response:
     """The answer to one Request: exactly one of `result` and `error` is meaningful."""
 
-    request: Request
-    result: Any = None
-    error: RPCError | None = None
+    __slots__ = ("request", "result", "error")
+
+    def __init__(self, request: Request, result: Any = None, error: RPCError | None = None) -> None:
+        self.request = request
+        self.result = result
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Response:
+            return NotImplemented
+        return (self.request, self.result, self.error) == (other.request, other.result, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.request, self.error))
+
+    def __repr__(self) -> str:
+        return f"Response(request={self.request!r}, result={self.result!r}, error={self.error!r})"
 
 
 Message = Request | Batch
@@ -123,11 +362,14 @@ def _load(body: bytes) -> Any:
         raise RPCError(PARSE_ERROR, f"parse error: {exc}") from None
 
 
-def decode(body: bytes, max_batch: int = 100) -> Message:
-    """Decode one frame body to a Request or Batch; raise RPCError if it cannot be answered."""
+def decode(body: bytes, max_batch: int = 100, max_method_bytes: int = MAX_METHOD_BYTES) -> Message:
+    """Decode one frame body to a Request or Batch; raise RPCError if it cannot be answered.
+
+    A method name over `max_method_bytes` (UTF-8) is refused -32600 with the name cut short.
+    """
     obj = _load(body)
     if isinstance(obj, dict):
-        return _request(obj)
+        return _request(obj, max_method_bytes)
     if isinstance(obj, list):
         if not obj:
             raise RPCError(INVALID_REQUEST, "invalid request: empty batch")
@@ -141,7 +383,7 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
             try:
                 if not isinstance(entry, dict) or ("in" in entry and "jsonrpc" not in entry):
                     raise RPCError(INVALID_REQUEST, "invalid request: batch entry is not a request")
-                items.append(_request(entry))
+                items.append(_request(entry, max_method_bytes))
             except RPCError as err:
                 items.append(err)
         return Batch(tuple(items))
@@ -150,15 +392,22 @@ def decode(body: bytes, max_batch: int = 100) -> Message:
     )
 
 
-def _request(obj: dict) -> Request:
+def _request(obj: dict, max_method_bytes: int) -> Request:
     if "jsonrpc" not in obj and "in" in obj:
-        return _legacy_request(obj)
+        return _legacy_request(obj, max_method_bytes)
     rid = obj.get("id", _NO_ID)
     notification = rid is _NO_ID
     if notification:
         rid = None
     elif rid is not None and type(rid) not in _ID_TYPES:
         raise RPCError(INVALID_REQUEST, "invalid request: id must be a string, number or null")
+    elif type(rid) is float and not -(2**63) < rid < 2**64 and rid.is_integer():
+        # orjson read an integer beyond 64 bits as this float: answering it changes the id.
+        raise RPCError(
+            INVALID_REQUEST,
+            f"invalid request: id {rid:.0f} is out of range; rpcd accepts a string, {_INT_IDS}, "
+            "or a fraction",
+        )
     if obj.get("jsonrpc") != "2.0":
         raise RPCError(INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"', request_id=rid)
     method = obj.get("method")
@@ -166,6 +415,8 @@ def _request(obj: dict) -> Request:
         raise RPCError(
             INVALID_REQUEST, 'invalid request: "method" must be a string', request_id=rid
         )
+    if len(method) > max_method_bytes >> 2:  # cheap first: a character is at most 4 bytes
+        _check_method(method, max_method_bytes, rid, False)
     params = obj.get("params", ())
     if type(params) is list:
         params = tuple(params)
@@ -176,12 +427,67 @@ def _request(obj: dict) -> Request:
     return Request(method, params, rid, notification)
 
 
-def _legacy_request(obj: dict) -> Request:
+def _legacy_request(obj: dict, max_method_bytes: int) -> Request:
     method = obj["in"]
     if type(method) is not str:
         raise RPCError(INVALID_REQUEST, 'invalid request: "in" must be a string', legacy=True)
+    if len(method) > max_method_bytes >> 2:
+        _check_method(method, max_method_bytes, None, True)
     params = (obj["params"],) if "params" in obj else ()
     return Request(method, params, None, False, True)
+
+
+def _check_method(method: str, limit: int, rid: Any, legacy: bool) -> None:
+    size = len(method.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise RPCError(
+            INVALID_REQUEST,
+            f"invalid request: method name over max_method_bytes {limit}: "
+            f"{log_text(method, limit)}",
+            request_id=rid,
+            legacy=legacy,
+        )
+
+
+# -- text bound for answers and log lines -------------------------------------------------------
+
+
+def cut(text: str, limit: int = MAX_METHOD_BYTES) -> str:
+    """`text` if it fits in `limit` UTF-8 bytes, else its first `limit` bytes (never half a
+    character) and a visible marker giving the full size: `abc...[6 bytes, cut]`."""
+    if len(text) <= limit >> 2:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    head = data[:limit].decode("utf-8", "ignore")
+    return f"{head}...[{len(data)} bytes, cut]"
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in "\n\r\t":
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def log_text(text: str, limit: int | None = None) -> str:
+    """Client text made safe for one log line: cut to `limit` bytes (see `cut`), and every
+    character that is not printable escaped (`\\n`, `\\x0b`, `\\u2028`...), so no line break
+    of any kind (those `str.splitlines` splits at included) can forge a line.
+
+    Call it on anything a client chose (method names, string ids, PROXY addresses, error
+    messages that quote them) before it reaches a log line.
+    """
+    if limit is not None:
+        text = cut(text, limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
 def _reply_name(request: Request) -> str:
@@ -204,29 +510,81 @@ def response_object(response: Response) -> dict:
     return {"jsonrpc": "2.0", "result": response.result, "id": request.id}
 
 
-def encode(response: Response) -> bytes:
-    """Encode a Response to a frame body. A result JSON cannot carry becomes -32603."""
+def encode(response: Response, max_bytes: int | None = None) -> bytes:
+    """Encode a Response to a frame body. A result JSON cannot carry becomes -32603: not
+    serializable, NaN or Infinity, or (with `max_bytes`) a body over the reply limit."""
     try:
-        return _dumps(response_object(response))
+        body = _dumps(response_object(response))
     except TypeError as exc:
         return _dumps(response_object(_unencodable(response, exc)))
+    # orjson writes NaN and Infinity as null: look for them only where a null was written.
+    if b"null" in body and response.error is None and _non_finite(response.result):
+        return _dumps(response_object(_non_finite_error(response)))
+    if max_bytes is not None and len(body) > max_bytes:
+        return _dumps(response_object(_too_large(response, len(body), max_bytes)))
+    return body
 
 
-def encode_batch(responses: list[Response]) -> bytes:
-    """Encode the responses to one batch as a JSON array."""
-    try:
-        return _dumps([response_object(response) for response in responses])
-    except TypeError:
-        return b"[" + b",".join(encode(response) for response in responses) + b"]"
+def encode_batch(responses: list[Response], max_bytes: int | None = None) -> bytes:
+    """Encode the responses to one batch as a JSON array.
+
+    With `max_bytes`, results are replaced by -32603, largest first, until the array fits.
+    """
+    bodies = [encode(response, max_bytes) for response in responses]
+    if max_bytes is not None:
+        total = sum(map(len, bodies)) + len(bodies) + 1
+        for i in sorted(range(len(bodies)), key=lambda i: len(bodies[i]), reverse=True):
+            if total <= max_bytes:
+                break
+            if responses[i].error is not None:
+                continue
+            smaller = _dumps(
+                response_object(_too_large(responses[i], len(bodies[i]), max_bytes, batch=True))
+            )
+            total -= len(bodies[i]) - len(smaller)
+            bodies[i] = smaller
+    return b"[" + b",".join(bodies) + b"]"
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is anywhere in `value` (orjson bounds the nesting)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return any(map(_non_finite, value))
+    if kind is dict:
+        return any(map(_non_finite, value.values()))
+    return False
+
+
+def _internal(response: Response, message: str, kind: str) -> Response:
+    return Response(response.request, error=RPCError(INTERNAL_ERROR, message, {"type": kind}))
 
 
 def _unencodable(response: Response, exc: Exception) -> Response:
-    error = RPCError(
-        INTERNAL_ERROR,
-        f"internal error: result of {response.request.method} is not JSON-serializable ({exc})",
-        {"type": "TypeError"},
+    method = cut(response.request.method)
+    message = f"internal error: result of {method} is not JSON-serializable ({exc})"
+    return _internal(response, message, "TypeError")
+
+
+def _non_finite_error(response: Response) -> Response:
+    method = cut(response.request.method)
+    message = (
+        f"internal error: result of {method} holds NaN or Infinity, "
+        "and JSON has no NaN or Infinity number"
     )
-    return Response(response.request, error=error)
+    return _internal(response, message, "ValueError")
+
+
+def _too_large(response: Response, size: int, limit: int, batch: bool = False) -> Response:
+    method = cut(response.request.method)
+    where = "in a batch over" if batch else "over"
+    message = (
+        f"internal error: result of {method} is {size} bytes, {where} the reply limit of "
+        f"{limit} bytes"
+    )
+    return _internal(response, message, "ReplyTooLarge")
 
 
 def encode_error(error: RPCError) -> bytes:

@@ -15,7 +15,11 @@ from typing import Any
 
 class RawClient:
     def __init__(
-        self, port: int, host: str = "127.0.0.1", byteorder: str = "big", timeout: float = 10.0,
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        byteorder: str = "big",
+        timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
     ):
         self.sock = socket.create_connection((host, port), timeout=timeout)

@@ -37,8 +37,11 @@ SKIPS: dict[str, str] = {
     **{
         f"ExhaustsFileDescriptorsTests.{name}": _DEFERRED_CLOSE
         for name in (
-            "test_count", "test_exhaustTriggersEMFILE", "test_release",
-            "test_fileDescriptorsReleasedOnFailure", "test_releaseIgnoresEBADF",
+            "test_count",
+            "test_exhaustTriggersEMFILE",
+            "test_release",
+            "test_fileDescriptorsReleasedOnFailure",
+            "test_releaseIgnoresEBADF",
         )
     },
     "TCP4ClientTestsBuilder.test_connectPortOverflow": _CONNECT_EX,
@@ -77,8 +80,12 @@ def main(workdir: str, module_names: list[str]) -> None:
 
     ReactorBuilder._reactors = [GEVENT_REACTOR]
     outcomes: dict[str, list[str]] = {
-        "successes": [], "skips": [], "failures": [], "errors": [],
-        "expectedFailures": [], "unexpectedSuccesses": [],
+        "successes": [],
+        "skips": [],
+        "failures": [],
+        "errors": [],
+        "expectedFailures": [],
+        "unexpectedSuccesses": [],
     }
 
     class Recorder(reporter.TreeReporter):

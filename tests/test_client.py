@@ -25,24 +25,36 @@ from rpcd.client import (
 )
 
 
-@pytest.mark.parametrize("text, kind, host, port, path", [
-    ("tcp:127.0.0.1:5354", "tcp", "127.0.0.1", 5354, ""),
-    ("tcp:host=example.org:port=99:timeout=3", "tcp", "example.org", 99, ""),
-    (r"tcp:\:\:1:5354", "tcp", "::1", 5354, ""),
-    ("tcp:[::1]:5354", "tcp", "::1", 5354, ""),
-    ("unix:/run/rpcd.sock", "unix", "", 0, "/run/rpcd.sock"),
-    ("unix:path=/run/rpcd.sock:timeout=2", "unix", "", 0, "/run/rpcd.sock"),
-    ("ssl:rpc.example.org:5355:caCertsDir=/etc/rpcd/ca", "ssl", "rpc.example.org", 5355, ""),
-])
+@pytest.mark.parametrize(
+    "text, kind, host, port, path",
+    [
+        ("tcp:127.0.0.1:5354", "tcp", "127.0.0.1", 5354, ""),
+        ("tcp:host=example.org:port=99:timeout=3", "tcp", "example.org", 99, ""),
+        (r"tcp:\:\:1:5354", "tcp", "::1", 5354, ""),
+        ("tcp:[::1]:5354", "tcp", "::1", 5354, ""),
+        ("unix:/run/rpcd.sock", "unix", "", 0, "/run/rpcd.sock"),
+        ("unix:path=/run/rpcd.sock:timeout=2", "unix", "", 0, "/run/rpcd.sock"),
+        ("ssl:rpc.example.org:5355:caCertsDir=/etc/rpcd/ca", "ssl", "rpc.example.org", 5355, ""),
+    ],
+)
 def test_endpoint_strings(text, kind, host, port, path):
     endpoint = Endpoint.parse(text)
     assert (endpoint.kind, endpoint.host, endpoint.port, endpoint.path) == (kind, host, port, path)
 
 
-@pytest.mark.parametrize("text", [
-    "5354", "tcp:", "tcp:localhost", "tcp:localhost:http", "tcp:a:1:2", "tcp:a:1:colour=red",
-    "udp:a:1", "unix:",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "5354",
+        "tcp:",
+        "tcp:localhost",
+        "tcp:localhost:http",
+        "tcp:a:1:2",
+        "tcp:a:1:colour=red",
+        "udp:a:1",
+        "unix:",
+    ],
+)
 def test_bad_endpoint_strings(text):
     with pytest.raises(ValueError, match="bad endpoint"):
         Endpoint.parse(text)

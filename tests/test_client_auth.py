@@ -116,11 +116,16 @@ def test_twisted_handshake_fires_once_authenticated():
     assert not transport.disconnecting
 
 
-@pytest.mark.parametrize("reply, error", [
-    ({"result": {"authenticated": True, "digest": "00" * 32}}, AuthenticationFailed),
-    ({"error": {"code": -32003, "message": "authentication failed: wrong digest"}},
-     NotAuthenticated),
-])
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        ({"result": {"authenticated": True, "digest": "00" * 32}}, AuthenticationFailed),
+        (
+            {"error": {"code": -32003, "message": "authentication failed: wrong digest"}},
+            NotAuthenticated,
+        ),
+    ],
+)
 def test_twisted_handshake_failures_close_the_connection(reply, error):
     conn, transport, ready = connected(Clock())
     conn.dataReceived(frame(challenge()))

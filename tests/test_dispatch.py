@@ -1,4 +1,5 @@
-"""The Dispatcher under gevent: concurrency, queue limit, timeout, cancel, Deferreds, drain.
+"""The Dispatcher under gevent: concurrency, queue limit, faults, timeout, cancel, Deferreds,
+streams, drain.
 
 The test process is not monkey-patched: methods block with gevent primitives, and the test
 hands the hub control with `gevent.idle()` or waits for a reply with a bounded timeout.
@@ -15,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from rpcd.dispatch import Call, Dispatcher
+from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.wire import (
     CALL_TIMEOUT,
@@ -28,30 +29,7 @@ from rpcd.wire import (
     Response,
     RPCError,
 )
-
-
-class Sink:
-    """Collects what the dispatcher delivers, by request id."""
-
-    def __init__(self) -> None:
-        self.responses: dict[Any, Response] = {}
-        self.items: list[tuple[Any, Any]] = []
-        self._arrived = Event()
-
-    def deliver(self, call: Call, response: Response) -> None:
-        assert call.request.id not in self.responses, "delivered twice"
-        self.responses[call.request.id] = response
-        self._arrived.set()
-
-    def stream(self, call: Call, item: Any) -> None:
-        self.items.append((call.request.id, item))
-
-    def wait(self, rid: Any, timeout: float = 5.0) -> Response:
-        with gevent.Timeout(timeout):
-            while rid not in self.responses:
-                self._arrived.clear()
-                self._arrived.wait()
-        return self.responses[rid]
+from tests.conftest import CollectingSink as Sink
 
 
 class Methods:
@@ -178,6 +156,7 @@ def test_queue_full_is_refused_at_once(methods):
             refused.append(error)
     assert len(accepted) == 15 and len(refused) == 5
     assert all(e.code == SERVER_BUSY for e in refused) and dispatcher.refused_busy == 5
+    assert dispatcher.stats.summary()["errors"] == {str(SERVER_BUSY): 5}
     assert "queue_size 10" in refused[0].message
     gevent.idle()
     assert dispatcher.busy == 5 and dispatcher.queued == 10
@@ -190,6 +169,42 @@ def test_queue_full_is_refused_at_once(methods):
         assert sink.wait(i).result == "q"
     dispatcher.submit(req("echo", 1, id="after"), sink)
     assert sink.wait("after").result == 1
+
+
+def test_queue_overflow_counts_workers_started_midway_the_same(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=50, queue_size=1000), Sink()
+    accepted, refused = [], []
+    for i in range(2000):
+        try:
+            accepted.append(dispatcher.submit(req("hold", "o", id=i), sink))
+        except RPCError as error:
+            assert error.code == SERVER_BUSY
+            refused.append(i)
+        if i == 500:
+            gevent.sleep(0)  # workers start and take calls midway: the total is the same
+    assert len(accepted) == 1050 and len(refused) == 950
+    assert dispatcher.busy == 50 and dispatcher.queued == 1000
+    methods.gate("o").set()
+    sink.wait_count(1050)
+    assert dispatcher.in_flight == 0  # none silently dropped
+    assert set(sink.responses) == {c.request.id for c in accepted}
+
+
+def test_cancelled_queued_calls_free_their_slots(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=2, queue_size=10), Sink()
+    calls = [dispatcher.submit(req("hold", "c", id=i), sink) for i in range(12)]
+    gevent.sleep(0)
+    with pytest.raises(RPCError):
+        dispatcher.submit(req("hold", "c", id="extra"), sink)
+    for call in calls[2:]:  # the client went away: its queued calls are dropped
+        dispatcher.cancel(call)
+    assert dispatcher.queued == 0
+    more = [dispatcher.submit(req("hold", "c", id=f"new{i}"), sink) for i in range(10)]
+    assert len(more) == 10
+    methods.gate("c").set()
+    sink.wait_count(12)
+    gevent.idle()
+    assert dispatcher.in_flight == 0 and len(sink.delivered) == 12  # cancelled: no reply
 
 
 def test_unknown_method_is_refused_at_submit(methods):
@@ -232,10 +247,16 @@ def test_exception_is_an_internal_error_and_the_traceback_is_logged(methods):
 
 def test_timeout_stops_a_method_that_catches_exception(methods):
     dispatcher, sink = dispatcher_for(methods, call_timeout=0.05), Sink()
-    dispatcher.submit(req("stubborn"), sink)
+    call = dispatcher.submit(req("stubborn"), sink)
+    gevent.sleep(0)
+    worker = call.worker
+    assert worker is not None
     error = sink.wait(1).error
     assert error.code == CALL_TIMEOUT and "0.05 s" in error.message
-    assert dispatcher.in_flight == 0 and dispatcher.busy == 0
+    assert call.worker is None and dispatcher.in_flight == 0 and dispatcher.busy == 0
+    assert not worker.dead  # the worker greenlet lives on, back on the queue
+    dispatcher.submit(req("echo", "after", id=2), sink)
+    assert sink.wait(2).result == "after"
 
 
 def test_cancel_a_queued_call(methods):
@@ -258,8 +279,9 @@ def test_cancel_a_queued_call(methods):
 def test_cancel_a_running_call(methods):
     dispatcher, sink = dispatcher_for(methods), Sink()
     running = dispatcher.submit(req("hold", "r", id=1), sink)
-    silent = dispatcher.submit(req("hold", "s", id=2), sink)
-    gevent.idle()
+    silent = dispatcher.submit(req("stubborn", id=2), sink)  # catches Exception: killed anyway
+    gevent.sleep(0.02)
+    assert dispatcher.busy == 2
     answer = Response(running.request, error=RPCError(-32006, "cancelled"))
     assert dispatcher.cancel(running, answer)
     assert dispatcher.cancel(silent)  # as on disconnect: nothing to deliver
@@ -269,7 +291,7 @@ def test_cancel_a_running_call(methods):
     methods.gate("r").set()
     methods.gate("s").set()
     gevent.idle()
-    assert methods.finished == [] and 2 not in sink.responses
+    assert methods.finished == [] and 2 not in sink.responses and silent.done
     # The workers survive a cancel and take new calls.
     dispatcher.submit(req("echo", "next", id=3), sink)
     assert sink.wait(3).result == "next" and dispatcher.workers == 2
@@ -314,7 +336,7 @@ def test_generator_streams_its_items_then_its_return_value(methods):
 
 def test_stream_refused_by_the_sink_ends_the_call(methods):
     class NoStreams(Sink):
-        def stream(self, call, item):
+        def stream(self, call, item) -> bool:
             raise RPCError(-32600, "streaming needs a JSON-RPC 2.0 call with an id")
 
     dispatcher, sink = dispatcher_for(methods), NoStreams()
@@ -343,7 +365,7 @@ def test_drain_with_nothing_in_flight_fires_at_once(methods):
     dispatcher = dispatcher_for(methods)
     fired = []
     dispatcher.drain(10, Clock()).addCallback(fired.append)
-    assert fired == [None] and dispatcher.closing
+    assert fired == [None] and dispatcher.draining
 
 
 def test_drain_fires_when_the_calls_finish(methods):
@@ -402,3 +424,181 @@ def test_drain_at_grace_also_answers_calls_still_queued(methods):
     assert sink.wait(0).error.code == SHUTTING_DOWN
     gevent.idle()
     assert fired == [None]
+
+
+# -- method code that misbehaves (issue 10) ----------------------------------------------------
+
+
+class Custom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(
+    "exc", [SystemExit(2), KeyboardInterrupt(), GeneratorExit(), Custom("x")], ids=type
+)
+def test_a_base_exception_is_an_internal_error_and_the_worker_survives(methods, exc):
+    def raiser():
+        raise exc
+
+    methods.registry.add("raiser", raiser)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    for i in range(3):  # as many as there are workers, and more
+        dispatcher.submit(req("raiser", id=i), sink)
+        error = sink.wait(i).error
+        assert error.code == INTERNAL_ERROR and error.data == {"type": type(exc).__name__}
+    dispatcher.submit(req("echo", "after", id="after"), sink)
+    assert sink.wait("after").result == "after"
+    gevent.idle()
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0 and dispatcher.workers == 1
+    assert dispatcher.stats.summary()["errors"] == {str(INTERNAL_ERROR): 3}
+
+
+def _hostile(methods):
+    """A method that swallows everything thrown into it until `methods.released` is set."""
+    methods.released = Event()
+
+    def hostile():
+        while not methods.released.is_set():
+            try:
+                gevent.sleep(0.005)
+            except BaseException:  # noqa: S110 - the point of the test
+                pass
+        return "normal"
+
+    methods.registry.add("hostile", hostile)
+
+
+def test_the_deadline_is_the_servers_whatever_the_method_catches(methods):
+    _hostile(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1, call_timeout=0.05), Sink()
+    dispatcher.submit(req("hostile", id=1), sink)
+    error = sink.wait(1, timeout=1.0).error
+    assert error.code == CALL_TIMEOUT
+    # The worker is abandoned and its slot accounted: a new one serves the next call.
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0 and dispatcher.workers == 0
+    dispatcher.submit(req("echo", "next", id=2), sink)
+    assert sink.wait(2, timeout=1.0).result == "next"
+    methods.released.set()
+    gevent.sleep(0.02)
+    assert list(sink.responses) == [1, 2]  # the late normal result is never delivered
+    assert dispatcher.workers == 1 and dispatcher.stats.summary()["errors"] == {"-32001": 1}
+
+
+def test_a_cancel_is_answered_at_once_whatever_the_method_catches(methods):
+    _hostile(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    call = dispatcher.submit(req("hostile", id=1), sink)
+    gevent.sleep(0.01)
+    answer = Response(call.request, error=RPCError(-32006, "cancelled"))
+    assert dispatcher.cancel(call, answer)
+    assert sink.wait(1, timeout=0.5) is answer
+    assert dispatcher.in_flight == 0 and dispatcher.busy == 0
+    methods.released.set()
+    gevent.sleep(0.02)
+    assert list(sink.responses) == [1]
+
+
+def test_the_shutdown_grace_is_kept_whatever_the_method_catches(methods):
+    _hostile(methods)
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("hostile", id=1), sink)
+    gevent.sleep(0.01)
+    fired = []
+    dispatcher.drain(1, clock).addCallback(fired.append)
+    clock.advance(1)
+    assert sink.wait(1, timeout=0.5).error.code == SHUTTING_DOWN
+    assert fired == [None] and dispatcher.in_flight == 0
+    methods.released.set()
+    gevent.sleep(0.02)
+
+
+# -- streams and workers (issue 10) -----------------------------------------------------------
+
+
+def _endless(methods):
+    def endless(delay=0.005):
+        n = 0
+        while True:
+            gevent.sleep(delay)
+            n += 1
+            yield n
+
+    methods.registry.add("endless", endless)
+
+
+def test_a_waiting_stream_holds_no_worker(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    for i in range(3):
+        dispatcher.submit(req("endless", id=f"s{i}"), sink)
+    gevent.sleep(0.03)
+    assert {rid for rid, _ in sink.items} == {"s0", "s1", "s2"}  # all three stream at once
+    dispatcher.submit(req("echo", "served", id=1), sink)
+    assert sink.wait(1, timeout=1.0).result == "served"
+    assert dispatcher.busy == 0 and dispatcher.streams == 3
+
+
+def test_waiting_streams_hold_no_worker_even_when_the_peer_lags(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_workers=1), Sink()
+    sink.accept = False  # the peer reads nothing: each stream waits after its first item
+    dispatcher.submit(req("endless", id="s"), sink)
+    gevent.sleep(0.03)
+    assert sink.items == [("s", 1)]
+    other = Sink()  # another client (the lagging one's own calls wait for it to read)
+    dispatcher.submit(req("echo", "served", id=1), other)
+    assert other.wait(1, timeout=1.0).result == "served"
+    sink.accept = True
+    dispatcher.writable(sink)
+    gevent.sleep(0.03)
+    assert len(sink.items) > 2
+
+
+def test_a_lagging_peers_calls_wait_until_it_reads_and_others_are_served(methods):
+    dispatcher, sink, other = dispatcher_for(methods), Sink(), Sink()
+    dispatcher.lagging(sink)
+    for i in range(3):
+        dispatcher.submit(req("echo", i, id=i), sink)
+    dispatcher.submit(req("echo", "other", id="o"), other)
+    assert other.wait("o", timeout=1.0).result == "other"
+    gevent.idle()
+    assert sink.responses == {} and dispatcher.queued == 3
+    cancelled = dispatcher.submit(req("echo", 9, id=9), sink)
+    dispatcher.cancel(cancelled)  # a held call cancelled is dropped, not run later
+    dispatcher.writable(sink)
+    sink.wait_count(3, timeout=1.0)
+    gevent.idle()
+    assert [r.request.id for r in sink.delivered] == [0, 1, 2]  # in order, once each
+    assert dispatcher.queued == 0 and dispatcher.in_flight == 0
+
+
+def test_streams_past_max_streams_are_refused_busy(methods):
+    _endless(methods)
+    dispatcher, sink = dispatcher_for(methods, max_streams=2), Sink()
+    first = dispatcher.submit(req("endless", id="s0"), sink)
+    dispatcher.submit(req("endless", id="s1"), sink)
+    dispatcher.submit(req("endless", id="s2"), sink)
+    error = sink.wait("s2", timeout=1.0).error
+    assert error.code == SERVER_BUSY and "max_streams 2" in error.message
+    assert dispatcher.streams == 2
+    dispatcher.cancel(first)
+    gevent.sleep(0.01)
+    assert dispatcher.streams == 1
+    dispatcher.submit(req("endless", id="s3"), sink)
+    gevent.sleep(0.02)
+    assert dispatcher.streams == 2 and "s3" in {rid for rid, _ in sink.items}
+
+
+def test_streams_end_at_once_on_drain_with_their_final_answer(methods):
+    _endless(methods)
+    clock = Clock()
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.submit(req("endless", id="s"), sink)
+    gevent.sleep(0.02)
+    fired = []
+    dispatcher.drain(10, clock).addCallback(fired.append)
+    final = sink.wait("s", timeout=1.0)  # no clock advance: not at the end of the grace
+    assert final.error.code == SHUTTING_DOWN
+    gevent.idle()
+    assert fired == [None] and dispatcher.streams == 0 and dispatcher.in_flight == 0

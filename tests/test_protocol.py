@@ -1,8 +1,10 @@
-"""RPCProtocol and RPCFactory over StringTransport and Clock: framing, ordering, limits, timeouts.
+"""RPCProtocol and RPCFactory over StringTransport and Clock: framing, limits, timeouts,
+backpressure, the auth handshake's glue, and replies through a real Dispatcher.
 
 Ordering and reply-shape tests run a real Dispatcher in gevent greenlets (methods block on
 gevent Events, so the test decides which call finishes first); framing, limits and
-backpressure tests use a recording dispatcher, which is the clearer unit.
+backpressure tests use the recording dispatcher, which is the clearer unit. The session's
+own decisions are tested without a transport in tests/test_session.py.
 """
 
 from __future__ import annotations
@@ -12,47 +14,26 @@ import struct
 from typing import Any
 
 import gevent
+import pytest
 from gevent.event import Event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from rpcd.dispatch import CANCELLED, Call, Dispatcher
+from rpcd import auth
+from rpcd.dispatch import CANCELLED, Dispatcher
 from rpcd.methods import Registry
 from rpcd.protocol import ConnectionLimits, RPCFactory
 from rpcd.wire import Response
 from tests import jsonrpc_spec
+from tests.conftest import BufferingTransport, RecordingDispatcher, frame, unframe
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-class RecordingDispatcher:
-    """Takes every call and holds it until the test finishes it."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.cancelled: list[Call] = []
-
-    def submit(self, request: Any, sink: Any) -> Call:
-        call = Call(request, None, sink)
-        self.calls.append(call)
-        return call
-
-    def cancel(self, call: Call, response: Response | None = None) -> bool:
-        self.cancelled.append(call)
-        if response is not None:
-            call.sink.deliver(call, response)
-        return True
-
-    def finish(self, call: Call, result: Any = None) -> None:
-        call.done = True
-        call.sink.deliver(call, Response(call.request, result))
-
-    def requests(self) -> list[tuple]:
-        return [(c.request.method, c.request.params, c.request.id) for c in self.calls]
 
 
 class Gates:
@@ -98,10 +79,10 @@ def make_factory(dispatcher: Any = None, clock: Clock | None = None, **limits: A
     )
 
 
-def connect(factory: RPCFactory, peer: Any = None):
+def connect(factory: RPCFactory, peer: Any = None, transport_class: type = StringTransport):
     peer = peer or IPv4Address("TCP", "10.0.0.1", 40000)
     protocol = factory.buildProtocol(peer)
-    transport = StringTransport(peerAddress=peer)
+    transport = transport_class(peerAddress=peer)
     protocol.makeConnection(transport)
     return protocol, transport
 
@@ -111,21 +92,11 @@ def disconnect(protocol: Any) -> None:
     protocol.connectionLost(Failure(ConnectionError("closed by the test")))
 
 
-def frame(obj: Any, fmt: str = "!I") -> bytes:
-    body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return struct.pack(fmt, len(body)) + body
-
-
 def replies(transport: StringTransport, fmt: str = "!I") -> list[Any]:
     """The frames written since the last look, decoded; the transport is cleared."""
-    data, out = transport.value(), []
+    data = transport.value()
     transport.clear()
-    while data:
-        (n,) = struct.unpack(fmt, data[:4])
-        assert len(data) >= 4 + n, "a partial frame was written"
-        out.append(json.loads(data[4 : 4 + n]))
-        data = data[4 + n :]
-    return out
+    return unframe(data, fmt)
 
 
 def call(method: str, *params: Any, id: Any = 1) -> dict:
@@ -134,13 +105,18 @@ def call(method: str, *params: Any, id: Any = 1) -> dict:
 
 # -- framing ----------------------------------------------------------------------------------
 
+# Every kind of frame: JSON-RPC calls and a notification, legacy calls, batches (one with a
+# notification), non-ASCII text, an empty body (a parse error, not a stall).
 STREAM = b"".join(
     [
         frame(call("echo", 1, id=1)),
+        frame({"jsonrpc": "2.0", "method": "note", "params": {"x": [1, {"y": None}]}}),
         frame({"in": "echo", "params": "legacy"}),
         frame([call("echo", 2, id=2), {"jsonrpc": "2.0", "method": "echo"}]),
-        frame(call("echo", {"nested": [1, 2]}, id="three")),
-        frame(b""),  # an empty body is a parse error, not a stall
+        frame([call("a", 10, id=10), call("b", "é€😀", id=11)]),
+        frame(call("echo", {"nested": [1, 2]}, "x" * 300, id="three")),
+        frame(b""),
+        frame({"in": "echo", "params": [1, 2]}),
         frame(call("echo", "last", id=4)),
     ]
 )
@@ -154,21 +130,62 @@ def _calls_for(chunks: list[bytes]) -> tuple[list[tuple], list[Any]]:
     return dispatcher.requests(), replies(transport)
 
 
+WHOLE = _calls_for([STREAM])
+
+
 def test_frames_split_at_every_byte_give_the_same_calls():
-    whole = _calls_for([STREAM])
-    assert [r[0] for r in whole[0]] == ["echo"] * 6
-    assert [r["error"]["code"] for r in whole[1]] == [-32700]
+    assert len(WHOLE[0]) == 10
+    assert [r["error"]["code"] for r in WHOLE[1]] == [-32700]
     for cut in range(1, len(STREAM)):
-        assert _calls_for([STREAM[:cut], STREAM[cut:]]) == whole, cut
-    assert _calls_for([STREAM[i : i + 1] for i in range(len(STREAM))]) == whole
+        assert _calls_for([STREAM[:cut], STREAM[cut:]]) == WHOLE, cut
+    assert _calls_for([STREAM[i : i + 1] for i in range(len(STREAM))]) == WHOLE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=40))
+def test_frames_split_anywhere_many_times_give_the_same_calls(cuts):
+    cuts = sorted(set(cuts))
+    chunks = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)], strict=True)]
+    assert _calls_for(chunks) == WHOLE
 
 
 def test_byteorder_little():
     dispatcher = RecordingDispatcher()
     protocol, transport = connect(make_factory(dispatcher, byteorder="little"))
     protocol.dataReceived(frame(call("echo", 1, id=9), "<I"))
-    dispatcher.finish(dispatcher.calls[0], "little")
+    dispatcher.finish(dispatcher.submitted[0], "little")
     assert replies(transport, "<I") == [{"jsonrpc": "2.0", "result": "little", "id": 9}]
+
+
+BAD_FRAMES = [
+    (b"[" * 100_000, -32700),
+    (b"1" * 5000, -32700),
+    (b'{"jsonrpc":"2.0","method":"\xc3\x28","id":1}', -32700),
+    (b'{"jsonrpc":"2.0","method":"a","params":[NaN],"id":1}', -32700),
+    (b'{"jsonrpc":"2.0","method":"a","params":[Infinity],"id":1}', -32700),
+    (b"", -32700),
+    (b"17", -32600),
+    (b'"ping"', -32600),
+    (b'{"jsonrpc":"2.0","method":7,"id":1}', -32600),
+    (b'{"jsonrpc":"2.0","method":"a","params":"x","id":1}', -32600),
+    (b'{"jsonrpc":"2.0","method":"a","id":[1]}', -32600),
+    (b'{"jsonrpc":"1.0","method":"a","id":1}', -32600),
+    (json.dumps([call("ping", id=i) for i in range(101)]).encode(), -32600),  # > max_batch
+]
+
+
+@pytest.mark.parametrize(("body", "code"), BAD_FRAMES)
+def test_bad_frame_is_answered_and_the_connection_keeps_working(body, code):
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher))
+    protocol.dataReceived(frame(body) + frame(call("ping", id=99)))
+    [reply] = replies(transport)
+    assert reply["error"]["code"] == code
+    assert not transport.disconnecting
+    [pending] = dispatcher.submitted
+    assert pending.request.method == "ping" and pending.request.id == 99
+    dispatcher.finish(pending, "pong")
+    assert replies(transport) == [{"jsonrpc": "2.0", "result": "pong", "id": 99}]
 
 
 # -- reply order and shape (real dispatcher under gevent) -------------------------------------
@@ -226,13 +243,14 @@ def test_batch_is_answered_with_one_array():
         {"jsonrpc": "2.0", "method": "echo", "params": [3]},  # notification: no entry
         {"jsonrpc": "2.0", "method": 5, "id": 4},
         call("nosuch", id=5),
+        7,
     ]
     protocol.dataReceived(frame(batch))
     gevent.idle()
     assert replies(transport) == []
     gates.open("a")
     [answer] = replies(transport)
-    assert sorted(answer, key=lambda r: r["id"]) == [
+    assert sorted(answer, key=lambda r: str(r["id"])) == [
         {"jsonrpc": "2.0", "result": "a", "id": 1},
         {"jsonrpc": "2.0", "result": [2], "id": 2},
         {
@@ -248,6 +266,11 @@ def test_batch_is_answered_with_one_array():
                 "data": {"method": "nosuch"},
             },
             "id": 5,
+        },
+        {
+            "jsonrpc": "2.0",
+            "error": {"code": -32600, "message": "invalid request: batch entry is not a request"},
+            "id": None,
         },
     ]
     jsonrpc_spec.check_exchange(json.dumps(batch).encode(), [json.dumps(answer).encode()])
@@ -306,14 +329,18 @@ def test_streaming_needs_a_jsonrpc_call_with_an_id():
     assert legacy["out"] == "error" and legacy["result"]["code"] == -32600
 
 
-def test_disconnect_kills_the_calls_in_flight():
+def test_disconnect_cancels_the_calls_in_flight_and_writes_nothing():
     gates = Gates()
     dispatcher = real_dispatcher(gates)
-    protocol, transport = connect(make_factory(dispatcher))
+    factory = make_factory(dispatcher)
+    protocol, transport = connect(factory)
     protocol.dataReceived(frame(call("wait", "a", id=1)) + frame(call("wait", "b", id=2)))
     gevent.idle()
     assert dispatcher.in_flight == 2
+    calls = list(protocol._session.calls)
     disconnect(protocol)
+    assert len(factory.connections) == 0
+    protocol.deliver(calls[0], Response(calls[0].request, "late"))  # a late answer: dropped
     gevent.idle()
     gates.open("a")
     gates.open("b")
@@ -361,41 +388,66 @@ def test_every_reply_follows_the_spec(body):
 # -- connection limits ------------------------------------------------------------------------
 
 
-def test_connection_past_the_limit_gets_one_error_frame_and_is_closed():
-    factory = make_factory(max_connections=2)
-    first, _ = connect(factory)
-    connect(factory)
-    refused, transport = connect(factory)
-    [error] = replies(transport)
-    assert error["id"] is None and error["error"]["code"] == -32002
-    assert "limit of 2" in error["error"]["message"]
-    assert error["error"]["data"] == {"limit": "max_connections"}
-    assert transport.disconnecting and transport.producerState == "paused"
-    refused.dataReceived(frame(call("echo", id=1)) + struct.pack("!I", 2**31))
-    assert transport.value() == b"" and factory.dispatcher.calls == []
-    disconnect(refused)
-    assert len(factory.connections) == 2 and factory.refused["max_connections"] == 1
+def test_connections_past_the_limit_get_one_error_frame_and_are_closed():
+    factory = make_factory(max_connections=100)
+    conns = [connect(factory, IPv4Address("TCP", "127.0.0.1", 30000 + i)) for i in range(150)]
+    served = [t for _, t in conns if not t.disconnecting]
+    refused = [(p, t) for p, t in conns if t.disconnecting]
+    assert len(served) == 100 and len(refused) == 50
+    assert all(t.value() == b"" for t in served)
+    for _protocol, transport in refused:
+        [error] = replies(transport)
+        assert error["id"] is None and error["error"]["code"] == -32002
+        assert "limit of 100" in error["error"]["message"]
+        assert error["error"]["data"] == {"limit": "max_connections"}
+        assert transport.producerState == "paused"
+    refused_protocol, refused_transport = refused[0]
+    refused_protocol.dataReceived(frame(call("echo", id=1)) + struct.pack("!I", 2**31))
+    assert refused_transport.value() == b"" and factory.dispatcher.submitted == []
+    disconnect(refused_protocol)
+    assert len(factory.connections) == 100 and factory.refused["max_connections"] == 50
 
-    disconnect(first)
+    disconnect(conns[0][0])
     again, transport = connect(factory)
     assert not transport.disconnecting and transport.value() == b""
     again.dataReceived(frame(call("echo", id=1)))
-    assert len(factory.dispatcher.calls) == 1
+    assert len(factory.dispatcher.submitted) == 1
+    for protocol, _ in conns[1:]:
+        protocol.connectionLost(None)
+    again.connectionLost(None)
+    assert len(factory.connections) == 0
 
 
-def test_per_peer_limit():
-    factory = make_factory(max_connections_per_peer=1)
-    here, there = IPv4Address("TCP", "10.0.0.1", 1), IPv6Address("TCP", "::1", 2)
-    first, _ = connect(factory, here)
-    _, refused = connect(factory, IPv4Address("TCP", "10.0.0.1", 3))
-    [error] = replies(refused)
-    assert error["error"]["code"] == -32002 and "10.0.0.1" in error["error"]["message"]
-    assert "per-peer limit of 1" in error["error"]["message"] and refused.disconnecting
-    _, other = connect(factory, there)
-    assert not other.disconnecting
-    disconnect(first)
-    _, back = connect(factory, here)
-    assert not back.disconnecting and back.value() == b""
+@pytest.mark.parametrize(
+    ("host", "twin"),
+    [
+        (IPv4Address("TCP", "127.0.0.1", 0), None),
+        (IPv6Address("TCP", "::1", 0), None),
+        (IPv4Address("TCP", "10.1.2.3", 0), IPv6Address("TCP", "::ffff:10.1.2.3", 0)),
+    ],
+)
+def test_per_peer_limit_counts_open_connections_exactly(host, twin):
+    factory = make_factory(max_connections_per_peer=2)
+    other = IPv4Address("TCP", "192.0.2.9", 1)
+    a, ta = connect(factory, host)
+    b, tb = connect(factory, twin or host)  # a mapped IPv4 address is the same peer
+    c, tc = connect(factory, host)
+    _, tother = connect(factory, other)
+    assert not ta.disconnecting and not tb.disconnecting and not tother.disconnecting
+    [error] = replies(tc)
+    assert tc.disconnecting and error["error"]["code"] == -32002
+    assert "per-peer limit of 2" in error["error"]["message"]
+    assert host.host.removeprefix("::ffff:") in error["error"]["message"]
+    c.connectionLost(None)  # a refused connection closing frees nothing it never held
+    a.connectionLost(None)
+    a.connectionLost(None)  # a second notice must not count twice
+    d, td = connect(factory, host)
+    assert not td.disconnecting and td.value() == b""
+    e, te = connect(factory, host)
+    assert te.disconnecting
+    for protocol in (b, d, e):
+        protocol.connectionLost(None)
+    assert factory._per_peer == {"192.0.2.9": 1}
 
 
 # -- idle timeout -----------------------------------------------------------------------------
@@ -410,23 +462,33 @@ def test_idle_connection_closes_after_exactly_the_timeout():
     assert transport.disconnecting
 
 
-def test_a_frame_restarts_the_idle_clock():
+@pytest.mark.parametrize(
+    "sent", [b"", b"\x00\x00", b'\x00\x00\x00\x10{"jsonrpc"', frame(call("echo", id=1))[:-1]]
+)
+def test_a_partial_frame_is_not_activity(sent):
     clock = Clock()
-    protocol, transport = connect(make_factory(clock=clock, idle_timeout=10))
-    clock.advance(5)
-    protocol.dataReceived(frame(b"garbage"))  # a complete frame, even a bad one, is activity
-    clock.advance(9.999)
+    protocol, transport = connect(make_factory(clock=clock, idle_timeout=10.0))
+    clock.advance(3.0)
+    protocol.dataReceived(sent)
+    clock.advance(6.9)
     assert not transport.disconnecting
-    clock.advance(0.001)
+    clock.advance(0.1)
     assert transport.disconnecting
 
 
-def test_a_partial_frame_is_not_activity():
+def test_idle_timeout_counts_from_the_last_complete_frame_even_a_bad_one():
     clock = Clock()
-    protocol, transport = connect(make_factory(clock=clock, idle_timeout=10))
-    clock.advance(5)
-    protocol.dataReceived(frame(call("echo", id=1))[:-1])
-    clock.advance(5)
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, clock, idle_timeout=10.0))
+    clock.advance(4.0)
+    protocol.dataReceived(frame(call("ping")))
+    dispatcher.finish(dispatcher.submitted[0])
+    clock.advance(1.0)
+    protocol.dataReceived(frame(b"garbage"))  # a complete frame, even a bad one, is activity
+    protocol.dataReceived(frame(call("ping"))[:6])
+    clock.advance(9.999)  # 14.999 s: 9.999 s after the last complete frame
+    assert not transport.disconnecting
+    clock.advance(0.001)
     assert transport.disconnecting
 
 
@@ -439,7 +501,7 @@ def test_no_idle_close_while_a_call_is_pending():
     for _ in range(24):
         clock.advance(1)
     assert not transport.disconnecting
-    dispatcher.finish(dispatcher.calls[0])  # t = 25: idle from here
+    dispatcher.finish(dispatcher.submitted[0])  # t = 25: idle from here
     clock.advance(9.999)
     assert not transport.disconnecting
     clock.advance(0.001)
@@ -468,25 +530,28 @@ def test_frame_at_the_limit_is_accepted():
     body = json.dumps(call("echo", "x" * 40, id=1)).encode()
     protocol, transport = connect(make_factory(dispatcher, max_frame_bytes=len(body)))
     protocol.dataReceived(frame(body))
-    assert len(dispatcher.calls) == 1 and not transport.disconnecting
+    assert len(dispatcher.submitted) == 1 and not transport.disconnecting
 
 
-def test_frame_too_large_gets_one_error_then_close_without_buffering():
+@pytest.mark.parametrize("prefix", [struct.pack("!I", 101), b"\xff\xff\xff\xff"])
+def test_frame_too_large_gets_one_error_then_close_at_once_without_buffering(prefix):
     dispatcher = RecordingDispatcher()
     protocol, transport = connect(make_factory(dispatcher, max_frame_bytes=100))
     protocol.dataReceived(frame(call("echo", id=1)))  # a call still in flight
-    protocol.dataReceived(struct.pack("!I", 101) + b"x" * 60)
+    protocol.dataReceived(prefix + b"x" * 5000)
     [error] = replies(transport)
+    length = struct.unpack("!I", prefix)[0]
     assert error["error"]["code"] == -32004 and error["id"] is None
-    assert "101 bytes exceeds max_frame_bytes 100" in error["error"]["message"]
-    assert transport.disconnecting and transport.producerState == "paused"
-    assert protocol._unprocessed == b""
+    assert f"{length} bytes exceeds max_frame_bytes 100" in error["error"]["message"]
+    assert transport.disconnecting  # no clock advance: the close is immediate
+    assert transport.producerState == "paused"
+    assert protocol._decoder.buffered() == 0  # nothing of the body is kept
     # The call in flight finishing must not restart reading on a connection being closed.
-    dispatcher.finish(dispatcher.calls[0], "late")
+    dispatcher.finish(dispatcher.submitted[0], "late")
     assert transport.producerState == "paused"
     # (A paused TCP transport reads nothing more; if bytes did arrive, they are not served.)
     protocol.dataReceived(b"y" * 41 + frame(call("echo", id=2)))
-    assert len(dispatcher.calls) == 1
+    assert len(dispatcher.submitted) == 1
     assert transport.value() == b""  # nothing after the error frame
 
 
@@ -497,29 +562,49 @@ def test_max_inflight_pauses_reading_until_replies_drain():
     dispatcher = RecordingDispatcher()
     protocol, transport = connect(make_factory(dispatcher, max_inflight=2))
     protocol.dataReceived(b"".join(frame(call("echo", i, id=i)) for i in range(5)))
-    assert len(dispatcher.calls) == 2 and transport.producerState == "paused"
-    dispatcher.finish(dispatcher.calls[0])
+    assert len(dispatcher.submitted) == 2 and transport.producerState == "paused"
+    dispatcher.finish(dispatcher.submitted[0])
     # One slot free: reading resumes, one more buffered frame is taken, and it pauses again.
-    assert len(dispatcher.calls) == 3 and transport.producerState == "paused"
-    for c in list(dispatcher.calls[1:]):
+    assert len(dispatcher.submitted) == 3 and transport.producerState == "paused"
+    for c in list(dispatcher.submitted[1:]):
         dispatcher.finish(c)
-    assert len(dispatcher.calls) == 5
-    for c in dispatcher.calls[3:]:
+    assert len(dispatcher.submitted) == 5
+    for c in dispatcher.submitted[3:]:
         dispatcher.finish(c)
     assert transport.producerState == "producing"
     assert sorted(r["id"] for r in replies(transport)) == [0, 1, 2, 3, 4]
 
 
-def test_batch_counts_against_max_inflight():
+def test_pipelined_calls_never_exceed_max_inflight():
     dispatcher = RecordingDispatcher()
-    protocol, transport = connect(make_factory(dispatcher, max_inflight=3))
-    protocol.dataReceived(frame([call("echo", id=i) for i in range(3)]) + frame(call("echo", id=9)))
-    assert len(dispatcher.calls) == 3 and transport.producerState == "paused"
-    for c in list(dispatcher.calls):
-        dispatcher.finish(c)
-    assert len(dispatcher.calls) == 4
-    [batch] = replies(transport)
-    assert sorted(r["id"] for r in batch) == [0, 1, 2]
+    protocol, transport = connect(make_factory(dispatcher, max_inflight=32))
+    protocol.dataReceived(b"".join(frame(call("work", id=i)) for i in range(1000)))
+    peak = 0
+    while dispatcher.running():
+        running = dispatcher.running()
+        peak = max(peak, len(running))
+        dispatcher.finish(running[0], running[0].request.id)
+    assert peak == 32
+    assert len(dispatcher.submitted) == 1000
+    assert sorted(r["result"] for r in replies(transport)) == list(range(1000))
+
+
+def test_a_batch_never_exceeds_max_inflight_and_holds_the_next_frame():
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, max_inflight=8, max_batch=100))
+    batch = frame([call("work", id=i) for i in range(50)])
+    protocol.dataReceived(batch + frame(call("next", id=99)))
+    assert len(dispatcher.running()) == 8 and transport.producerState == "paused"
+    peak = 0
+    while dispatcher.running():
+        running = dispatcher.running()
+        peak = max(peak, len(running))
+        dispatcher.finish(running[0], running[0].request.id)
+    assert peak == 8
+    [batch, single] = replies(transport)  # the frame after the batch is read only then
+    assert sorted(r["result"] for r in batch) == list(range(50))
+    assert single == {"jsonrpc": "2.0", "result": 99, "id": 99}
+    assert transport.producerState == "producing"
 
 
 def test_refused_call_does_not_count_as_in_flight():
@@ -532,3 +617,492 @@ def test_refused_call_does_not_count_as_in_flight():
     assert transport.producerState == "producing"
     gates.open("a")
     assert replies(transport) == [{"jsonrpc": "2.0", "result": "a", "id": 1}]
+
+
+def _greedy(clock: Clock, dispatcher: Any = None, **limits: Any):
+    factory = make_factory(dispatcher, clock, **limits)
+    protocol, transport = connect(factory, transport_class=BufferingTransport)
+    assert transport.bufferSize == factory.limits.max_outbuf
+    return protocol, transport, factory.dispatcher
+
+
+def test_peer_that_never_reads_is_no_longer_read_then_aborted_after_write_timeout():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096, write_timeout=30.0)
+    for i in range(5):
+        protocol.dataReceived(frame(call("echo", id=i)))
+        dispatcher.finish(dispatcher.submitted[-1], "x" * 1500)
+    # The third reply took the unsent bytes past 4096: reading stopped there.
+    assert transport.producerState == "paused"
+    assert len(dispatcher.submitted) == 3
+    clock.advance(29.9)
+    assert not transport.aborted
+    clock.advance(0.2)
+    assert transport.aborted
+
+
+def test_peer_that_catches_up_is_read_again_and_not_aborted():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096)
+    protocol.dataReceived(frame(call("echo", id=1)))
+    dispatcher.finish(dispatcher.submitted[0], "x" * 5000)
+    assert transport.producerState == "paused"
+    clock.advance(20)
+    transport.flush()
+    assert transport.producerState == "producing"
+    clock.advance(60)
+    assert not transport.aborted and not transport.disconnecting
+
+
+def test_outbuf_and_inflight_pauses_do_not_undo_each_other():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096, max_inflight=2)
+    protocol.dataReceived(b"".join(frame(call("echo", id=i)) for i in range(4)))
+    assert len(dispatcher.submitted) == 2 and transport.producerState == "paused"  # in-flight
+    first, second = dispatcher.submitted
+    dispatcher.finish(first, "x" * 5000)  # frees a slot but fills the outbuf
+    assert transport.producerState == "paused" and len(dispatcher.submitted) == 2
+    transport.flush()  # outbuf drained, but is the in-flight cap free? yes: one slot
+    assert len(dispatcher.submitted) == 3 and transport.producerState == "paused"
+    dispatcher.finish(second, "x" * 5000)  # outbuf full again: slot free, still not read
+    assert len(dispatcher.submitted) == 3
+    transport.flush()
+    assert len(dispatcher.submitted) == 4
+
+
+def test_stream_says_when_the_peer_lags_and_its_drain_wakes_the_dispatcher():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096)
+    protocol.dataReceived(frame(call("ticker", id="t")))
+    [ticker] = dispatcher.submitted
+    assert protocol.stream(ticker, "y" * 3000) is True
+    assert protocol.stream(ticker, "y" * 3000) is False  # past 4096 unsent: hold the stream
+    assert dispatcher.woken == []
+    transport.flush()
+    assert dispatcher.woken == [protocol]
+    items = [r["params"]["item"] for r in replies(transport)]
+    assert items == ["y" * 3000] * 2
+
+
+def test_a_stream_waits_while_the_outbuf_is_full_holding_nothing_else_back():
+    registry = Registry()
+    sent = []
+
+    def ticker():
+        for i in range(4):
+            yield "y" * 3000
+            sent.append(i)
+        return "end"
+
+    registry.add("ticker", ticker)
+    clock = Clock()
+    protocol, transport, _ = _greedy(clock, Dispatcher(registry), max_outbuf=4096)
+    protocol.dataReceived(frame(call("ticker", id="t")))
+    gevent.idle()
+    assert sent == [0]  # the second item took the unsent bytes past 4096: it waits
+    gevent.sleep(0.01)
+    assert sent == [0]
+    transport.flush()
+    gevent.idle()
+    assert sent == [0, 1, 2]  # room for two more, and the fourth waits again
+    transport.flush()
+    gevent.idle()
+    assert sent == [0, 1, 2, 3]
+    assert replies(transport)[-1] == {"jsonrpc": "2.0", "result": "end", "id": "t"}
+
+
+def test_close_unregisters_the_outbuf_watch_so_the_transport_can_close():
+    clock = Clock()
+    factory = make_factory(clock=clock, write_timeout=5.0)
+    protocol, transport = connect(factory, transport_class=BufferingTransport)
+    assert transport.producer is not None
+    factory.close_all()
+    assert transport.producer is None and transport.disconnecting
+    clock.advance(5.1)  # the peer never took its last bytes
+    assert transport.aborted
+
+
+# -- the rpc.auth handshake -------------------------------------------------------------------
+
+SECRET = b"never-log-me-0123456789"
+
+
+class Conn:
+    """A connection to a factory with an auth key; the challenge is read at once."""
+
+    def __init__(self, key=SECRET, max_frame_bytes=1024 * 1024):
+        self.clock = Clock()
+        self.dispatcher = RecordingDispatcher()
+        self.factory = make_factory(
+            self.dispatcher,
+            self.clock,
+            max_frame_bytes=max_frame_bytes,
+            idle_timeout=0,
+            auth_key=auth.Key(key) if key is not None else None,
+        )
+        self.proto, self.transport = connect(self.factory, IPv4Address("TCP", "127.0.0.1", 40000))
+        self._challenge = None
+        if key is not None:
+            (challenge,) = self.frames()
+            assert challenge["method"] == "rpc.auth" and "id" not in challenge
+            self._challenge = challenge["params"]
+
+    def send(self, obj):
+        self.proto.dataReceived(frame(obj))
+
+    def frames(self):
+        return replies(self.transport)
+
+    def challenge(self):
+        return self._challenge
+
+    def submitted(self):
+        return [c.request for c in self.dispatcher.submitted]
+
+    def authenticate(self, key=SECRET):
+        params = auth.respond(auth.Key(key), self.challenge())
+        self.send({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": "a"})
+        return self.frames()
+
+
+def test_without_a_key_there_is_no_handshake():
+    c = Conn(key=None)
+    assert c.transport.value() == b""
+    c.send({"jsonrpc": "2.0", "method": "ping", "id": 1})
+    assert [r.method for r in c.submitted()] == ["ping"]
+
+
+def test_challenge_then_success_then_calls_flow():
+    c = Conn()
+    assert c.challenge()["mechanism"] == "hmac-sha256" and len(c.challenge()["nonce"]) == 64
+    assert Conn().challenge()["nonce"] != c.challenge()["nonce"]
+    (reply,) = c.authenticate()
+    assert reply == {"jsonrpc": "2.0", "result": {"authenticated": True}, "id": "a"}
+    assert not c.transport.disconnecting
+    c.send({"jsonrpc": "2.0", "method": "ping", "id": 1})
+    assert [r.method for r in c.submitted()] == ["ping"]
+    c.dispatcher.finish(c.dispatcher.submitted[0], "pong")
+    assert c.frames() == [{"jsonrpc": "2.0", "result": "pong", "id": 1}]
+    # The handshake timer is gone: nothing happens at 5 s.
+    c.clock.advance(auth.HANDSHAKE_TIMEOUT + 1)
+    assert not c.transport.disconnecting
+
+
+def test_mutual_authentication():
+    c = Conn()
+    client_nonce = auth.new_nonce()
+    params = auth.respond(auth.Key(SECRET), c.challenge(), client_nonce)
+    c.send({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 7})
+    (reply,) = c.frames()
+    assert auth.check_server(auth.Key(SECRET), client_nonce, reply["result"])
+
+
+def test_legacy_envelope_handshake():
+    c = Conn()
+    params = auth.respond(auth.Key(SECRET), c.challenge())
+    c.send({"in": "rpc.auth", "params": params})
+    assert c.frames() == [{"out": "rpc.auth", "result": {"authenticated": True}}]
+
+
+def test_everything_else_before_auth_is_refused_with_32003():
+    c = Conn()
+    c.send({"jsonrpc": "2.0", "method": "ping", "id": 1})
+    c.send({"in": "ping"})
+    c.send([{"jsonrpc": "2.0", "method": "ping", "id": 2}])
+    c.send({"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": 1}, "id": 3})
+    c.send({"jsonrpc": "2.0", "method": "ping"})  # a notification: refused silently
+    frames = c.frames()
+    assert [f.get("error", f.get("result", {})).get("code") for f in frames] == [-32003] * 4
+    assert frames[0]["id"] == 1 and frames[1]["out"] == "error" and frames[3]["id"] == 3
+    assert c.submitted() == []
+    assert not c.transport.disconnecting  # still time to authenticate
+    assert c.authenticate()[0]["result"] == {"authenticated": True}
+
+
+def test_wrong_key_is_refused_and_closed():
+    c = Conn()
+    (reply,) = c.authenticate(key=b"wrong")
+    assert reply["error"]["code"] == -32003 and reply["id"] == "a"
+    assert c.transport.disconnecting
+    c.send({"jsonrpc": "2.0", "method": "ping", "id": 1})
+    assert c.submitted() == []
+
+
+def test_malformed_auth_params_close():
+    c = Conn()
+    c.send({"jsonrpc": "2.0", "method": "rpc.auth", "params": [1, 2], "id": 1})
+    (reply,) = c.frames()
+    assert reply["error"]["code"] == -32003 and c.transport.disconnecting
+
+
+def test_handshake_must_finish_within_5_s():
+    c = Conn()
+    c.clock.advance(auth.HANDSHAKE_TIMEOUT - 0.01)
+    assert not c.transport.disconnecting
+    c.clock.advance(0.02)
+    (reply,) = c.frames()
+    assert reply["error"]["code"] == -32003 and "timed out" in reply["error"]["message"]
+    assert c.transport.disconnecting
+
+
+def test_preauth_frames_are_capped_small():
+    c = Conn()
+    c.proto.dataReceived(struct.pack("!I", auth.PREAUTH_MAX_FRAME + 1))
+    (reply,) = c.frames()
+    assert reply["error"]["code"] == -32004 and c.transport.disconnecting
+
+
+def test_preauth_frame_at_the_cap_is_read_and_the_cap_lifts_after_auth():
+    c = Conn()
+    pad = "x" * (auth.PREAUTH_MAX_FRAME - 100)
+    c.send({"jsonrpc": "2.0", "method": "ping", "params": [pad], "id": 1})
+    assert c.frames()[0]["error"]["code"] == -32003
+    c.authenticate()
+    c.send({"jsonrpc": "2.0", "method": "ping", "params": ["y" * 100_000], "id": 2})
+    assert not c.transport.disconnecting
+    assert [r.id for r in c.submitted()] == [2]
+
+
+def test_a_failed_handshake_cancels_its_timer():
+    c = Conn()
+    c.authenticate(key=b"wrong")
+    assert c.clock.getDelayedCalls() == []
+
+
+def test_connection_lost_cancels_the_handshake_timer():
+    c = Conn()
+    c.proto.connectionLost(None)
+    assert c.clock.getDelayedCalls() == []
+
+
+@pytest.fixture
+def log_events():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_key_never_logged(log_events):
+    c = Conn()
+    c.authenticate(key=b"wrong")  # logs a warning
+    c2 = Conn()
+    c2.authenticate()
+    c3 = Conn()
+    c3.clock.advance(10)
+    assert any("authentication failed" in repr(e) for e in log_events)
+    text = repr(log_events) + repr(c.factory.limits)
+    assert SECRET.decode() not in text
+
+
+# -- half-close (issue 10) --------------------------------------------------------------------
+
+
+def test_half_close_gets_every_reply_owed_then_closes():
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, max_inflight=8))
+    protocol.dataReceived(b"".join(frame(call("work", id=i)) for i in range(50)))
+    assert len(dispatcher.running()) == 8  # the rest still buffered: past the in-flight cap
+    assert IHalfCloseableProtocol.providedBy(protocol)
+    protocol.readConnectionLost()  # what `printf ... | nc` does: shutdown(SHUT_WR)
+    while dispatcher.running():
+        assert not transport.disconnecting
+        running = dispatcher.running()
+        assert len(running) <= 8
+        dispatcher.finish(running[0], running[0].request.id)
+    assert sorted(r["result"] for r in replies(transport)) == list(range(50))
+    assert transport.disconnecting
+
+
+def test_half_close_with_nothing_owed_closes_at_once():
+    protocol, transport = connect(make_factory())
+    protocol.dataReceived(frame(call("work", id=1))[:-3])  # a partial frame is owed nothing
+    protocol.readConnectionLost()
+    assert transport.disconnecting and transport.value() == b""
+
+
+# -- memory per connection (issue 10) ---------------------------------------------------------
+
+
+def test_no_new_call_starts_while_a_peers_unsent_replies_are_past_max_outbuf():
+    registry = Registry()
+    ran = []
+
+    def big(i):
+        ran.append(i)
+        return "x" * 5000
+
+    registry.add("big", big)
+    clock = Clock()
+    protocol, transport, _ = _greedy(clock, Dispatcher(registry), max_outbuf=4096)
+    protocol.dataReceived(b"".join(frame(call("big", i, id=i)) for i in range(20)))
+    gevent.idle()
+    # The first reply took the unsent bytes past 4096: no other call started, so the
+    # connection holds max_outbuf plus one reply, not twenty replies.
+    assert ran == [0] and transport.unsent < 4096 + 5100
+    for n in range(2, 21):
+        transport.flush()  # the peer reads: one more call runs, and fills it again
+        gevent.idle()
+        assert len(ran) == n
+    assert sorted(r["id"] for r in replies(transport)) == list(range(20))
+
+
+def test_a_lagging_peer_that_goes_away_leaves_nothing_in_the_dispatcher():
+    registry = Registry()
+    registry.add("big", lambda: "x" * 5000)
+    dispatcher = Dispatcher(registry)
+    protocol, transport, _ = _greedy(Clock(), dispatcher, max_outbuf=4096)
+    protocol.dataReceived(b"".join(frame(call("big", id=i)) for i in range(5)))
+    gevent.idle()
+    assert dispatcher.queued == 4
+    disconnect(protocol)
+    gevent.idle()
+    assert dispatcher.queued == 0 and dispatcher.in_flight == 0 and dispatcher._lagging == {}
+
+
+# -- unauthenticated connections (issue 10) ---------------------------------------------------
+
+
+def _auth_factory(**limits: Any) -> RPCFactory:
+    return make_factory(
+        RecordingDispatcher(), Clock(), idle_timeout=0, auth_key=auth.Key(SECRET), **limits
+    )
+
+
+def _authenticate(protocol: Any, transport: StringTransport) -> list:
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(SECRET), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    return replies(transport)
+
+
+def test_a_full_server_drops_an_unauthenticated_connection_for_a_new_one():
+    factory = _auth_factory(max_connections=20)
+    squatters = [connect(factory, IPv4Address("TCP", "10.9.9.9", 1000 + i)) for i in range(25)]
+    holder, transport = connect(factory, IPv4Address("TCP", "10.0.0.7", 5000))
+    assert not transport.disconnecting
+    [reply] = _authenticate(holder, transport)
+    assert reply["result"]["authenticated"] is True
+    assert len(factory.connections) == 20 and holder in factory.connections
+    dropped = [t for _, t in squatters if t.disconnecting]
+    assert len(dropped) == 6  # the oldest, each when a newer connection needed its slot
+    error = unframe(dropped[-1].value())[-1]
+    assert error["error"]["code"] == -32002 and error["error"]["data"] == {
+        "limit": "max_connections"
+    }
+    # Once authenticated it is never dropped for a newcomer.
+    for i in range(30):
+        connect(factory, IPv4Address("TCP", "10.9.9.9", 3000 + i))
+    assert not transport.disconnecting and holder in factory.connections
+
+
+def test_unauthenticated_connections_have_a_cap_of_their_own():
+    factory = _auth_factory(max_unauthenticated=3)
+    conns = [connect(factory, IPv4Address("TCP", "10.9.9.9", 1000 + i)) for i in range(5)]
+    assert [t.disconnecting for _, t in conns] == [True, True, False, False, False]
+    error = unframe(conns[0][1].value())[-1]
+    assert error["error"]["data"] == {"limit": "max_unauthenticated"}
+    assert "max_unauthenticated 3" in error["error"]["message"]
+    assert len(factory.connections) == 3 and factory.refused["max_unauthenticated"] == 2
+    protocol, transport = conns[2]
+    _authenticate(protocol, transport)
+    connect(factory, IPv4Address("TCP", "10.9.9.9", 2000))
+    assert not transport.disconnecting  # authenticated: no longer counted, never dropped
+
+
+def _fail_auth(factory: RPCFactory, peer: Any) -> StringTransport:
+    protocol, transport = connect(factory, peer)
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(b"wrong"), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    return transport
+
+
+def test_auth_failures_slow_the_next_attempts_of_that_peer_only():
+    factory = _auth_factory(auth_failure_delay=0.1)
+    clock = factory.clock
+    bad = IPv4Address("TCP", "10.6.6.6", 1)
+    for _ in range(3):
+        failed = _fail_auth(factory, bad)
+        clock.advance(0.3)  # the second and third attempts are read after 0.1 s and 0.2 s
+        [reply] = replies(failed)
+        assert reply["error"]["code"] == -32003
+    protocol, transport = connect(factory, IPv4Address("TCP", "10.6.6.6", 2))
+    [challenge] = replies(transport)
+    params = auth.respond(auth.Key(SECRET), challenge["params"])
+    protocol.dataReceived(
+        frame({"jsonrpc": "2.0", "method": "rpc.auth", "params": params, "id": 1})
+    )
+    assert replies(transport) == []  # not read yet: 0.1 s doubled per failure, 0.4 s now
+    clock.advance(0.399)
+    assert replies(transport) == []
+    clock.advance(0.001)
+    assert replies(transport)[0]["result"]["authenticated"] is True
+    # The handshake timer started after the delay: the client had its whole 5 s.
+    other, other_transport = connect(factory, IPv4Address("TCP", "10.0.0.8", 3))
+    assert _authenticate(other, other_transport)[0]["result"]["authenticated"] is True
+    # A success forgets the peer's failures.
+    again, again_transport = connect(factory, IPv4Address("TCP", "10.6.6.6", 4))
+    assert _authenticate(again, again_transport)[0]["result"]["authenticated"] is True
+
+
+def test_auth_failures_are_logged_once_per_peer_per_interval_with_a_count(log_events):
+    factory = _auth_factory(auth_failure_delay=0)
+    bad = IPv4Address("TCP", "10.6.6.6", 1)
+    for _ in range(10):
+        _fail_auth(factory, bad)
+    _fail_auth(factory, IPv4Address("TCP", "10.7.7.7", 1))
+
+    def lines():
+        return [e for e in log_events if "authentication fail" in formatEvent(e)]
+
+    assert len(lines()) == 2  # one per peer
+    factory.clock.advance(60)
+    [summary] = lines()[2:]
+    assert summary["count"] == 9 and summary["peer"] == "10.6.6.6:1"
+
+
+# -- frame-level errors the operator sees (issue 10) ------------------------------------------
+
+
+def test_frame_level_errors_are_counted_in_the_stats():
+    dispatcher = Dispatcher(Registry())
+    factory = make_factory(dispatcher, max_frame_bytes=100)
+    protocol, _ = connect(factory)
+    protocol.dataReceived(frame(b"{not json") + frame(b"17"))
+    protocol.dataReceived(struct.pack("!I", 101))
+    assert dispatcher.stats.summary()["errors"] == {"-32700": 1, "-32600": 1, "-32004": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: rpcd\r\n\r\n", "looks like an HTTP request"),
+        (frame(call("ping"), "<I"), "the length prefix looks little-endian"),
+    ],
+)
+def test_a_too_large_prefix_names_its_likely_cause(data, cause, log_events):
+    protocol, transport = connect(make_factory())
+    protocol.dataReceived(data)
+    [error] = replies(transport)
+    assert error["error"]["code"] == -32004 and cause in error["error"]["message"]
+    assert transport.disconnecting
+    assert any(cause in formatEvent(e) for e in log_events)
+
+
+def test_frame_errors_are_logged_once_per_interval_with_a_count(log_events):
+    factory = make_factory()
+    for i in range(10):
+        protocol, _ = connect(factory, IPv4Address("TCP", "10.1.1.1", 7000 + i))
+        protocol.dataReceived(frame(b"{not json"))
+
+    def lines():
+        return [formatEvent(e) for e in log_events if "-32700" in formatEvent(e)]
+
+    assert len(lines()) == 1 and "10.1.1.1:7000" in lines()[0]
+    factory.clock.advance(60)
+    assert len(lines()) == 2 and "9 more" in lines()[1]

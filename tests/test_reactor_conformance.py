@@ -31,11 +31,15 @@ SUITES = [
 def test_twisted_reactor_suites_pass_on_gevent_reactor(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.reactor_trial", str(tmp_path / "trial"), *SUITES],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert last.startswith("COUNTS "), proc.stderr[-4000:]
-    report = json.loads(last[len("COUNTS "):])
+    report = json.loads(last[len("COUNTS ") :])
     assert report["failed"] == [], proc.stderr[-8000:]
     ours = report["counts"]["gevent"]
     # Every suite produced GeventReactor cases, and the skips are only the listed ones.

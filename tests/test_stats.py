@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gevent
 import pytest
 
 from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.stats import CallStats, LatencyHistogram
 from rpcd.wire import Request, RPCError
+from tests.conftest import CollectingSink as Sink
 
 
 def test_percentiles_within_a_bucket():
@@ -42,17 +42,6 @@ def test_call_stats_counts_errors_by_code():
     assert summary["methods"]["add"]["count"] == 2 and summary["methods"]["add"]["errors"] == 1
 
 
-class Sink:
-    def __init__(self):
-        self.responses = []
-
-    def deliver(self, call, response):
-        self.responses.append(response)
-
-    def stream(self, call, item):
-        pass
-
-
 def test_dispatcher_records_each_finished_call():
     registry = Registry()
     registry.add("add", lambda a, b: a + b)
@@ -63,10 +52,7 @@ def test_dispatcher_records_each_finished_call():
         dispatcher.submit(Request(method, params, i), sink)
     with pytest.raises(RPCError):
         dispatcher.submit(Request("nosuch", (), 9), sink)
-    for _ in range(100):
-        if len(sink.responses) == 3:
-            break
-        gevent.sleep(0.01)
+    sink.wait_count(3)
     summary = dispatcher.stats.summary()
     assert summary["methods"]["add"]["count"] == 2 and summary["methods"]["add"]["errors"] == 1
     assert summary["methods"]["fail"]["errors"] == 1

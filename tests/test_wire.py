@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -323,7 +324,7 @@ ids = st.none() | st.text() | st.integers(-(2**63), 2**64 - 1)
 params = st.lists(json_values, max_size=4).map(tuple) | st.dictionaries(
     st.text(), json_values, max_size=4
 )
-methods = st.text(min_size=1)
+methods = st.text(min_size=1, max_size=32)  # within MAX_METHOD_BYTES (4 bytes a character at most)
 
 
 @no_deadline
@@ -425,3 +426,234 @@ def test_decode_agrees_with_the_spec_on_each_request(entry):
     else:
         assert kind[0] == "legacy" and request.legacy
         assert (request.method, params) == kind[1:]
+
+
+# -- framing: the incremental frame decoder ---------------------------------------------------
+
+_bodies = st.lists(st.binary(max_size=300), max_size=12)
+_byteorders = st.sampled_from(["big", "little"])
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _drain(decoder: wire.FrameDecoder) -> list[bytes]:
+    frames = []
+    while (frame := decoder.next_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+@given(_bodies, st.lists(st.integers(min_value=0, max_value=4000), max_size=30), _byteorders)
+@settings(max_examples=300, deadline=None)
+def test_any_split_of_any_frames_decodes_to_the_same_bodies(bodies, cuts, byteorder):
+    stream = b"".join(wire.encode_frame(body, byteorder) for body in bodies)
+    decoder = wire.FrameDecoder(1024, byteorder)
+    frames = []
+    for chunk in _cut(stream, cuts):
+        decoder.receive(chunk)
+        frames += _drain(decoder)
+    assert frames == bodies
+    assert decoder.buffered() == 0
+
+
+@given(_bodies, st.lists(st.integers(min_value=0, max_value=4000), max_size=30), _byteorders)
+@settings(max_examples=100, deadline=None)
+def test_frames_taken_late_come_out_the_same(bodies, cuts, byteorder):
+    # All chunks received before any frame is taken (a paused connection catching up).
+    stream = b"".join(wire.encode_frame(body, byteorder) for body in bodies)
+    decoder = wire.FrameDecoder(1024, byteorder)
+    for chunk in _cut(stream, cuts):
+        decoder.receive(chunk)
+    assert decoder.buffered() == len(stream)
+    assert _drain(decoder) == bodies
+
+
+def test_encode_frame_prefixes_the_length_in_either_byte_order():
+    assert wire.encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+    assert wire.encode_frame(b"abc", "little") == b"\x03\x00\x00\x00abc"
+    with pytest.raises(ValueError):
+        wire.encode_frame(b"", "middle")
+    with pytest.raises(ValueError):
+        wire.FrameDecoder(10, "native")
+
+
+def test_an_empty_body_is_a_frame():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"") * 2)
+    assert _drain(decoder) == [b"", b""]
+
+
+def test_a_prefix_over_the_limit_raises_at_once_and_drops_the_buffer():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"ok") + b"\x00\x00\x00\x0b")  # 11 > 10, body never sent
+    assert decoder.next_frame() == b"ok"
+    with pytest.raises(wire.FrameTooLarge) as raised:
+        decoder.next_frame()
+    error = raised.value
+    assert isinstance(error, RPCError) and error.code == wire.FRAME_TOO_LARGE
+    assert error.length == 11 and error.limit == 10
+    assert error.message == "frame too large: 11 bytes exceeds max_frame_bytes 10"
+    assert decoder.buffered() == 0 and decoder.next_frame() is None
+
+
+def test_a_frame_exactly_at_the_limit_is_accepted():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"x" * 10))
+    assert decoder.next_frame() == b"x" * 10
+
+
+def test_the_limit_is_writable_and_applies_to_the_next_prefix():
+    decoder = wire.FrameDecoder(4096)
+    decoder.receive(wire.encode_frame(b"a" * 100) + wire.encode_frame(b"b" * 100))
+    decoder.max_frame_bytes = 100
+    assert decoder.next_frame() == b"a" * 100
+    decoder.max_frame_bytes = 99
+    with pytest.raises(wire.FrameTooLarge):
+        decoder.next_frame()
+
+
+def test_a_large_frame_in_many_pieces_is_joined_once():
+    body = bytes(range(256)) * 1024
+    frame = wire.encode_frame(body)
+    decoder = wire.FrameDecoder(len(body))
+    *pieces, last = [frame[i : i + 1000] for i in range(0, len(frame), 1000)]
+    for piece in pieces:
+        decoder.receive(piece)
+        assert decoder.next_frame() is None
+        assert len(decoder._buffer) <= 1000  # nothing joined while the frame is incomplete
+    decoder.receive(last)
+    assert decoder.next_frame() == body
+
+
+def test_take_buffered_hands_on_what_follows():
+    decoder = wire.FrameDecoder(100)
+    decoder.receive(wire.encode_frame(b"first") + b"\x00\x00")
+    decoder.receive(b"\x00\x01z")
+    assert decoder.next_frame() == b"first"
+    assert decoder.take_buffered() == b"\x00\x00\x00\x01z"
+    assert decoder.buffered() == 0
+
+
+@pytest.mark.parametrize(
+    ("prefix", "byteorder", "cause"),
+    [
+        (b"GET ", "big", "looks like an HTTP request"),
+        (b"HTTP", "big", "looks like an HTTP response"),
+        (b"\x16\x03\x01\x02", "big", "looks like TLS"),
+        ((300).to_bytes(4, "little"), "big", "looks little-endian"),
+        ((300).to_bytes(4, "big"), "little", "looks big-endian"),
+    ],
+)
+def test_an_oversized_prefix_names_its_likely_cause(prefix, byteorder, cause):
+    decoder = wire.FrameDecoder(4 * 1024 * 1024, byteorder)
+    decoder.receive(prefix + b"rest")
+    with pytest.raises(wire.FrameTooLarge) as raised:
+        decoder.next_frame()
+    assert cause in raised.value.likely_cause(byteorder)
+
+
+def test_a_real_oversized_frame_has_no_invented_cause():
+    limit = 4 * 1024 * 1024
+    assert wire.prefix_cause((limit + 1).to_bytes(4, "big"), limit) is None
+    assert wire.prefix_cause((17 * 1024 * 1024 + 5).to_bytes(4, "big"), limit) is None
+
+
+# -- issue 10: hostile input and unencodable results -------------------------------------------
+
+
+@pytest.mark.parametrize("literal", [b"123456789012345678901234567890", b"18446744073709551616",
+                                     b"-9223372036854775809"])  # fmt: skip
+def test_an_id_beyond_64_bits_is_refused_saying_which_ids_rpcd_accepts(literal):
+    # Point 12: orjson reads such an integer as a float; answering it would change the id.
+    body = b'{"jsonrpc":"2.0","method":"m","id":' + literal + b"}"
+    with pytest.raises(RPCError) as raised:
+        wire.decode(body)
+    error = raised.value
+    assert error.code == wire.INVALID_REQUEST and error.request_id is None
+    assert "-9223372036854775808 to 18446744073709551615" in error.message
+    assert wire.decode(body.replace(literal, b"18446744073709551615")).id == 2**64 - 1
+    assert wire.decode(body.replace(literal, b"-9223372036854775808")).id == -(2**63)
+    assert wire.decode(body.replace(literal, b"1.5e3")).id == 1500.0  # a float id stays one
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"),
+                                   [1, {"a": float("nan")}], {"x": (float("inf"),)}])  # fmt: skip
+def test_a_nan_or_infinite_result_is_an_internal_error(value):
+    # Point 4: orjson writes NaN and Infinity as null, silently.
+    reply = orjson.loads(wire.encode(Response(Request("m", (), 1), value)))
+    assert reply["id"] == 1 and reply["error"]["code"] == wire.INTERNAL_ERROR
+    assert "JSON has no NaN or Infinity" in reply["error"]["message"]
+    assert reply["error"]["data"] == {"type": "ValueError"}
+
+
+def test_finite_results_with_nulls_are_untouched():
+    result = [None, 1.5, {"a": None}]
+    reply = orjson.loads(wire.encode(Response(Request("m", (), 1), result)))
+    assert reply["result"] == result
+
+
+def test_a_result_over_the_reply_limit_is_an_internal_error():
+    # Point 5: a reply the peer would refuse as too large is never sent.
+    request = Request("big", (), 1)
+    body = wire.encode(Response(request, "x" * 1000), max_bytes=500)
+    reply = orjson.loads(body)
+    assert reply["error"]["code"] == wire.INTERNAL_ERROR and len(body) <= 500
+    assert (
+        "result of big is 1036 bytes, over the reply limit of 500 bytes"
+        in reply["error"]["message"]
+    )
+    assert wire.encode(Response(request, "x" * 400), max_bytes=500) == wire.encode(
+        Response(request, "x" * 400)
+    )
+    legacy = orjson.loads(wire.encode(Response(Request("big", (), None, False, True), "x" * 1000),
+                                      max_bytes=500))  # fmt: skip
+    assert legacy["out"] == "error" and legacy["result"]["code"] == wire.INTERNAL_ERROR
+
+
+def test_a_batch_over_the_reply_limit_replaces_its_largest_results():
+    responses = [Response(Request("m", (), i), "x" * size) for i, size in enumerate([10, 600, 200])]
+    body = wire.encode_batch(responses, max_bytes=500)
+    assert len(body) <= 500
+    small, big, middle = orjson.loads(body)
+    assert small["result"] == "x" * 10 and middle["result"] == "x" * 200
+    assert big["id"] == 1 and big["error"]["code"] == wire.INTERNAL_ERROR
+
+
+def test_a_method_name_over_the_bound_is_refused_with_the_name_cut_short():
+    # Point 10: a 3 MiB name must not come back whole (nor reach a log line whole).
+    name = "n" * (3 * 1024 * 1024)
+    body = orjson.dumps({"jsonrpc": "2.0", "method": name, "id": 1})
+    with pytest.raises(RPCError) as raised:
+        wire.decode(body, max_method_bytes=128)
+    error = raised.value
+    assert error.code == wire.INVALID_REQUEST and error.request_id == 1
+    assert "n" * 128 + "...[3145728 bytes, cut]" in error.message and len(error.message) < 300
+    assert wire.decode(orjson.dumps({"in": "é" * 64}), max_method_bytes=128).method == "é" * 64
+    with pytest.raises(RPCError) as raised:
+        wire.decode(orjson.dumps({"in": "é" * 65}), max_method_bytes=128)
+    assert raised.value.legacy
+
+
+def test_cut_marks_what_it_cut_and_never_splits_a_character():
+    assert wire.cut("short", 128) == "short"
+    assert wire.cut("abcdef", 3) == "abc...[6 bytes, cut]"
+    assert wire.cut("éé", 3) == "é...[4 bytes, cut]"
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85",
+                                  "\u2028", "\u2029", "\x00", "\x1b"])  # fmt: skip
+def test_log_text_escapes_every_line_break_and_control(char):
+    # Point 11: tools that split with str.splitlines() must see one line.
+    text = wire.log_text(f"evil{char}2026 info [x] forged")
+    assert len(text.splitlines()) == 1 and text.isprintable()
+    assert text.startswith("evil\\") and text.endswith("2026 info [x] forged")
+
+
+def test_log_text_leaves_printable_text_alone_and_bounds_it():
+    assert wire.log_text("math.add") == "math.add"
+    assert wire.log_text("ünïcode ok") == "ünïcode ok"
+    assert wire.log_text("a\nb") == "a\\nb"
+    assert wire.log_text("x" * 1000, 10) == "xxxxxxxxxx...[1000 bytes, cut]"

@@ -1,4 +1,9 @@
-"""Start the real daemon (`twistd -n rpcd`) as a subprocess on a free port."""
+"""Start the real daemon (`twistd -n rpcd`) as a subprocess on a free port.
+
+`start_daemon(...)` gives a test its own daemon (its settings, a fresh state, stopped after the
+test); `shared_daemon` is one daemon with the default settings for the whole session, for the
+tests that only need *a* daemon and leave it as they found it.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port, wait_for
 from tests.rawclient import RawClient
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 # The shared key the auth tests start rpcd with (bytes a text editor would mangle included).
 KEY = b"integration-test-key-\x00\xff-0123456789"
+METHODS = "tests.integration.methods"
+# The line rpcd logs once its listeners are bound (rpcd/service.py, startService).
+SERVING = "rpcd serving"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["KEY", "METHODS", "ROOT", "TWISTD", "Daemon", "free_port", "wait_for"]
 
 
 class Daemon:
@@ -36,20 +41,35 @@ class Daemon:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", *twistd_args, "rpcd", *args],
-            cwd=workdir, env=env, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            stdout=self.output.open("wb"),
+            stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        """Return once this daemon has bound its listeners and accepts a connection.
+
+        A connection alone proves nothing: another process may hold the port free_port gave
+        (the machine is shared), and a probe to a port nobody listens on yet can connect to
+        itself (TCP simultaneous open, when the kernel picks that very port as the probe's
+        own). Either way the daemon was reported ready before it had started. So first wait
+        for the line rpcd logs after binding, from this process's own output.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rpcd exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+            if SERVING in self.log():
+                try:
+                    probe = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                except OSError:
+                    pass
+                else:
+                    probe.close()
+                    return
+            time.sleep(0.05)
         raise RuntimeError(f"rpcd did not listen within {timeout} s:\n{self.log()}")
 
     def client(self, **kwargs) -> RawClient:
@@ -70,8 +90,10 @@ class Daemon:
             c.close()
             time.sleep(0.05)
 
-    def log(self) -> str:
-        return self.output.read_text(errors="replace")
+    def log(self, since: int = 0) -> str:
+        """The daemon's output (twistd's terminal log), from character `since` on: a test on
+        the shared daemon reads only what it caused, `since=len(daemon.log())` taken first."""
+        return self.output.read_text(errors="replace")[since:]
 
     def terminate(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -81,6 +103,42 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def launch(
+    workdir: Path,
+    *args: str,
+    methods: str | None = METHODS,
+    port: int | None = None,
+    listen: bool = True,
+    twistd_args: tuple = (),
+    preexec_fn=None,
+) -> Daemon:
+    """Start `twistd -n rpcd ARGS` in `workdir` on `port` (a free one by default) and wait
+    until it serves; the caller terminates it."""
+    port = port or free_port()
+    argv = list(args)
+    if listen:
+        argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+    if methods:
+        argv += ["--methods", methods]
+    daemon = Daemon(workdir, argv, port, twistd_args, preexec_fn)
+    try:
+        daemon.wait_ready()
+    except BaseException:
+        daemon.terminate()
+        raise
+    return daemon
+
+
+@pytest.fixture(scope="session")
+def shared_daemon(tmp_path_factory):
+    """One daemon with the default settings for every test that needs no settings of its own
+    and no fresh state: such a test must not count on the stats, the log or the connection
+    count starting from zero, and must leave no call running."""
+    daemon = launch(tmp_path_factory.mktemp("shared-rpcd"))
+    yield daemon
+    daemon.terminate()
 
 
 @pytest.fixture
@@ -99,15 +157,16 @@ def start_daemon(tmp_path):
         preexec_fn=None,
     ) -> Daemon:
         """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
-        port = port or free_port()
-        argv = list(args)
-        if listen:
-            argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
-        if methods:
-            argv += ["--methods", methods]
-        daemon = Daemon(tmp_path, argv, port, twistd_args, preexec_fn)
+        daemon = launch(
+            tmp_path,
+            *args,
+            methods=methods,
+            port=port,
+            listen=listen,
+            twistd_args=twistd_args,
+            preexec_fn=preexec_fn,
+        )
         started.append(daemon)
-        daemon.wait_ready()
         return daemon
 
     yield start

@@ -130,7 +130,11 @@ def tracked_peak():
 
 @method
 def gated(path):
-    """Waits until the file `path` exists: the test opens the gate when it is ready."""
+    """Waits until the file `path` exists: the test opens the gate when it is ready (or a
+    minute passes: a test that failed first must not leave the call running for ever)."""
+    deadline = time.monotonic() + 60
     while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} not opened within 60 s")
         time.sleep(0.01)
     return "through"

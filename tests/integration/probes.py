@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
+from tests.conftest import wait_for
 from tests.rawclient import RawClient
+
+__all__ = ["MiB", "rss", "stats", "wait_for"]  # wait_for: the one in tests/conftest.py
 
 MiB = 1024 * 1024
 
@@ -23,15 +22,3 @@ def rss(pid: int) -> int:
 def stats(client: RawClient) -> dict:
     reply = client.call("rpc.stats")
     return reply["result"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.005) -> float:
-    """Poll until `condition()` is true; return the seconds it took. Fails after `timeout`."""
-    started = time.monotonic()
-    while True:
-        value = condition()
-        elapsed = time.monotonic() - started
-        if value:
-            return elapsed
-        assert elapsed < timeout, f"condition not met within {timeout} s"
-        time.sleep(interval)

@@ -25,8 +25,10 @@ MALFORMED = [
     (b'{"jsonrpc":"2.0","method":"add","params":"1,2","id":1}', -32600),
     (b'{"jsonrpc":"2.0","method":"add","id":{"a":1}}', -32600),
     (b'{"in":17}', -32600),
-    (json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(),
-     -32600),  # a batch over --max-batch
+    (
+        json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(101)]).encode(),
+        -32600,
+    ),  # a batch over --max-batch
 ]
 HUGE_PREFIX = struct.pack("!I", 0xFFFFFFFF)
 
@@ -38,6 +40,7 @@ def _huge_prefix(port: int) -> tuple[dict, float]:
         sent = time.monotonic()
         data = b""
         while True:
+            assert time.monotonic() - sent < 10, f"not closed within 10 s: {data[:200]!r}"
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:
@@ -50,8 +53,8 @@ def _huge_prefix(port: int) -> tuple[dict, float]:
     return json.loads(data[4 : 4 + n]), closed
 
 
-def test_huge_length_prefix_is_refused_and_closed(start_daemon):
-    d = start_daemon()
+def test_huge_length_prefix_is_refused_and_closed(shared_daemon):
+    d = shared_daemon
     before = rss(d.proc.pid)
     for _ in range(20):
         reply, closed = _huge_prefix(d.port)
@@ -77,8 +80,8 @@ def _flood(port: int, frames: int, errors: list, offset: int) -> None:
     client.close()
 
 
-def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(start_daemon):
-    d = start_daemon()
+def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(shared_daemon):
+    d = shared_daemon
     valid = d.client()
     assert valid.call("add", 0, 0)["result"] == 0
     start_rss = rss(d.proc.pid)
@@ -86,13 +89,19 @@ def test_flood_of_malformed_frames_leaves_valid_calls_and_memory_intact(start_da
     refusals: list = []
     # 4 connections x 240 malformed frames, plus 40 huge length prefixes: 1,000 in all.
     threads = [threading.Thread(target=_flood, args=(d.port, 240, errors, k)) for k in range(4)]
-    threads.append(threading.Thread(
-        target=lambda: refusals.extend(_huge_prefix(d.port)[0]["error"]["code"] for _ in range(40))
-    ))
+    threads.append(
+        threading.Thread(
+            target=lambda: refusals.extend(
+                _huge_prefix(d.port)[0]["error"]["code"] for _ in range(40)
+            )
+        )
+    )
     for thread in threads:
         thread.start()
     results = []
+    deadline = time.monotonic() + 60
     while any(thread.is_alive() for thread in threads) or len(results) < 50:
+        assert time.monotonic() < deadline, "the flood was not answered within 60 s"
         n = len(results)
         results.append(valid.call("add", n, 1).get("result") == n + 1)
         results.append(valid.call("sleep", 0.001).get("result") == 0.001)  # timers still fire

@@ -5,32 +5,49 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from rpcd.client import Client
-from tests.integration.conftest import ROOT, free_port
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 
 
 @pytest.fixture
-def daemon(start_daemon):
-    return start_daemon()
+def daemon(shared_daemon):
+    """Every test here only needs a daemon with the default settings."""
+    return shared_daemon
+
+
+def read_line(stream, timeout: float = 20) -> str:
+    """One line from a child's pipe, failing the test if none comes within `timeout`."""
+    # A thread, not select(): the pipe's buffer may already hold the line select would wait for.
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert line, f"no output within {timeout} s"
+    return line[0]
 
 
 def run(*args: str, endpoint: str | None = None, env: dict | None = None, timeout: float = 20):
     argv = [RPCD_CALL, *(("-c", endpoint) if endpoint else ()), *args]
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")
+    }
     environ.update(env or {})
-    return subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        argv, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def endpoint_of(daemon) -> str:
@@ -60,11 +77,18 @@ def test_indented_json_on_a_terminal(daemon):
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
         [RPCD_CALL, "-c", endpoint_of(daemon), "echo", '{"a": [1]}'],
-        cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
     )
     os.close(secondary)
     chunks = []
+    deadline = time.monotonic() + 20
     while True:
+        ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"rpcd-call did not finish within 20 s: {b''.join(chunks)!r}")
         try:
             chunk = os.read(main, 4096)
         except OSError:  # EIO: the child closed the terminal
@@ -120,21 +144,40 @@ def test_list_and_describe(daemon):
 
 def test_getlog_shortcuts_map_to_named_params(daemon):
     # fakelog has getlog's parameters: the shortcuts must arrive as lines/level/grep/follow.
-    out = run("fakelog", "-n", "50", "--level", "warn", "--grep", "some text",
-              endpoint=endpoint_of(daemon))
+    out = run(
+        "fakelog",
+        "-n",
+        "50",
+        "--level",
+        "warn",
+        "--grep",
+        "some text",
+        endpoint=endpoint_of(daemon),
+    )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"lines": 50, "level": "warn", "grep": "some text",
-                                      "follow": False}
+    assert json.loads(out.stdout) == {
+        "lines": 50,
+        "level": "warn",
+        "grep": "some text",
+        "follow": False,
+    }
 
 
-def test_follow_streams_until_ctrl_c(daemon):
-    ep = endpoint_of(daemon)
+def test_follow_streams_until_ctrl_c(start_daemon):
+    ep = endpoint_of(start_daemon())  # its own daemon: the stats below count from zero
     proc = subprocess.Popen(
         [RPCD_CALL, "-c", ep, "fakelog", "-f", "--grep", "x"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    first = json.loads(proc.stdout.readline())
-    second = json.loads(proc.stdout.readline())
+    try:
+        first = json.loads(read_line(proc.stdout))
+        second = json.loads(read_line(proc.stdout))
+    except BaseException:
+        proc.kill()
+        raise
     assert first == second == {"lines": 10, "level": "info", "grep": "x", "follow": True}
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0, proc.stderr.read()

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +25,8 @@ from rpcd.client import (
     ServerBusy,
     TooManyConnections,
 )
-from tests.integration.conftest import ROOT, Daemon, free_port
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import ROOT, Daemon
 
 METHODS = "tests.integration.methods"
 
@@ -36,8 +35,14 @@ METHODS = "tests.integration.methods"
 def daemon(tmp_path_factory):
     """One daemon for the tests that do not need their own settings."""
     port = free_port()
-    args = ["--listen", f"tcp:{port}:interface=127.0.0.1", "--methods", METHODS,
-            "--call-timeout", "1"]
+    args = [
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--methods",
+        METHODS,
+        "--call-timeout",
+        "1",
+    ]
     d = Daemon(tmp_path_factory.mktemp("rpcd"), args, port)
     d.wait_ready()
     yield d
@@ -49,14 +54,6 @@ def client(daemon):
     c = Client(f"tcp:127.0.0.1:{daemon.port}", timeout=10)
     yield c
     c.close()
-
-
-def wait_for(predicate, timeout=5.0):
-    """Poll `predicate` until it is true; fail the test if it stays false."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def method_stats(c: Client, name: str) -> dict:
@@ -187,8 +184,8 @@ def _in_flight(c: Client) -> int:
     return c.call("rpc.stats")["calls"]["in_flight"]
 
 
-def test_threads_share_one_connection(start_daemon):
-    d = start_daemon()
+def test_threads_share_one_connection(shared_daemon):
+    d = shared_daemon
     c = Client(f"tcp:127.0.0.1:{d.port}", timeout=10)
     accepted = c.call("rpc.stats")["connections"]["accepted"]
     results: list[bool] = []
@@ -237,8 +234,11 @@ GREENLETS = textwrap.dedent("""
 def test_two_hundred_greenlets_share_one_connection(start_daemon):
     d = start_daemon("--max-inflight", "1000")
     out = subprocess.run(
-        [sys.executable, "-c", GREENLETS, str(d.port)], cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", GREENLETS, str(d.port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -303,16 +303,4 @@ def test_stats_shape(client):
     assert set(stats["workers"]) >= {"busy"}
 
 
-def test_ssl_endpoint(start_daemon, tmp_path):
-    import twisted.test
-
-    pem = Path(twisted.test.__file__).with_name("server.pem")  # self-signed, for "localhost"
-    ca = tmp_path / "ca"
-    ca.mkdir()
-    (ca / "server.pem").write_bytes(pem.read_bytes())
-    port = free_port()
-    start_daemon("--listen", f"ssl:{port}:privateKey={pem}:interface=127.0.0.1")
-    c = Client(f"ssl:127.0.0.1:{port}:caCertsDir={ca}:hostname=localhost")
-    assert c.call("add", 1, 2) == 3
-    with pytest.raises(ConnectFailed, match="TLS"):
-        Client(f"ssl:127.0.0.1:{port}").call("ping")  # the system's CAs do not know it
+# A TLS endpoint (caCertsDir, hostname, an untrusted certificate refused): test_access.py.

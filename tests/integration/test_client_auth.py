@@ -26,7 +26,7 @@ from rpcd.client import (
     NotAuthenticated,
 )
 from rpcd.twisted_client import RPCConnection, connect
-from tests.integration.conftest import KEY, ROOT, Daemon, free_port
+from tests.integration.conftest import KEY, ROOT, Daemon, free_port, launch
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 
@@ -38,9 +38,17 @@ def wrong_key_file(tmp_path):
     return str(path)
 
 
-@pytest.fixture
-def daemon(start_daemon, key_file):
-    return start_daemon("--auth-key-file", key_file)
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """One daemon asking for the key (KEY, which every test's key_file holds) for the module:
+    no test here needs a fresh one."""
+    workdir = tmp_path_factory.mktemp("rpcd-auth")
+    key = workdir / "rpcd.key"
+    key.write_bytes(KEY + b"\n")
+    key.chmod(0o600)
+    daemon = launch(workdir, "--auth-key-file", str(key))
+    yield daemon
+    daemon.terminate()
 
 
 def endpoint_of(daemon) -> str:
@@ -100,8 +108,11 @@ GREENLETS = textwrap.dedent("""
 
 def test_greenlets_share_one_authenticated_connection(daemon, key_file):
     out = subprocess.run(
-        [sys.executable, "-c", GREENLETS, str(daemon.port), key_file], cwd=ROOT,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", GREENLETS, str(daemon.port), key_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -134,8 +145,8 @@ def test_server_with_the_wrong_key_is_not_trusted(start_daemon, key_file, wrong_
         Client(endpoint_of(d), timeout=10, auth_key_file=key_file).call("ping")
 
 
-def test_key_against_a_server_without_auth_fails_clearly(start_daemon, key_file):
-    d = start_daemon()
+def test_key_against_a_server_without_auth_fails_clearly(shared_daemon, key_file):
+    d = shared_daemon
     c = Client(endpoint_of(d), timeout=10, connect_timeout=0.5, auth_key_file=key_file)
     with pytest.raises(AuthenticationFailed, match="did not ask for authentication within 0.5 s"):
         c.call("ping")
@@ -170,8 +181,13 @@ class TwistedClientAuthTests(unittest.TestCase):
         cls.daemons = []
         for extra in (["--auth-key-file", cls.key_file], []):
             port = free_port()
-            args = ["--listen", f"tcp:{port}:interface=127.0.0.1",
-                    "--methods", "tests.integration.methods", *extra]
+            args = [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--methods",
+                "tests.integration.methods",
+                *extra,
+            ]
             daemon = Daemon(cls.workdir, args, port)
             cls.daemons.append(daemon)
             daemon.wait_ready()
@@ -210,11 +226,13 @@ class TwistedClientAuthTests(unittest.TestCase):
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("RPCD_ENDPOINT", "RPCD_AUTH_KEY_FILE")
+    }
     environ.update(env or {})
-    return subprocess.run([RPCD_CALL, *args], cwd=ROOT, env=environ, capture_output=True,
-                          text=True, timeout=20)
+    return subprocess.run(
+        [RPCD_CALL, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=20
+    )
 
 
 def test_rpcd_call_with_a_key(daemon, key_file, wrong_key_file, tmp_path):
@@ -233,8 +251,8 @@ def test_rpcd_call_with_a_key(daemon, key_file, wrong_key_file, tmp_path):
     assert "cannot read auth key file" in out.stderr
 
 
-def test_rpcd_call_with_a_key_against_a_server_without_auth(start_daemon, key_file):
-    d = start_daemon()
+def test_rpcd_call_with_a_key_against_a_server_without_auth(shared_daemon, key_file):
+    d = shared_daemon
     out = run("-c", endpoint_of(d), "--auth-key-file", key_file, "-t", "1", "ping")
     assert out.returncode == 1 and out.stdout == "", out
     assert out.stderr.count("\n") == 1 and "did not ask for authentication" in out.stderr

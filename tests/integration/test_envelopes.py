@@ -99,8 +99,8 @@ class RecordingRelay:
             thread.join(5)
 
 
-def test_client_and_server_speak_json_rpc_2(start_daemon):
-    d = start_daemon()
+def test_client_and_server_speak_json_rpc_2(shared_daemon):
+    d = shared_daemon
     relay = RecordingRelay(d.port)
     c = Client(f"tcp:127.0.0.1:{relay.port}", timeout=10)
     assert c.call("add", 1, 2) == 3

@@ -9,13 +9,14 @@ import time
 from tests.integration.probes import stats, wait_for
 
 
-def test_raising_method_answers_internal_error_and_logs_the_traceback(start_daemon):
-    d = start_daemon()
+def test_raising_method_answers_internal_error_and_logs_the_traceback(shared_daemon):
+    d = shared_daemon
+    since = len(d.log())
     c = d.client()
     reply = c.call("boom")
     assert reply["error"]["code"] == -32603 and reply["error"]["data"] == {"type": "KeyError"}
     assert "Traceback" not in str(reply) and "secret-detail" not in str(reply)
-    wait_for(lambda: "Traceback" in d.log() and "secret-detail" in d.log(), timeout=5)
+    wait_for(lambda: "Traceback" in d.log(since) and "secret-detail" in d.log(since), timeout=5)
     assert c.call("add", 1, 1)["result"] == 2
 
 
@@ -39,7 +40,7 @@ def test_method_blocking_the_loop_is_logged_with_its_stack(start_daemon):
     assert c.call("spin", 1.0)["result"] > 0
     wait_for(lambda: "method spin has blocked the event loop" in d.log(), timeout=5)
     log = d.log()
-    warning = log[log.index("method spin has blocked"):]
+    warning = log[log.index("method spin has blocked") :]
     assert re.search(r"\[rpcd\.process#warn\] method spin has blocked", log)
     assert re.search(r'methods\.py", line \d+, in spin', warning)  # the method's own frame
     assert c.call("ping")["result"] == "pong"
@@ -80,16 +81,18 @@ def test_sigterm_lets_twenty_in_flight_calls_finish(start_daemon):
     assert time.monotonic() - signalled < 6
 
 
-def test_sigterm_answers_calls_past_the_grace_with_shutting_down(start_daemon):
+def test_sigterm_refuses_new_calls_and_answers_those_past_the_grace(start_daemon):
     d = start_daemon("--shutdown-grace", "1.5", "--call-timeout", "60")
     c = d.client()
     ids = {c.request("sleep", 30) for _ in range(5)} | {c.request("stubborn", 30)}
     wait_for(lambda: stats(d.client())["calls"]["in_flight"] == 7, timeout=5)
     signalled = time.monotonic()
     d.proc.send_signal(15)
-    replies = [c.recv() for _ in range(6)]
+    wait_for(lambda: _refused(d.port), timeout=1)  # the signal is being handled
+    late = c.request("ping")  # a call sent while draining is refused
+    replies = [c.recv() for _ in range(7)]
     answered = time.monotonic() - signalled
-    assert {r["id"] for r in replies} == ids
+    assert {r["id"] for r in replies} == ids | {late}
     assert all(r["error"]["code"] == -32005 for r in replies)
     assert 1.4 < answered < 3, answered
     assert d.proc.wait(5) == 0

@@ -55,11 +55,17 @@ def test_calls_produce_access_lines_that_getlog_returns(start_daemon, tmp_path):
     assert " add id=1 " in d.log() and "rpcd serving" in d.log()
 
 
-def test_follow_streams_new_lines_and_stops_on_cancel(start_daemon):
-    d = start_daemon()
+def test_follow_streams_new_lines_and_stops_on_cancel(shared_daemon):
+    d = shared_daemon
     follower, other = d.client(), d.client()
-    follower.send({"jsonrpc": "2.0", "method": "getlog", "id": "f",
-                   "params": {"lines": 0, "follow": True, "grep": "tests.shout"}})
+    follower.send(
+        {
+            "jsonrpc": "2.0",
+            "method": "getlog",
+            "id": "f",
+            "params": {"lines": 0, "follow": True, "grep": "tests.shout"},
+        }
+    )
     assert other.call("ping")["result"] == "pong"  # the follow is running by now
     other.call("shout", "first marker")
     item, before = recv_until(follower, lambda f: f.get("method") == "rpc.stream")
@@ -77,13 +83,19 @@ def test_follow_streams_new_lines_and_stops_on_cancel(start_daemon):
     assert follower.call("ping")["result"] == "pong"  # nothing more streamed before this reply
 
 
-def test_bad_getlog_params_get_32602(start_daemon):
-    d = start_daemon()
+def test_bad_getlog_params_get_32602(shared_daemon):
+    d = shared_daemon
     c = d.client()
     for params, word in [
-        ([-1], "lines"), ([10001], "lines"), (["many"], "lines"), ({"level": "loud"}, "level"),
-        ({"grep": 5}, "grep"), ({"since": "yesterday"}, "since"), ({"follow": "yes"}, "follow"),
-        ({"path": "/etc/passwd"}, "path"), ([{"lines": {"lines": 1}}], "lines"),
+        ([-1], "lines"),
+        ([10001], "lines"),
+        (["many"], "lines"),
+        ({"level": "loud"}, "level"),
+        ({"grep": 5}, "grep"),
+        ({"since": "yesterday"}, "since"),
+        ({"follow": "yes"}, "follow"),
+        ({"path": "/etc/passwd"}, "path"),
+        ([{"lines": {"lines": 1}}], "lines"),
     ]:
         c.send({"jsonrpc": "2.0", "method": "getlog", "params": params, "id": 1})
         error = c.recv()["error"]
@@ -92,8 +104,17 @@ def test_bad_getlog_params_get_32602(start_daemon):
 
 def test_options_rotation_json_and_no_access_log(start_daemon, tmp_path):
     (tmp_path / "logs").mkdir()
-    d = start_daemon("--log-file", "logs/x.log", "--log-format", "json",
-                     "--log-rotate-bytes", "2048", "--log-backups", "3", "--no-access-log")
+    d = start_daemon(
+        "--log-file",
+        "logs/x.log",
+        "--log-format",
+        "json",
+        "--log-rotate-bytes",
+        "2048",
+        "--log-backups",
+        "3",
+        "--no-access-log",
+    )
     c = d.client()
     for n in range(60):
         c.call("shout", f"message {n:02d} " + "x" * 40)

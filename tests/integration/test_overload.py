@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import free_port
-from tests.integration.probes import MiB, rss, stats, wait_for
+from tests.conftest import free_port, wait_for
+from tests.integration.probes import MiB, rss, stats
 from tests.rawclient import RawClient
 
 
@@ -30,12 +30,14 @@ def _read_all_until_eof(sock: socket.socket, timeout: float) -> bytes:
 def test_connections_past_max_connections_get_one_frame_and_are_closed(start_daemon):
     port = free_port()
     # A backlog above 150 (Twisted's default is 50): the connects all land at once.
-    start_daemon("--max-connections", "100",
-                 "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256")
+    start_daemon(
+        "--max-connections", "100", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=256"
+    )
     control = RawClient(port)  # the first of the 150; served once the fixture's probe is gone
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=5)
-    socks = [control.sock] + [socket.create_connection(("127.0.0.1", port), timeout=5)
-                              for _ in range(149)]
+    socks = [control.sock] + [
+        socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(149)
+    ]
     connected = time.monotonic()
     refused = set()
     while len(refused) < 50 and time.monotonic() - connected < 3:
@@ -46,7 +48,9 @@ def test_connections_past_max_connections_get_one_frame_and_are_closed(start_dae
         data = _read_all_until_eof(sock, 1.0)
         (n,) = struct.unpack("!I", data[:4])
         assert len(data) == 4 + n  # one frame, then the close
-        assert json.loads(data[4:])["error"]["code"] == -32002
+        refusal = json.loads(data[4:])
+        assert refusal["id"] is None and refusal["error"]["code"] == -32002
+        assert "limit of 100" in refusal["error"]["message"]
     assert time.monotonic() - connected < 1.0 + 0.5  # closed within 1 s (select slack)
     served = [s for s in socks if s not in refused]
     assert len(served) == 100 and control.sock in served
@@ -57,6 +61,10 @@ def test_connections_past_max_connections_get_one_frame_and_are_closed(start_dae
     figures = stats(control)["connections"]
     assert figures["open"] == 100 and figures["refused"] == {"max_connections": 50}
     assert figures["accepted"] == 101  # with the fixture's readiness probe
+    # A closed connection frees its place (once rpcd has seen it go).
+    served.pop().close()
+    wait_for(lambda: stats(control)["connections"]["open"] == 99, timeout=5)
+    assert RawClient(port).call("echo", 2)["result"] == 2
     for sock in socks:
         sock.close()
 
@@ -87,8 +95,11 @@ def test_ten_thousand_connect_close_cycles_leave_no_connection_open(start_daemon
             for sock in socks:
                 sock.sendall(call)
             # (the stats call is in flight too)
-            wait_for(lambda: stats(control)["calls"]["in_flight"] == batch + 1,
-                     timeout=10, interval=0.001)
+            wait_for(
+                lambda: stats(control)["calls"]["in_flight"] == batch + 1,
+                timeout=10,
+                interval=0.001,
+            )
             for sock in socks:
                 _reset(sock)
     wait_for(lambda: stats(control)["connections"]["open"] == 1, timeout=10)
@@ -108,11 +119,10 @@ def _connect(family: int, address: tuple) -> RawClient:
 
 
 def test_per_peer_limit_with_ipv4_and_ipv6_peers(start_daemon):
-    with socket.socket(socket.AF_INET6) as probe:
-        probe.bind(("::1", 0))
-        port6 = probe.getsockname()[1]
-    d = start_daemon("--max-connections-per-peer", "3",
-                     "--listen", f"tcp6:{port6}:interface=\\:\\:1")
+    port6 = free_port("::1")
+    d = start_daemon(
+        "--max-connections-per-peer", "3", "--listen", f"tcp6:{port6}:interface=\\:\\:1"
+    )
     first = d.client()
     wait_for(lambda: stats(first)["connections"]["open"] == 1, timeout=5)  # the probe is gone
     v4 = (socket.AF_INET, ("127.0.0.1", d.port))
@@ -201,7 +211,7 @@ def test_peer_that_never_reads_is_cut_off_and_others_are_unaffected(start_daemon
     deadline = time.monotonic() + 5
     while pending and time.monotonic() < deadline:
         try:
-            pending = pending[greedy.send(pending[:1 << 20]):]
+            pending = pending[greedy.send(pending[: 1 << 20]) :]
         except BlockingIOError:
             break  # rpcd stopped reading from us
         except ConnectionError:
@@ -220,8 +230,10 @@ def test_pipelined_calls_never_exceed_max_inflight(start_daemon):
     c = d.client()
     body = b"".join(
         struct.pack("!I", len(m)) + m
-        for m in (json.dumps({"jsonrpc": "2.0", "method": "tracked", "params": [0.005], "id": i})
-                  .encode() for i in range(1000))
+        for m in (
+            json.dumps({"jsonrpc": "2.0", "method": "tracked", "params": [0.005], "id": i}).encode()
+            for i in range(1000)
+        )
     )
     c.sock.sendall(body)
     replies = [c.recv() for _ in range(1000)]
@@ -235,8 +247,12 @@ def test_queue_overflow_refuses_at_once_and_drops_nothing(start_daemon, tmp_path
     c = d.client()
     body = b"".join(
         struct.pack("!I", len(m)) + m
-        for m in (json.dumps({"jsonrpc": "2.0", "method": "gated", "params": [str(gate)], "id": i})
-                  .encode() for i in range(2000))
+        for m in (
+            json.dumps(
+                {"jsonrpc": "2.0", "method": "gated", "params": [str(gate)], "id": i}
+            ).encode()
+            for i in range(2000)
+        )
     )
     c.sock.sendall(body)
     refused = [c.recv() for _ in range(950)]  # these come back while every call is still held

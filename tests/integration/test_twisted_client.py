@@ -28,8 +28,14 @@ class TwistedClientTests(unittest.TestCase):
     def setUpClass(cls) -> None:
         cls.workdir = Path(tempfile.mkdtemp(prefix="rpcd-twisted-"))
         port = free_port()
-        args = ["--listen", f"tcp:{port}:interface=127.0.0.1",
-                "--methods", "tests.integration.methods", "--call-timeout", "1"]
+        args = [
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--methods",
+            "tests.integration.methods",
+            "--call-timeout",
+            "1",
+        ]
         cls.daemon = Daemon(cls.workdir, args, port)
         cls.daemon.wait_ready()
 
@@ -94,8 +100,9 @@ class TwistedClientTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_connect_failure(self):
-        failure = yield self.assertFailure(connect(reactor, f"tcp:127.0.0.1:{free_port()}"),
-                                           ConnectFailed)
+        failure = yield self.assertFailure(
+            connect(reactor, f"tcp:127.0.0.1:{free_port()}"), ConnectFailed
+        )
         self.assertIn("connection refused", str(failure))
 
     @defer.inlineCallbacks

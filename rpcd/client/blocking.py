@@ -20,240 +20,34 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
-import os
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from rpcd import auth
-from rpcd.wire import (
-    CALL_TIMEOUT,
-    CANCELLED,
-    FRAME_TOO_LARGE,
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    NOT_AUTHENTICATED,
-    PARSE_ERROR,
-    SERVER_BUSY,
-    SHUTTING_DOWN,
-    STREAM_METHOD,
-    TOO_MANY_CONNECTIONS,
+from rpcd.client.endpoint import DEFAULT_ENDPOINT, Endpoint, os_reason, ssl_context
+from rpcd.client.errors import (
+    AuthenticationFailed,
+    ConnectFailed,
+    ConnectionLost,
+    RemoteError,
 )
-
-DEFAULT_ENDPOINT = "tcp:127.0.0.1:5354"
-CANCEL_METHOD = "rpc.cancel"
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-class RemoteError(Exception):
-    """The server answered a call with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(code, message, data)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code})"
-
-    @staticmethod
-    def from_object(error: Any) -> RemoteError:
-        """The exception for a JSON-RPC error object, of the subclass its code names."""
-        if not isinstance(error, dict):
-            return RemoteError(INTERNAL_ERROR, f"malformed error from the server: {error!r}")
-        code = error.get("code")
-        cls = ERRORS.get(code, RemoteError) if type(code) is int else RemoteError
-        return cls(code, str(error.get("message", "")), error.get("data"))
-
-
-class ParseError(RemoteError):
-    """-32700: the server could not parse what it received."""
-
-
-class InvalidRequest(RemoteError):
-    """-32600: not a valid JSON-RPC request (e.g. a batch larger than the server's max_batch)."""
-
-
-class MethodNotFound(RemoteError):
-    """-32601: no method of that name."""
-
-
-class InvalidParams(RemoteError):
-    """-32602: the arguments do not fit the method's signature."""
-
-
-class InternalError(RemoteError):
-    """-32603: the method raised; `data["type"]` names the exception class."""
-
-
-class ServerBusy(RemoteError):
-    """-32000: the server's task queue is full; try again later."""
-
-
-class CallTimeout(RemoteError):
-    """-32001: the call ran past the server's call_timeout and was stopped."""
-
-
-class TooManyConnections(RemoteError):
-    """-32002: the server refused the connection (its connection limit is reached)."""
-
-
-class NotAuthenticated(RemoteError):
-    """-32003: the connection must authenticate first."""
-
-
-class FrameTooLarge(RemoteError):
-    """-32004: a request exceeded the server's max_frame_bytes; the server closed the connection."""
-
-
-class ShuttingDown(RemoteError):
-    """-32005: the server is stopping and takes no new calls (or the call outlived the grace)."""
-
-
-class CallCancelled(RemoteError):
-    """-32006: the call was cancelled (by `rpc.cancel`)."""
-
-
-ERRORS: dict[int, type[RemoteError]] = {
-    PARSE_ERROR: ParseError,
-    INVALID_REQUEST: InvalidRequest,
-    METHOD_NOT_FOUND: MethodNotFound,
-    INVALID_PARAMS: InvalidParams,
-    INTERNAL_ERROR: InternalError,
-    SERVER_BUSY: ServerBusy,
-    CALL_TIMEOUT: CallTimeout,
-    TOO_MANY_CONNECTIONS: TooManyConnections,
-    NOT_AUTHENTICATED: NotAuthenticated,
-    FRAME_TOO_LARGE: FrameTooLarge,
-    SHUTTING_DOWN: ShuttingDown,
-    CANCELLED: CallCancelled,
-}
-
-
-class ConnectFailed(ConnectionError):
-    """The client could not connect; `reason` says why in a few words ("connection refused")."""
-
-    def __init__(self, endpoint: str, reason: str) -> None:
-        super().__init__(f"cannot connect to {endpoint}: {reason}")
-        self.endpoint = endpoint
-        self.reason = reason
-
-
-class ConnectionLost(ConnectionError):
-    """The connection broke while calls were pending; the next call reconnects."""
-
-
-class AuthenticationFailed(ConnectionError):
-    """The client has a key but the server did not prove it holds it too: it sent no
-    `rpc.auth` challenge in time (a server without `--auth-key-file`, or something else
-    listening there), a malformed one, or a wrong proof. The connection is closed.
-
-    A wrong key on the client's side is the server's -32003 instead, `NotAuthenticated`;
-    catch both for "the keys do not match". Retrying helps with neither.
-    """
-
-
-# -- endpoints ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A parsed client endpoint string: `tcp:HOST:PORT`, `unix:PATH` or `ssl:HOST:PORT`.
-
-    The syntax is Twisted's: colon-separated, positional or `key=value`, `\\:` for a literal
-    colon (`tcp:\\:\\:1:5354`); `[::1]` is also accepted as a host.
-    """
-
-    kind: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-    options: dict[str, str] = field(default_factory=dict)
-    text: str = ""
-
-    _KEYS = {
-        "tcp": ("host", "port"),
-        "unix": ("path",),
-        "ssl": ("host", "port"),
-    }
-    _OPTIONS = {
-        "tcp": {"timeout", "bindAddress"},
-        "unix": {"timeout", "checkPID"},
-        "ssl": {"timeout", "bindAddress", "caCertsDir", "certKey", "privateKey", "hostname"},
-    }
-
-    @classmethod
-    def parse(cls, text: str) -> Endpoint:
-        kind, _, rest = text.partition(":")
-        kind = kind.lower()
-        if kind not in cls._KEYS or not rest:
-            raise ValueError(
-                f"bad endpoint {text!r}: expected tcp:HOST:PORT, unix:PATH or ssl:HOST:PORT"
-            )
-        names = cls._KEYS[kind]
-        values: dict[str, str] = {}
-        options: dict[str, str] = {}
-        positional = 0
-        for part in _split_endpoint(rest):
-            key, eq, value = part.partition("=")
-            if eq and (key in names or key in cls._OPTIONS[kind]):
-                (values if key in names else options)[key] = value
-            elif eq and kind != "unix":
-                raise ValueError(f"bad endpoint {text!r}: unknown option {key!r}")
-            elif positional < len(names):
-                values[names[positional]] = part
-                positional += 1
-            else:
-                raise ValueError(f"bad endpoint {text!r}: too many fields")
-        if kind == "unix":
-            if not values.get("path"):
-                raise ValueError(f"bad endpoint {text!r}: no path")
-            return cls(kind, path=values["path"], options=options, text=text)
-        host = values.get("host", "")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        try:
-            port = int(values.get("port", ""))
-        except ValueError:
-            raise ValueError(f"bad endpoint {text!r}: the port must be a number") from None
-        if not host:
-            raise ValueError(f"bad endpoint {text!r}: no host")
-        return cls(kind, host=host, port=port, options=options, text=text)
-
-
-def _split_endpoint(text: str) -> list[str]:
-    parts, current, chars, bracketed = [], [], iter(text), False
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":" and not bracketed:
-            parts.append("".join(current))
-            current = []
-        else:
-            bracketed = (bracketed or char == "[") and char != "]"
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _reason(exc: OSError) -> str:
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
+from rpcd.client.routing import (
+    MAX_REPLY_BYTES,
+    NOTHING,
+    BadReply,
+    MessageReader,
+    ReplyTooLarge,
+    encode_call,
+    encode_cancel,
+    make_params,
+    route,
+)
+from rpcd.wire import encode_frame
 
 
 def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
@@ -276,32 +70,19 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if endpoint.kind == "ssl":
             try:
-                sock = _tls_context(endpoint).wrap_socket(
-                    sock, server_hostname=endpoint.options.get("hostname", endpoint.host)
-                )
+                hostname = endpoint.server_hostname
+                sock = ssl_context(endpoint).wrap_socket(sock, server_hostname=hostname)
             except BaseException:
                 sock.close()
                 raise
         return sock
+    except ssl.SSLCertVerificationError as exc:
+        reason = f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+        raise ConnectFailed(endpoint.text, reason) from exc
     except ssl.SSLError as exc:
         raise ConnectFailed(endpoint.text, f"TLS handshake failed: {exc.reason or exc}") from exc
     except OSError as exc:
-        raise ConnectFailed(endpoint.text, _reason(exc)) from exc
-
-
-def _tls_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """Verify the server against the system's CAs, or only the PEM files in caCertsDir."""
-    options = endpoint.options
-    context = ssl.create_default_context()
-    ca_dir = options.get("caCertsDir")
-    if ca_dir:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        for name in sorted(os.listdir(ca_dir)):
-            if name.endswith((".pem", ".crt")):
-                context.load_verify_locations(cafile=os.path.join(ca_dir, name))
-    if options.get("certKey"):
-        context.load_cert_chain(options["certKey"], options.get("privateKey") or None)
-    return context
+        raise ConnectFailed(endpoint.text, os_reason(exc)) from exc
 
 
 def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
@@ -346,15 +127,32 @@ class _Slot:
             raise self.error
         return self.result
 
+    # What rpcd.client.routing.route hands a reply to (the client's lock is held).
+
+    def on_item(self, item: Any) -> None:
+        if self.items is not None:
+            self.items.append(item)
+            self.wake()
+
+    def on_result(self, result: Any) -> None:
+        self.result = result
+        self.done = True
+        self.wake()
+
+    def on_error(self, error: RemoteError) -> None:
+        self.error = error
+        self.done = True
+        self.wake()
+
 
 class _Connection:
     """One socket and the calls pending on it. State changes happen under the client's lock."""
 
-    __slots__ = ("sock", "buffer", "pending", "waiting", "reading", "broken")
+    __slots__ = ("sock", "reader", "pending", "waiting", "reading", "broken")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, reader: MessageReader) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.reader = reader
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
         self.waiting: dict[_Slot, None] = {}
@@ -363,25 +161,6 @@ class _Connection:
 
 
 _DEFAULT: Any = object()
-
-
-def make_params(args: tuple, kwargs: dict) -> Any:
-    """JSON-RPC params from a call's arguments: a list, an object, or None for none."""
-    if args and kwargs:
-        raise TypeError("JSON-RPC params are either positional or named, not both")
-    if kwargs:
-        return kwargs
-    return list(args) if args else None
-
-
-def make_request(method: str, params: Any, call_id: int | None = None) -> dict:
-    """A JSON-RPC 2.0 request object; a notification when `call_id` is None."""
-    request: dict = {"jsonrpc": "2.0", "method": method}
-    if params is not None:
-        request["params"] = params
-    if call_id is not None:
-        request["id"] = call_id
-    return request
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -406,7 +185,7 @@ class Client:
     """
 
     # A reply larger than this is taken as a corrupt stream.
-    max_frame_bytes = 256 * 1024 * 1024
+    max_frame_bytes = MAX_REPLY_BYTES
 
     def __init__(
         self,
@@ -431,11 +210,15 @@ class Client:
         self.connect_timeout = connect_timeout
         # Read once, here: a bad file fails the constructor (auth.AuthKeyError), not a call.
         self._key: auth.Key | None = (
-            auth.load_key(auth_key_file) if auth_key_file is not None
-            else None if auth_key is None
-            else auth_key if isinstance(auth_key, auth.Key) else auth.Key(auth_key)
+            auth.load_key(auth_key_file, private=False)
+            if auth_key_file is not None
+            else None
+            if auth_key is None
+            else auth_key
+            if isinstance(auth_key, auth.Key)
+            else auth.Key(auth_key)
         )
-        self._prefix = struct.Struct("!I" if byteorder == "big" else "<I")
+        self.byteorder = byteorder
         self._lock = threading.Lock()  # guards connection and slot state
         self._send_lock = threading.Lock()  # keeps each frame's bytes together on the socket
         self._connect_lock = threading.Lock()
@@ -462,13 +245,13 @@ class Client:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
         slot = self._new_slot()
-        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
+        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
         self._wait_done(slot, _deadline(timeout), method, timeout)
         return slot.value()
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs it and sends no reply."""
-        self._send([], orjson.dumps(make_request(method, make_params(args, kwargs))))
+        self._send([], encode_call(method, make_params(args, kwargs)))
 
     def batch(self, timeout: Any = _DEFAULT) -> Batch:
         """A context manager collecting calls and notifications, sent as one batch on exit."""
@@ -484,7 +267,7 @@ class Client:
         """
         slot = self._new_slot()
         slot.items = collections.deque()
-        self._send([slot], orjson.dumps(make_request(method, make_params(args, kwargs), slot.id)))
+        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
         return Stream(self, slot, method, _timeout)
 
     def close(self) -> None:
@@ -508,32 +291,32 @@ class Client:
             conn = self._conn
             if conn is None or conn.broken:
                 sock = _open_socket(self.endpoint, self.connect_timeout)
-                leftover = b""
+                reader = MessageReader(self.max_frame_bytes, self.byteorder)
                 if self._key is not None:
                     try:
-                        leftover = self._authenticate(sock, self._key)
+                        self._authenticate(sock, reader, self._key)
                     except BaseException:
                         sock.close()
                         raise
                 sock.settimeout(self.timeout)
-                conn = _Connection(sock)
-                conn.buffer += leftover
+                conn = _Connection(sock, reader)
                 self._conn = conn
             return conn
 
     # -- the auth handshake ------------------------------------------------------------------
 
-    def _authenticate(self, sock: socket.socket, key: auth.Key) -> bytes:
+    def _authenticate(self, sock: socket.socket, reader: MessageReader, key: auth.Key) -> None:
         """Answer the server's challenge on `sock` (not yet shared) and check its proof.
 
-        Returns whatever the server sent after its answer, for the connection's buffer.
+        Whatever the server sent after its answer stays in `reader`, for the connection.
         """
         bounds = [t for t in (self.connect_timeout, self.timeout) if t]
         wait = min(bounds) if bounds else None
         deadline = _deadline(wait)
-        buffer = bytearray()
-        challenge = self._handshake_frame(sock, buffer, deadline)
-        if challenge is None:
+        handshake = auth.ClientHandshake(key)
+        reader.decoder.max_frame_bytes = auth.PREAUTH_MAX_FRAME
+        challenge = self._handshake_message(sock, reader, deadline)
+        if challenge is NOTHING:
             raise AuthenticationFailed(
                 f"{self.endpoint.text} did not ask for authentication within {wait:g} s "
                 "(is it started with --auth-key-file?)"
@@ -543,65 +326,61 @@ class Client:
             raise AuthenticationFailed(
                 f"{self.endpoint.text} did not ask for authentication: it sent {challenge!r:.80}"
             )
-        mine = auth.new_nonce()
         try:
-            params = auth.respond(key, challenge.get("params"), mine)
+            params = handshake.answer(challenge.get("params"))
         except auth.AuthFailed as exc:
             raise AuthenticationFailed(f"{self.endpoint.text}: {exc}") from None
         call_id = next(self._ids)
-        body = orjson.dumps(make_request(auth.METHOD, params, call_id))
         try:
-            sock.sendall(self._prefix.pack(len(body)) + body)
+            sock.sendall(encode_frame(encode_call(auth.METHOD, params, call_id), self.byteorder))
         except OSError as exc:
-            raise self._handshake_lost(_reason(exc)) from exc
+            raise self._handshake_lost(os_reason(exc)) from exc
         while True:
-            reply = self._handshake_frame(sock, buffer, deadline)
-            if reply is None:
+            reply = self._handshake_message(sock, reader, deadline)
+            if reply is NOTHING:
                 raise TimeoutError(f"no answer to {auth.METHOD} within {wait:g} s")
             if type(reply) is dict and reply.get("id") == call_id:
                 break
             self._raise_if_error(reply)  # e.g. the refusal of a connection over the limit
         if "error" in reply:
             raise RemoteError.from_object(reply["error"])
-        if not auth.check_server(key, mine, reply.get("result")):
+        try:
+            handshake.check(reply.get("result"))
+        except auth.AuthFailed as exc:
             raise AuthenticationFailed(
                 f"{self.endpoint.text} did not prove it holds the key (wrong server digest)"
-            )
-        return bytes(buffer)
+            ) from exc
+        reader.decoder.max_frame_bytes = self.max_frame_bytes
 
-    def _handshake_frame(
-        self, sock: socket.socket, buffer: bytearray, deadline: float | None
+    def _handshake_message(
+        self, sock: socket.socket, reader: MessageReader, deadline: float | None
     ) -> Any:
-        """The next message from `sock` (consumed from `buffer`); None past `deadline`."""
+        """The next message from `sock`, through `reader`; NOTHING past `deadline`."""
         while True:
-            if len(buffer) >= 4:
-                (size,) = self._prefix.unpack_from(buffer)
-                if size > auth.PREAUTH_MAX_FRAME:
-                    raise AuthenticationFailed(
-                        f"{self.endpoint.text} sent a {size}-byte frame during the auth handshake"
-                    )
-                if len(buffer) - 4 >= size:
-                    frame = bytes(buffer[4 : 4 + size])
-                    del buffer[: 4 + size]
-                    try:
-                        return orjson.loads(frame)
-                    except orjson.JSONDecodeError:
-                        raise AuthenticationFailed(
-                            f"{self.endpoint.text} sent a frame that is not JSON"
-                        ) from None
+            try:
+                message = reader.next_message()
+            except ReplyTooLarge as exc:
+                text = (
+                    f"{self.endpoint.text} sent a {exc.length}-byte frame during the auth handshake"
+                )
+                raise AuthenticationFailed(f"{text}: {exc.cause}" if exc.cause else text) from None
+            except BadReply as exc:
+                raise AuthenticationFailed(f"{self.endpoint.text}: {exc}") from None
+            if message is not NOTHING:
+                return message
             remaining = _remaining(deadline)
             if remaining == 0:
-                return None
+                return NOTHING
             sock.settimeout(remaining)
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                return None
+                return NOTHING
             except OSError as exc:
-                raise self._handshake_lost(_reason(exc)) from exc
+                raise self._handshake_lost(os_reason(exc)) from exc
             if not data:
                 raise self._handshake_lost("closed by the server")
-            buffer += data
+            reader.receive(data)
 
     def _handshake_lost(self, reason: str) -> ConnectionLost:
         return ConnectionLost(
@@ -630,7 +409,7 @@ class Client:
         return conn.broken
 
     def _send(self, slots: list[_Slot], body: bytes) -> None:
-        frame = self._prefix.pack(len(body)) + body
+        frame = encode_frame(body, self.byteorder)
         while True:
             conn = self._connection()
             with self._lock:
@@ -645,7 +424,7 @@ class Client:
             with self._send_lock:
                 conn.sock.sendall(frame)
         except OSError as exc:
-            lost = ConnectionLost(f"connection to {self.endpoint.text} lost: {_reason(exc)}")
+            lost = ConnectionLost(f"connection to {self.endpoint.text} lost: {os_reason(exc)}")
             with self._lock:
                 self._break(conn, lost)
             raise lost from exc
@@ -665,9 +444,8 @@ class Client:
             self._lock.release()
         if not was_pending or conn.broken or not self._send_lock.acquire(blocking):
             return
-        body = orjson.dumps(make_request(CANCEL_METHOD, {"id": slot.id}))
         try:
-            conn.sock.sendall(self._prefix.pack(len(body)) + body)
+            conn.sock.sendall(encode_frame(encode_cancel(slot.id), self.byteorder))
         except OSError:
             pass  # the connection is going anyway; whoever reads next finds it broken
         finally:
@@ -734,34 +512,25 @@ class Client:
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
             return
         except OSError as exc:
-            self._lose(conn, _reason(exc))
+            self._lose(conn, os_reason(exc))
             return
         if not data:
             self._lose(conn, "closed by the server")
             return
-        buffer = conn.buffer
-        buffer += data
-        messages = []
-        prefix = self._prefix
-        pos, end = 0, len(buffer)
-        while end - pos >= 4:
-            (size,) = prefix.unpack_from(buffer, pos)
-            if size > self.max_frame_bytes:
-                self._lose(conn, f"a reply of {size} bytes exceeds the client's max_frame_bytes")
-                return
-            if end - pos - 4 < size:
-                break
-            try:
-                messages.append(orjson.loads(memoryview(buffer)[pos + 4 : pos + 4 + size]))
-            except orjson.JSONDecodeError:
-                self._lose(conn, "the server sent a frame that is not JSON")
-                return
-            pos += 4 + size
-        del buffer[:pos]
+        try:
+            messages = conn.reader.feed(data)
+        except BadReply as exc:
+            self._lose(conn, str(exc))
+            return
         if messages:
             with self._lock:
+                pending = conn.pending
                 for message in messages:
-                    self._dispatch(conn, message)
+                    error = route(pending, message)
+                    if error is not None:
+                        # An error that answers no call (connection refused, frame too large):
+                        # it concerns every call on this connection, and the server closes it.
+                        self._break(conn, error)
 
     def _lose(self, conn: _Connection, reason: str) -> None:
         with self._lock:
@@ -784,39 +553,6 @@ class Client:
         except OSError:
             pass
         conn.sock.close()
-
-    def _dispatch(self, conn: _Connection, message: Any) -> None:
-        """Give one reply (or stream item, or batch of replies) to its slot (the lock is held)."""
-        if type(message) is list:
-            for item in message:
-                self._dispatch(conn, item)
-            return
-        if type(message) is not dict:
-            return
-        if "method" in message:
-            params = message.get("params")
-            if message["method"] == STREAM_METHOD and isinstance(params, dict):
-                slot = conn.pending.get(params.get("id"))
-                if slot is not None and slot.items is not None:
-                    slot.items.append(params.get("item"))
-                    slot.wake()
-            return
-        call_id = message.get("id")
-        if call_id is None:
-            if "error" in message:
-                # An error that answers no call (connection refused, frame too large): it
-                # concerns every call on this connection, and the server closes it.
-                self._break(conn, RemoteError.from_object(message["error"]))
-            return
-        slot = conn.pending.pop(call_id, None)
-        if slot is None:
-            return  # the reply to a call that timed out or was cancelled
-        if "error" in message:
-            slot.error = RemoteError.from_object(message["error"])
-        else:
-            slot.result = message.get("result")
-        slot.done = True
-        slot.wake()
 
 
 class Proxy:
@@ -868,18 +604,18 @@ class Batch:
     def __init__(self, client: Client, timeout: float | None) -> None:
         self._client = client
         self._timeout = timeout
-        self._requests: list[dict] = []
+        self._requests: list[bytes] = []
         self._calls: list[BatchCall] = []
 
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> BatchCall:
         slot = self._client._new_slot()
-        self._requests.append(make_request(method, make_params(args, kwargs), slot.id))
+        self._requests.append(encode_call(method, make_params(args, kwargs), slot.id))
         entry = BatchCall(method, slot)
         self._calls.append(entry)
         return entry
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
-        self._requests.append(make_request(method, make_params(args, kwargs)))
+        self._requests.append(encode_call(method, make_params(args, kwargs)))
 
     def __enter__(self) -> Batch:
         return self
@@ -895,7 +631,7 @@ class Batch:
         client = self._client
         requests, self._requests = self._requests, []
         slots = [entry._slot for entry in self._calls]
-        client._send(slots, orjson.dumps(requests))
+        client._send(slots, b"[" + b",".join(requests) + b"]")
         deadline = _deadline(self._timeout)
         try:
             for slot in slots:
@@ -956,4 +692,3 @@ class Stream:
             self.close(blocking=False)
         except Exception:
             pass
-

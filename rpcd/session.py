@@ -1,0 +1,351 @@
+"""Sans-IO connection state: which calls to dispatch or hold, and which frame bodies go out when.
+
+A `Session` is one connection's RPC state with no sockets, timers or event loop: frame
+bodies and finished responses in; calls submitted to the dispatcher, frame bodies handed
+to `send`, and a decision for the glue (`PAUSE`, `RESUME`, `AUTHENTICATED`, `CLOSE`) out.
+It keeps JSON-RPC replies direct (any order), legacy replies in request order (an error
+for a frame that could not be decoded takes its place in that order too), a batch's
+replies as one array, requests past the in-flight cap held until a slot frees, `rpc.cancel`
+lookup, the `rpc.auth` phase and the bookkeeping of a peer that half-closed.
+
+Each accepted request carries a *route* (`call.route`): a small object whose one method,
+`reply(response)`, puts the answer where it belongs. Direct replies share one route per
+session, so the per-call path allocates nothing of its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rpcd import auth, wire
+from rpcd.wire import (
+    CANCELLED,
+    FRAME_TOO_LARGE,
+    INVALID_PARAMS,
+    NOT_AUTHENTICATED,
+    Batch,
+    Request,
+    Response,
+    RPCError,
+)
+
+CANCEL_METHOD = "rpc.cancel"
+
+# Decisions for the glue, returned by the methods that take input (None: carry on).
+PAUSE = 1  # the in-flight cap is reached: stop reading frames
+RESUME = 2  # a slot freed below the cap: read frames again
+AUTHENTICATED = 3  # the handshake succeeded: the full frame limit applies
+CLOSE = 4  # close the connection once what was sent is written; `failure` says why (or None)
+
+
+class Dispatcher(Protocol):
+    """What the session needs of the dispatcher: submit a call, cancel one."""
+
+    def submit(self, request: Request, sink: Any) -> Any: ...
+
+    def cancel(self, call: Any, response: Response | None = None) -> bool: ...
+
+
+class Handshake(Protocol):
+    """The server side of the rpc.auth handshake (rpcd.auth.ServerHandshake)."""
+
+    challenge_params: dict
+
+    def verify(self, params: Any) -> dict: ...
+
+
+class _Direct:
+    """A JSON-RPC call's route: its reply goes out as soon as it is ready."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.send = send
+
+    def reply(self, response: Response) -> None:
+        if not response.request.notification:
+            self.send(wire.encode(response))
+
+
+class _LegacySlot:
+    """A legacy request's place in its connection's reply order; filled when it is answered."""
+
+    __slots__ = ("session", "frame")
+
+    def __init__(self, session: Session, frame: bytes | None = None) -> None:
+        self.session = session
+        self.frame = frame
+
+    def reply(self, response: Response) -> None:
+        self.frame = wire.encode(response)
+        self.session._flush_legacy()
+
+
+class _Batch:
+    """The route of every member of one batch: their replies go out as one array."""
+
+    __slots__ = ("send", "parts", "waiting")
+
+    def __init__(self, send: Callable[[bytes], None], waiting: int) -> None:
+        self.send = send
+        self.parts: list[bytes] = []
+        self.waiting = waiting
+
+    def reply(self, response: Response) -> None:
+        if not response.request.notification:
+            self.parts.append(wire.encode(response))
+        self._one_done()
+
+    def refuse(self, error: RPCError) -> None:
+        """An entry that did not decode to a request: its error, under the id it had."""
+        self.parts.append(wire.encode_error(error))
+        self._one_done()
+
+    def _one_done(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0 and self.parts:
+            self.send(b"[" + b",".join(self.parts) + b"]")
+
+
+class Session:
+    """One connection's calls and replies; `send` takes each frame body to write, in order."""
+
+    __slots__ = (
+        "calls",
+        "failure",
+        "_dispatcher",
+        "_sink",
+        "_send",
+        "_max_inflight",
+        "_max_batch",
+        "_handshake",
+        "_direct",
+        "_held",
+        "_legacy",
+        "_legacy_peer",
+        "_read_closed",
+        "_on_frame_error",
+    )
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        sink: Any,
+        send: Callable[[bytes], None],
+        *,
+        max_inflight: int = 128,
+        max_batch: int = 100,
+        handshake: Handshake | None = None,
+        on_frame_error: Callable[[RPCError], None] | None = None,
+    ) -> None:
+        self.calls: set[Any] = set()  # submitted and not yet answered
+        self.failure: str | None = None  # why the last CLOSE was decided, for the log
+        self._dispatcher = dispatcher
+        self._sink = sink  # passed on to the dispatcher: where responses are delivered
+        self._send = send
+        self._max_inflight = max_inflight
+        self._max_batch = max_batch
+        self._handshake = handshake  # None once authenticated (or when there is no key)
+        self._direct = _Direct(send)
+        self._held: deque[tuple[Request, Any]] = deque()  # requests past the in-flight cap
+        self._legacy: deque[_LegacySlot] = deque()
+        self._legacy_peer = False  # the last request decoded used the legacy envelope
+        self._read_closed = False
+        self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
+
+    # -- state the glue reads ---------------------------------------------------------------
+
+    @property
+    def authenticating(self) -> bool:
+        return self._handshake is not None
+
+    @property
+    def owes_replies(self) -> bool:
+        """Whether a request received is still unanswered (in flight or held)."""
+        return bool(self.calls or self._held)
+
+    # -- input ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """The connection is up: send the rpc.auth challenge if a handshake is due."""
+        if self._handshake is not None:
+            self._send(wire.encode_request(auth.METHOD, self._handshake.challenge_params))
+
+    def receive(self, body: bytes) -> int | None:
+        """One frame body from the peer."""
+        try:
+            message = wire.decode(body, self._max_batch)
+        except RPCError as error:
+            self._refuse_frame(error)
+            return None
+        if self._handshake is not None:
+            return self._authenticate(message)
+        if type(message) is Request:
+            self._legacy_peer = message.legacy
+            self._accept(message, self._direct)
+        else:
+            self._legacy_peer = False
+            self._accept_batch(message)
+        if len(self.calls) >= self._max_inflight:
+            return PAUSE
+        return None
+
+    def finished(self, call: Any, response: Response) -> int | None:
+        """The dispatcher answered `call` (or cancelled it with this response)."""
+        calls = self.calls
+        cap = self._max_inflight
+        full = len(calls) >= cap
+        calls.discard(call)
+        call.route.reply(response)
+        held = self._held
+        while held and len(calls) < cap:
+            self._submit(*held.popleft())
+        if self._read_closed and not calls and not held:
+            return CLOSE
+        if full and len(calls) < cap:
+            return RESUME
+        return None
+
+    def frame_too_large(self, error: wire.FrameTooLarge, cause: str | None = None) -> int:
+        """The peer announced a frame past the decoder's limit: answer -32004 and close.
+        `cause` names what the prefix most likely is (an HTTP request, the wrong byte order)."""
+        suffix = f": {cause}" if cause else ""
+        if self._handshake is not None:
+            reason = (
+                f"frame too large: {error.length} bytes exceeds {error.limit} "
+                f"before authentication{suffix}"
+            )
+            return self._fail_handshake(reason, None, FRAME_TOO_LARGE)
+        self.failure = error.message + suffix
+        self._send(wire.encode_error(RPCError(FRAME_TOO_LARGE, self.failure)))
+        return CLOSE
+
+    def handshake_timed_out(self, seconds: float) -> int:
+        return self._fail_handshake(f"authentication timed out after {seconds:g} s")
+
+    def read_closed(self) -> int | None:
+        """The peer sent its last byte (half-close): close once every reply owed is out."""
+        self._read_closed = True
+        self.failure = None
+        return None if self.calls or self._held else CLOSE
+
+    def abandon(self) -> None:
+        """The connection is gone: cancel what is in flight, deliver nothing more."""
+        calls = list(self.calls)
+        self.calls.clear()
+        self._held.clear()
+        self._legacy.clear()
+        cancel = self._dispatcher.cancel
+        for call in calls:
+            cancel(call)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _accept_batch(self, batch: Batch) -> None:
+        route = _Batch(self._send, len(batch.items))
+        for item in batch.items:
+            if type(item) is RPCError:
+                route.refuse(item)
+            else:
+                self._accept(item, route)
+
+    def _accept(self, request: Request, route: Any) -> None:
+        if request.legacy:
+            route = _LegacySlot(self)
+            self._legacy.append(route)
+        if request.method == CANCEL_METHOD:
+            try:
+                response = Response(request, self._cancel(request))
+            except RPCError as error:
+                response = Response(request, error=error)
+            route.reply(response)
+            return
+        if len(self.calls) >= self._max_inflight:
+            # A batch's entries past the cap, or frames read after a half-close: they wait
+            # for this connection's calls.
+            self._held.append((request, route))
+            return
+        self._submit(request, route)
+
+    def _submit(self, request: Request, route: Any) -> None:
+        try:
+            call = self._dispatcher.submit(request, self._sink)
+        except RPCError as error:
+            route.reply(Response(request, error=error))
+            return
+        call.route = route
+        self.calls.add(call)
+
+    def _cancel(self, request: Request) -> bool:
+        params = request.params
+        if isinstance(params, dict) and "id" in params:
+            target = params["id"]
+        elif isinstance(params, tuple) and len(params) == 1:
+            target = params[0]
+        else:
+            raise RPCError(
+                INVALID_PARAMS, 'invalid params for rpc.cancel: expected {"id": CALL_ID}'
+            )
+        for call in self.calls:
+            if call.request.id == target and not call.request.legacy:
+                error = RPCError(CANCELLED, "call cancelled by the client")
+                # Returns at once: a queued call's answer comes back through finished().
+                return self._dispatcher.cancel(call, Response(call.request, error=error))
+        return False
+
+    # -- replies out ------------------------------------------------------------------------
+
+    def _refuse_frame(self, error: RPCError) -> None:
+        """A frame that decoded to no request: its error, in the envelope the peer speaks."""
+        if self._on_frame_error is not None:
+            self._on_frame_error(error)
+        if not error.legacy and self._legacy_peer and error.code == wire.PARSE_ERROR:
+            # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
+            error = RPCError(error.code, error.message, error.data, legacy=True)
+        if error.legacy:
+            self._legacy.append(_LegacySlot(self, wire.encode_error(error)))
+            self._flush_legacy()
+        else:
+            self._send(wire.encode_error(error))
+
+    def _flush_legacy(self) -> None:
+        legacy, send = self._legacy, self._send
+        while legacy and legacy[0].frame is not None:
+            send(legacy.popleft().frame)
+
+    # -- the auth phase ---------------------------------------------------------------------
+
+    def _authenticate(self, message: Request | Batch) -> int | None:
+        if type(message) is not Request or message.method != auth.METHOD:
+            error = RPCError(NOT_AUTHENTICATED, f"not authenticated: call {auth.METHOD} first")
+            if type(message) is Request:
+                self._answer_now(Response(message, error=error))
+            else:
+                self._send(wire.encode_error(error))
+            return None
+        try:
+            result = self._handshake.verify(message.params)
+        except auth.AuthFailed as exc:
+            return self._fail_handshake(f"authentication failed: {exc}", message)
+        self._handshake = None
+        self._answer_now(Response(message, result))
+        return AUTHENTICATED
+
+    def _answer_now(self, response: Response) -> None:
+        # Before authentication nothing else is in flight, so no order to keep.
+        if not response.request.notification:
+            self._send(wire.encode(response))
+
+    def _fail_handshake(
+        self, reason: str, request: Request | None = None, code: int = NOT_AUTHENTICATED
+    ) -> int:
+        """Answer -32003 (or `code`) and close: a failed handshake gets no second try."""
+        self.failure = reason
+        error = RPCError(code, reason)
+        if request is not None:
+            self._answer_now(Response(request, error=error))
+        else:
+            self._send(wire.encode_error(error))
+        return CLOSE
