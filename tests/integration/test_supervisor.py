@@ -219,9 +219,9 @@ def test_workers_that_cannot_start_stop_the_supervisor(tmp_path):
 
 
 def test_a_listener_workers_cannot_adopt_is_one_line(tmp_path):
-    result = _twistd(
-        tmp_path, "--processes", "2", "--listen", "ssl:5999:privateKey=k.pem:interface=127.0.0.1"
-    )
+    (tmp_path / "k.pem").write_text("never read: refused before\n")
+    listen = "ssl:5999:privateKey=k.pem:interface=127.0.0.1"
+    result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
     assert result.returncode == 1
     assert result.stderr.strip().endswith("(terminate TLS in front, e.g. in HAProxy)")
     assert "Traceback" not in result.stderr + result.stdout
