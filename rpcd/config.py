@@ -180,6 +180,12 @@ def _processes(value: Any) -> int | str:
 _processes.allowed = "an integer from 1 to 1024, or auto (one per core)"  # for --help
 
 
+def _optional_endpoint(value: Any) -> str:  # seam (helper "ops"), for the metrics setting
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("a Twisted endpoint string such as tcp:9354:interface=127.0.0.1, or empty")
+    return value
+
+
 def _setting(
     default: Any,
     parse: Callable[[Any], Any],
@@ -345,6 +351,14 @@ class Settings:
         _integer(232, 65551),
         "haproxy: listeners: largest PROXY header accepted",
         unit="bytes",
+    )
+
+    # -- seam (helper "ops"): the Prometheus listener -------------------------------------
+    metrics: str = _setting(
+        "",
+        _optional_endpoint,
+        "endpoint serving Prometheus metrics at /metrics, e.g. tcp:9354:interface=127.0.0.1 "
+        "(empty = off)",
     )
 
     def __post_init__(self) -> None:

@@ -73,6 +73,8 @@ class ConnectionLimits:
     max_outbuf: int = 1024 * 1024
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
+    max_method_bytes: int = 128  # longer method names are refused -32600, cut short
+    max_reply_bytes: int = 0  # 0: max_frame_bytes; a larger result is answered -32603
     max_unauthenticated: int = 64  # connections still in the handshake; the oldest goes first
     auth_failure_delay: float = 0.1  # a peer's next handshake is read this late, doubled per
     # failure up to AUTH_DELAY_MAX (0: off)
@@ -141,6 +143,8 @@ class RPCProtocol(Protocol):
             self.sendString,
             max_inflight=limits.max_inflight,
             max_batch=limits.max_batch,
+            max_method_bytes=limits.max_method_bytes,
+            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
             handshake=handshake,
             on_frame_error=self._frame_error,
         )

@@ -102,6 +102,8 @@ class RPCService(MultiService):
             byteorder=settings.byteorder,
             max_outbuf=settings.max_outbuf,
             write_timeout=settings.write_timeout,
+            max_method_bytes=settings.max_method_bytes,
+            max_reply_bytes=settings.max_reply_bytes,
             max_unauthenticated=settings.max_unauthenticated,
             auth_failure_delay=settings.auth_failure_delay,
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
@@ -111,16 +113,23 @@ class RPCService(MultiService):
         # The observer twistd should use instead of its own (set by tap under -n).
         self.log_observer: Any = None
         self._bound = False
+        self._listeners: list = []
         self._previous_usr1: Any = None
         for endpoint in settings.listen:
-            build_listener(endpoint, self.factory, settings, reactor).setServiceParent(self)
+            listener = build_listener(endpoint, self.factory, settings, reactor)
+            listener.setServiceParent(self)
+            self._listeners.append(listener)
+        if settings.metrics:
+            from rpcd.metrics import MetricsService
+
+            MetricsService(self, settings.metrics).setServiceParent(self)
 
     def bind(self) -> None:
         """Bind every listener now (before twistd daemonizes): raises ListenError."""
         if self._bound:
             return
         self._bound = True
-        for endpoint, listener in zip(self.settings.listen, self, strict=True):
+        for endpoint, listener in zip(self.settings.listen, self._listeners, strict=True):
             try:
                 listener.privilegedStartService()
             except CannotListenError as exc:

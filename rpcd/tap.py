@@ -8,6 +8,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+import rpcd
 from rpcd import config, reactor
 from rpcd.config import ConfigError, Settings
 
@@ -80,6 +81,19 @@ class Options(usage.Options):
 
     opt_listen.__doc__ = _help(_BY_NAME["listen"])
     opt_methods.__doc__ = _help(_BY_NAME["methods"])
+
+    # -- seam (helper "ops"): what the installed package says about itself ------------------
+    def opt_version(self) -> None:
+        """Print rpcd's version (and Twisted's, gevent's, Python's), then exit"""
+        print(rpcd.version_text("rpcd"))
+        sys.exit(0)
+
+    def opt_print_config(self) -> None:
+        """Print the documented config file, every key at its default, then exit"""
+        sys.stdout.write(rpcd.default_config())
+        sys.exit(0)
+
+    # -- end of seam -------------------------------------------------------------------------
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # twistd would print the whole usage text above the error; one line says it better.

@@ -13,10 +13,9 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from rpcd.dispatch import Call
 from rpcd.protocol import ConnectionLimits, RPCFactory
 from rpcd.proxy import V2_SIGNATURE, HeaderParser, ProxyFactory, ProxyHeaderError
-from rpcd.wire import Response
+from tests.conftest import RecordingDispatcher
 
 BALANCER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -162,18 +161,10 @@ def test_refused_as_early_as_the_bytes_show():
 # -- the Twisted wrapper ---------------------------------------------------------------------
 
 
-class Dispatcher:
-    def __init__(self) -> None:
-        self.submitted: list[Call] = []
-
-    def submit(self, request, sink) -> Call:
-        call = Call(request, None, sink)
-        self.submitted.append(call)
-        call.sink.deliver(call, Response(request, "pong"))
-        return call
-
-    def cancel(self, call, response=None) -> bool:
-        return True
+class Dispatcher(RecordingDispatcher):
+    def answer(self) -> None:
+        for call in self.running():
+            self.finish(call, "pong")
 
 
 def proxied(factory: ProxyFactory, peer=BALANCER):
@@ -188,7 +179,9 @@ def make_factory(clock=None, **limits) -> tuple[ProxyFactory, RPCFactory]:
     return ProxyFactory(inner, timeout=5.0, clock=clock or inner.clock), inner
 
 
-def replies(transport) -> list:
+def replies(transport, factory=None) -> list:
+    if factory is not None:
+        factory.dispatcher.answer()
     data, out = transport.value(), []
     while data:
         (n,) = struct.unpack("!I", data[:4])
@@ -207,7 +200,7 @@ def test_admitted_only_after_the_header_with_the_real_address():
     (conn,) = inner.connections
     assert conn.peer == "192.0.2.44:6000"
     assert conn.transport.getPeer() == IPv4Address("TCP", "192.0.2.44", 6000)
-    assert replies(transport) == [{"jsonrpc": "2.0", "result": "pong", "id": 1}]
+    assert replies(transport, inner) == [{"jsonrpc": "2.0", "result": "pong", "id": 1}]
 
 
 def test_per_peer_limit_counts_real_clients():
@@ -216,7 +209,7 @@ def test_per_peer_limit_counts_real_clients():
     for n in range(4):
         protocol, transport = proxied(factory)
         protocol.dataReceived(v1(f"192.0.2.{n + 1}", "127.0.0.1", 7000, 5354) + PING)
-        assert replies(transport)[0]["result"] == "pong"
+        assert replies(transport, inner)[0]["result"] == "pong"
     assert len(inner.connections) == 4
     # The same client a fourth time is refused, by its own address.
     for _ in range(3):
@@ -236,7 +229,7 @@ def test_unknown_and_local_keep_the_connection_address():
         protocol.dataReceived(header + PING)
         (conn,) = inner.connections
         assert conn.peer == "127.0.0.1:40000"
-        assert replies(transport)[0]["result"] == "pong"
+        assert replies(transport, inner)[0]["result"] == "pong"
 
 
 def test_ipv6_client():
@@ -292,4 +285,4 @@ def test_close_after_admission_releases_the_peer():
     assert inner.connections == set()
     protocol, transport = proxied(factory)
     protocol.dataReceived(v1("192.0.2.5", "127.0.0.1", 1, 2) + PING)
-    assert replies(transport)[0]["result"] == "pong"
+    assert replies(transport, inner)[0]["result"] == "pong"
