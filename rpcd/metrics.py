@@ -3,10 +3,10 @@
 Names follow go-grpc-prometheus with an `rpcd_` prefix, so dashboards written for gRPC
 servers read rpcd with a change of prefix. Nothing is counted per call for them: the
 dispatcher already keeps per-method counts and a latency histogram (`rpcd.stats`), and the
-collector turns those into metric families when Prometheus scrapes. What rpcd does not keep
-yet is counted here, as cheaply as it can be from outside: refused calls (a hook on the
-refusal path only) and frames in and out (a subclass of the connection's protocol, installed
-only when --metrics is on).
+collector turns those into metric families when Prometheus scrapes, and the connection
+factory counts frame-level errors. What rpcd does not keep is counted here, as cheaply as it
+can be from outside: refused calls (a hook on the refusal path only) and frames in and out (a
+subclass of the connection's protocol, installed only when --metrics is on).
 
 Labels stay bounded: `method` is a registered method's name, or "unknown" for a name a client
 made up; `code` is "OK" or the JSON-RPC error code; `reason` is one of a fixed few.
@@ -35,7 +35,7 @@ from twisted.web.server import Site
 
 import rpcd
 from rpcd.config import public_address
-from rpcd.wire import FRAME_TOO_LARGE, METHOD_NOT_FOUND, SERVER_BUSY, SHUTTING_DOWN
+from rpcd.wire import METHOD_NOT_FOUND, SERVER_BUSY, SHUTTING_DOWN
 
 log = Logger()
 
@@ -56,12 +56,11 @@ class Counts:
     """What rpcd's own statistics do not count yet: frames in and out, frame-level errors,
     calls refused before they were queued (by method label and code)."""
 
-    __slots__ = ("received", "sent", "frame_errors", "refused")
+    __slots__ = ("received", "sent", "refused")
 
     def __init__(self) -> None:
         self.received = 0
         self.sent = 0
-        self.frame_errors: Counter = Counter()
         self.refused: Counter = Counter()  # (method label, code) -> calls
 
 
@@ -82,25 +81,6 @@ def counting_protocol(base: type, counts: Counts) -> type:
             counts.sent += 1
             sent(self, string)
 
-    # Frames answered without a call. The protocol answers them itself (`_send_error`:
-    # unparsable, not a request, too large), or, where a sans-IO session answers the
-    # unparsable ones, only a frame too large passes through the protocol (`_frame_too_large`).
-    if hasattr(base, "_send_error"):
-        send_error = base._send_error
-
-        def _send_error(self: Any, error: Any) -> None:
-            counts.frame_errors[error.code] += 1
-            send_error(self, error)
-
-        CountingProtocol._send_error = _send_error
-    elif hasattr(base, "_frame_too_large"):
-        too_large = base._frame_too_large
-
-        def _frame_too_large(self: Any, error: Any) -> None:
-            counts.frame_errors[FRAME_TOO_LARGE] += 1
-            too_large(self, error)
-
-        CountingProtocol._frame_too_large = _frame_too_large
     CountingProtocol.__name__ = CountingProtocol.__qualname__ = base.__name__
     return CountingProtocol
 
@@ -158,13 +138,8 @@ class RPCDCollector:
             if histogram is None:
                 continue
             handled.add_metric([name, "OK"], histogram.count - histogram.errors)
-            codes = getattr(histogram, "codes", None)  # per-code errors, once stats keeps them
-            if codes is None:
-                if histogram.errors:
-                    handled.add_metric([name, "error"], histogram.errors)
-            else:
-                for code, n in sorted(codes.items()):
-                    handled.add_metric([name, str(code)], n)
+            for code, n in sorted(histogram.codes.items()):
+                handled.add_metric([name, str(code)], n)
             seconds.add_metric([name], *_histogram(histogram))
         yield started
         yield handled
@@ -185,7 +160,7 @@ class RPCDCollector:
             "Frames answered with an error and no call: unparsable, not a request, too large.",
             labels=["code"],
         )
-        for code, n in sorted(counts.frame_errors.items()):
+        for code, n in sorted(factory.frame_errors.items()):
             frame_errors.add_metric([str(code)], n)
         yield frame_errors
 
@@ -242,13 +217,7 @@ def _histogram(histogram: Any) -> tuple[list[tuple[str, float]], float]:
         edge = index + 1
         buckets.append((bound, seen))
     buckets.append(("+Inf", histogram.count))
-    total = getattr(histogram, "sum", None)
-    if total is None:
-        # Estimated from the buckets (each value taken at its bucket's geometric middle, so
-        # within 10 %) until stats keeps the exact sum.
-        total = 0.5e-6 * counts[0] + sum(
-            n * 2.0 ** ((i - 0.5) / _PER_OCTAVE) / 1e6 for i, n in enumerate(counts) if i and n
-        )
+    total = histogram.sum
     return buckets, total
 
 

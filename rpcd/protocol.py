@@ -439,6 +439,7 @@ class RPCFactory(Factory):
         self._frame_errors: dict[int, _Tally] = {}  # by error code: what to log when
         self.accepted = 0
         self.refused: Counter = Counter()
+        self.frame_errors: Counter = Counter()  # frames that decoded to no request, by code
         self._all_closed: list[defer.Deferred] = []
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
@@ -548,6 +549,7 @@ class RPCFactory(Factory):
         """Count a frame that decoded to no request (rpc.stats); log it, one line per code per
         interval at most, the rest as a count at the interval's end."""
         self.dispatcher.stats.refused(code)
+        self.frame_errors[code] += 1
         now = self.clock.seconds()
         entry = self._frame_errors.get(code)
         if entry is None:

@@ -17,21 +17,27 @@ _BUCKETS = 32 * _PER_OCTAVE  # bucket i holds latencies below 2 ** (i / 4) µs
 class LatencyHistogram:
     """Counts of latencies in log-spaced buckets; percentiles are bucket upper bounds."""
 
-    __slots__ = ("buckets", "count", "errors", "max")
+    __slots__ = ("buckets", "count", "errors", "codes", "sum", "max")
 
     def __init__(self) -> None:
         self.buckets = [0] * _BUCKETS
         self.count = 0
         self.errors = 0
+        self.codes: Counter = Counter()  # errors by code (the metrics' handled_total labels)
+        self.sum = 0.0  # exact, for the metrics' histogram _sum
         self.max = 0.0
 
-    def record(self, seconds: float, failed: bool) -> None:
+    def record(self, seconds: float, failed: bool | int = False) -> None:
+        """One call; `failed` is False, True, or the error code it was answered with."""
         micros = seconds * 1e6
         index = int(log2(micros) * _PER_OCTAVE) + 1 if micros >= 1.0 else 0
         self.buckets[index if index < _BUCKETS else _BUCKETS - 1] += 1
         self.count += 1
+        self.sum += seconds
         if failed:
             self.errors += 1
+            if failed is not True:
+                self.codes[failed] += 1
         if seconds > self.max:
             self.max = seconds
 
@@ -71,7 +77,7 @@ class CallStats:
         histogram = self.methods.get(method)
         if histogram is None:
             histogram = self.methods[method] = LatencyHistogram()
-        histogram.record(seconds, error_code is not None)
+        histogram.record(seconds, False if error_code is None else error_code)
         if error_code is not None:
             self.errors[error_code] += 1
 

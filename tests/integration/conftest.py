@@ -28,7 +28,17 @@ METHODS = "tests.integration.methods"
 # The line rpcd logs once its listeners are bound (rpcd/service.py, startService).
 SERVING = "rpcd serving"
 
-__all__ = ["KEY", "METHODS", "ROOT", "TWISTD", "Daemon", "free_port", "wait_for"]
+__all__ = [
+    "KEY",
+    "METHODS",
+    "ROOT",
+    "SERVING",
+    "TWISTD",
+    "Daemon",
+    "free_port",
+    "launch",
+    "wait_for",
+]
 
 
 class Daemon:
@@ -150,7 +160,7 @@ def start_daemon(tmp_path):
 
     def start(
         *args: str,
-        methods: str | None = "tests.integration.methods",
+        methods: str | None = METHODS,
         listen: bool = True,
         port: int | None = None,
         twistd_args: tuple = (),
