@@ -167,6 +167,19 @@ def _optional_path(value: Any) -> str:
     return value
 
 
+def _processes(value: Any) -> int | str:
+    # "auto" stays as it is: rpcd.supervisor resolves it to the number of cores.
+    if value == "auto":
+        return value
+    try:
+        return _integer(1, 1024)(value)
+    except ValueError:
+        raise ValueError("an integer from 1 to 1024, or auto (one per core)") from None
+
+
+_processes.allowed = "an integer from 1 to 1024, or auto (one per core)"  # for --help
+
+
 def _optional_endpoint(value: Any) -> str:  # seam (helper "ops"), for the metrics setting
     if not isinstance(value, str) or "\0" in value:
         raise ValueError("a Twisted endpoint string such as tcp:9354:interface=127.0.0.1, or empty")
@@ -309,6 +322,35 @@ class Settings:
     )
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
+    )
+    # -- scaling out (rpcd.supervisor, rpcd.proxy) --
+    processes: int | str = _setting(
+        1,
+        _processes,
+        "worker processes sharing the listeners, or auto (one per core); every other limit "
+        "(connections, workers, queue, in-flight) applies to each process on its own",
+    )
+    heartbeat_timeout: float = _setting(
+        30.0,
+        _seconds(False),
+        "processes > 1: replace a worker whose hub has not beaten for this long",
+    )
+    worker_start_timeout: float = _setting(
+        30.0, _seconds(False), "processes > 1: how long a new worker may take to start listening"
+    )
+    restart_backoff_max: float = _setting(
+        30.0, _seconds(False), "processes > 1: longest wait before restarting a crashed worker"
+    )
+    proxy_header_timeout: float = _setting(
+        10.0,
+        _seconds(False),
+        "haproxy: listeners: drop a connection whose PROXY header takes longer",
+    )
+    proxy_max_header_bytes: int = _setting(
+        4096,
+        _integer(232, 65551),
+        "haproxy: listeners: largest PROXY header accepted",
+        unit="bytes",
     )
 
     # -- seam (helper "ops"): the Prometheus listener -------------------------------------
