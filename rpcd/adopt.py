@@ -129,7 +129,7 @@ def systemd_public_address(description: str) -> str | None:
     try:
         fd, family = systemd_socket(description)
     except ListenError:
-        return "a systemd-passed socket of unknown address"
+        return None  # nothing to expose: adopting it fails with that one line instead
     if family == socket.AF_UNIX:
         return None
     with socket.socket(fileno=os.dup(fd)) as probe:

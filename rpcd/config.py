@@ -444,7 +444,7 @@ def public_address(endpoint: str) -> str | None:
     """Why a listening endpoint string is reachable from other hosts, or None if it is local only.
 
     TCP and SSL listeners are local when their interface is a loopback address; UNIX sockets
-    are local; a systemd-passed socket is local only if it is a UNIX one; anything rpcd cannot
+    are local; a systemd-passed socket is local if it is a UNIX or loopback one; anything rpcd cannot
     read (a plugin endpoint type) counts as public.
     """
     kind, args, kwargs = _split_endpoint(endpoint)
@@ -453,8 +453,11 @@ def public_address(endpoint: str) -> str | None:
     if kind == "unix":
         return None
     if kind == "systemd":
-        domain = kwargs.get("domain", "").upper()
-        return None if domain == "UNIX" else "a systemd-passed socket of unknown address"
+        if kwargs.get("domain", "").upper() == "UNIX":
+            return None
+        from rpcd.adopt import systemd_public_address  # judged by the passed socket itself
+
+        return systemd_public_address(endpoint)
     if kind not in _INTERFACE_POSITION:
         return f"an endpoint type rpcd cannot check, {kind!r}"
     position = _INTERFACE_POSITION[kind]

@@ -114,6 +114,8 @@ class RPCService(MultiService):
         self.log_observer: Any = None
         self._bound = False
         self._listeners: list = []
+        # Judged now: a systemd-passed socket can be read only before it is adopted.
+        self._exposed = [e for e in settings.listen if public_address(e)]
         self._previous_usr1: Any = None
         for endpoint in settings.listen:
             listener = build_listener(endpoint, self.factory, settings, reactor)
@@ -192,7 +194,7 @@ class RPCService(MultiService):
         super().startService()
         supervisor.worker_started(self.reactor)  # [scale seam] under --processes: ready, beats
         if self.factory.limits.auth_key is None:
-            for endpoint in filter(public_address, self.settings.listen):
+            for endpoint in self._exposed:
                 log.warn(
                     "{endpoint} is reachable from other hosts without authentication",
                     endpoint=endpoint,

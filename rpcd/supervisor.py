@@ -369,9 +369,6 @@ class Supervisor(Service):
         for index, listener in enumerate(self.listeners):
             listen += ["--listen", listener.worker_endpoint(index)]
         extra = ["--processes", "1"]
-        if not self.settings.auth_key_file and not self.settings.allow_public_unauthenticated:
-            # The supervisor checked the real addresses; a worker sees only passed sockets.
-            extra.append("--allow-public-unauthenticated")
         argv = [*self.executable, *self.args, *extra, *listen]
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, self.heartbeat_fd: "r"}
         for index, listener in enumerate(self.listeners):

@@ -96,8 +96,11 @@ def test_public_address_judged_by_the_socket(listening, monkeypatch):
         assert adopt.systemd_public_address("systemd:index=0") == (
             "a systemd-passed socket on 0.0.0.0"
         )
+    # Nothing passed: nothing is exposed, and adopting it fails with its own one line.
     monkeypatch.setattr(adopt, "inherited", lambda: [])
-    assert adopt.systemd_public_address("systemd:index=0") is not None
+    assert adopt.systemd_public_address("systemd:index=0") is None
+    with pytest.raises(adopt.ListenError, match="no socket was passed"):
+        adopt.systemd_socket("systemd:index=0")
 
 
 def test_twisted_adopted_endpoint_closes_under_patching():

@@ -70,9 +70,8 @@ def _stop(proc) -> int:
     ],
 )
 def test_passed_socket_serves_under_monkey_patching(tmp_path, listen, fdname):
-    # Until config.public_address judges a systemd: socket by the socket (see the xfail below).
     proc, port, output = _activate(
-        tmp_path, listen, "--allow-public-unauthenticated", fdname=fdname
+        tmp_path, listen, fdname=fdname
     )
     try:
         assert _ping_until(port, proc, output)["result"] == "pong"
@@ -81,10 +80,6 @@ def test_passed_socket_serves_under_monkey_patching(tmp_path, listen, fdname):
     assert "Traceback" not in output.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.public_address (helper codec's) must call rpcd.adopt.systemd_public_address",
-)
 def test_loopback_passed_socket_is_not_public(tmp_path):
     proc, port, output = _activate(tmp_path, "systemd:domain=INET:index=0")
     try:
@@ -112,7 +107,7 @@ def test_no_socket_passed_is_one_line_error(tmp_path):
 
 def test_wrong_name_lists_what_was_passed(tmp_path):
     proc, port, output = _activate(
-        tmp_path, "systemd:name=other", "--allow-public-unauthenticated", fdname="rpc"
+        tmp_path, "systemd:name=other", fdname="rpc"
     )
     try:
         # The activator only starts rpcd on the first connection, which then fails.
@@ -132,7 +127,6 @@ def test_supervisor_shares_a_socket_systemd_passed_it(tmp_path):
         "systemd:domain=INET:name=rpc",
         "--processes",
         "2",
-        "--allow-public-unauthenticated",
         fdname="rpc",
     )
     try:
