@@ -444,8 +444,8 @@ def public_address(endpoint: str) -> str | None:
     """Why a listening endpoint string is reachable from other hosts, or None if it is local only.
 
     TCP and SSL listeners are local when their interface is a loopback address; UNIX sockets
-    are local; a systemd-passed socket is local if it is a UNIX or loopback one; anything rpcd cannot
-    read (a plugin endpoint type) counts as public.
+    are local; a systemd-passed socket is local if it is a UNIX or loopback one; anything rpcd
+    cannot read (a plugin endpoint type) counts as public.
     """
     kind, args, kwargs = _split_endpoint(endpoint)
     if kind == "haproxy":

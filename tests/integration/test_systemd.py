@@ -70,9 +70,7 @@ def _stop(proc) -> int:
     ],
 )
 def test_passed_socket_serves_under_monkey_patching(tmp_path, listen, fdname):
-    proc, port, output = _activate(
-        tmp_path, listen, fdname=fdname
-    )
+    proc, port, output = _activate(tmp_path, listen, fdname=fdname)
     try:
         assert _ping_until(port, proc, output)["result"] == "pong"
     finally:
@@ -106,9 +104,7 @@ def test_no_socket_passed_is_one_line_error(tmp_path):
 
 
 def test_wrong_name_lists_what_was_passed(tmp_path):
-    proc, port, output = _activate(
-        tmp_path, "systemd:name=other", fdname="rpc"
-    )
+    proc, port, output = _activate(tmp_path, "systemd:name=other", fdname="rpc")
     try:
         # The activator only starts rpcd on the first connection, which then fails.
         with pytest.raises(AssertionError):
