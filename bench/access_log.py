@@ -44,7 +44,7 @@ def client(port: int, seconds: float, depth: int, results: multiprocessing.Queue
             (size,) = struct.unpack("!I", buffered[:4])
             if len(buffered) < 4 + size:
                 break
-            buffered = buffered[4 + size:]
+            buffered = buffered[4 + size :]
             done += 1
             outstanding -= 1
         if outstanding <= depth // 2:
@@ -64,8 +64,18 @@ def run(extra: list[str], depth: int, clients: int, seconds: float) -> tuple[flo
     workdir = tempfile.mkdtemp(prefix="rpcd-access-")
     with open(os.path.join(workdir, "twistd.out"), "wb") as out:
         daemon = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{port}:interface=127.0.0.1",
-             *extra], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "rpcd",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                *extra,
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30
@@ -78,8 +88,10 @@ def run(extra: list[str], depth: int, clients: int, seconds: float) -> tuple[flo
                     raise
                 time.sleep(0.05)
         results: multiprocessing.Queue = multiprocessing.Queue()
-        procs = [multiprocessing.Process(target=client, args=(port, seconds, depth, results))
-                 for _ in range(clients)]
+        procs = [
+            multiprocessing.Process(target=client, args=(port, seconds, depth, results))
+            for _ in range(clients)
+        ]
         before = cpu_seconds(daemon.pid)
         for p in procs:
             p.start()
@@ -111,10 +123,13 @@ def main() -> None:
         rate_on = statistics.median(r for r, _ in on)
         cpu_off = statistics.median(c for _, c in off)
         cpu_on = statistics.median(c for _, c in on)
-        print(f"{depth} in flight x {args.clients} clients, medians of {args.rounds}: "
-              f"{rate_off:,.0f} calls/s without the access log, {rate_on:,.0f} with "
-              f"({(rate_off - rate_on) / rate_off:+.1%} fewer); CPU {cpu_off:.2f} vs "
-              f"{cpu_on:.2f} us/call ({(cpu_on - cpu_off) / cpu_off:+.1%})", flush=True)
+        print(
+            f"{depth} in flight x {args.clients} clients, medians of {args.rounds}: "
+            f"{rate_off:,.0f} calls/s without the access log, {rate_on:,.0f} with "
+            f"({(rate_off - rate_on) / rate_off:+.1%} fewer); CPU {cpu_off:.2f} vs "
+            f"{cpu_on:.2f} us/call ({(cpu_on - cpu_off) / cpu_off:+.1%})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

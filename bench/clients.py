@@ -2,29 +2,39 @@
 
     python bench/clients.py '{"mode": ..., ...}'
 
-Modes: `rate` (calls completed in a time window, 1 or N calls in flight), `latency` (calls
-sent on a fixed schedule, each one's latency from its scheduled time), `concurrent` (many
-sleeping calls at once: wall time until the last reply) and `idle` (hold connections open
-until stdin closes). rpcd and the stock-Twisted baseline are driven by the same raw-socket
-code; each peer by its own client library.
+bench/loadgen.c drives every server that speaks JSON-RPC or msgpack-rpc; these are the
+Python clients kept for what it cannot measure, and for a machine without a C compiler.
+Modes: `rate` (calls completed in a time window: a peer through its own client library, or
+the raw-socket fallback with 1 or N calls in flight), `latency` and `concurrent` (fallbacks
+for f and c), `idle` (hold connections open until stdin closes), and the rpcd client's own
+figures: `raw-serial` (a minimal raw-socket client, one call at a time), `client-serial`
+(`rpcd.client.Client`, one caller) and `client-greenlets` (N greenlets sharing one Client).
 """
 
 from __future__ import annotations
 
-import json
-import selectors
-import socket
-import struct
 import sys
-import time
-from typing import Any
+
+if __name__ == "__main__" and '"client-greenlets"' in sys.argv[1]:
+    from gevent import monkey
+
+    monkey.patch_all()  # before anything imports socket: greenlets share the client
+
+import json  # noqa: E402
+import selectors  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 PAYLOAD = "0123456789abcdef"  # the 16-byte echo argument
 _PREFIX = struct.Struct(">I")
 # The call the raw-socket clients make: a 16-byte echo, or `ping` without arguments.
 _TEMPLATES = {
-    "echo": (b'{"jsonrpc":"2.0","method":"echo","params":["' + PAYLOAD.encode() + b'"],"id":%d}',
-             PAYLOAD),
+    "echo": (
+        b'{"jsonrpc":"2.0","method":"echo","params":["' + PAYLOAD.encode() + b'"],"id":%d}',
+        PAYLOAD,
+    ),
     "ping": (b'{"jsonrpc":"2.0","method":"ping","id":%d}', "pong"),
 }
 _TEMPLATE, _EXPECTED = _TEMPLATES["echo"]
@@ -53,7 +63,7 @@ def _split(buffer: bytes) -> tuple[list[bytes], bytes]:
         size = _PREFIX.unpack_from(buffer, pos)[0]
         if end - pos - 4 < size:
             break
-        bodies.append(buffer[pos + 4:pos + 4 + size])
+        bodies.append(buffer[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return bodies, buffer[pos:]
 
@@ -242,12 +252,64 @@ def idle(port: int, connections: int) -> int:
     return len(socks)
 
 
+def raw_serial(port: int, duration: float) -> int:
+    """A minimal raw-socket client: one blocking call at a time, orjson as rpcd's client uses."""
+    import orjson
+
+    sock = _connect(port)
+    _check_echo(sock)
+    _ready()
+    sendall, recv, loads, unpack = sock.sendall, sock.recv, orjson.loads, _PREFIX.unpack
+    done = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        sendall(_echo_frame(done + 1))
+        buffer = recv(65536)
+        while len(buffer) < 4 or len(buffer) < 4 + unpack(buffer[:4])[0]:
+            buffer += recv(65536)
+        if loads(buffer[4:])["result"] != _EXPECTED:
+            raise RuntimeError("unexpected reply")
+        done += 1
+    sock.close()
+    return done
+
+
+def client_rate(port: int, duration: float, callers: int) -> int:
+    """rpcd.client.Client: `callers` greenlets (1: the calling thread itself) share one client."""
+    from rpcd.client import Client
+
+    method, args = ("echo", (PAYLOAD,)) if _EXPECTED == PAYLOAD else ("ping", ())
+    client = Client(f"tcp:127.0.0.1:{port}")
+    if client.call(method, *args) != _EXPECTED:
+        raise RuntimeError("unexpected reply")
+    _ready()
+    end = time.monotonic() + duration
+    counts = [0] * callers
+
+    def caller(slot: int) -> None:
+        n = 0
+        call, now = client.call, time.monotonic
+        while now() < end:
+            call(method, *args)
+            n += 1
+        counts[slot] = n
+
+    if callers == 1:
+        caller(0)
+    else:
+        import gevent
+
+        gevent.joinall([gevent.spawn(caller, i) for i in range(callers)], raise_error=True)
+    client.close()
+    return sum(counts)
+
+
 def main(spec: dict) -> Any:
     global _TEMPLATE, _EXPECTED
     _TEMPLATE, _EXPECTED = _TEMPLATES[spec.get("method", "echo")]
     mode = spec["mode"]
     if mode == "rate":
-        if spec["kind"] in ("rpcd", "twisted"):
+        if spec["kind"] in ("rpcd", "twisted", "gevent", "uvloop"):
             return raw_rate(spec["port"], spec["duration"], spec["inflight"])
         return peer_rate(spec["kind"], spec["port"], spec["duration"])
     if mode == "latency":
@@ -256,6 +318,12 @@ def main(spec: dict) -> Any:
         return concurrent(spec["port"], spec["calls"], spec["connections"], spec["seconds"])
     if mode == "idle":
         return idle(spec["port"], spec["connections"])
+    if mode == "raw-serial":
+        return raw_serial(spec["port"], spec["duration"])
+    if mode == "client-serial":
+        return client_rate(spec["port"], spec["duration"], 1)
+    if mode == "client-greenlets":
+        return client_rate(spec["port"], spec["duration"], spec["greenlets"])
     raise ValueError(mode)
 
 

@@ -36,8 +36,10 @@ def block_of_lines() -> bytes:
         if n % 50 == 49:
             text = f"warn [rpcd.protocol] closing 127.0.0.1:4{n % 10000:04d}: idle for 300 s"
         else:
-            text = (f"info [rpcd.access] 127.0.0.1:4{n % 10000:04d} math.add id={n} "
-                    f"0.{n % 1000:03d} ms ok")
+            text = (
+                f"info [rpcd.access] 127.0.0.1:4{n % 10000:04d} math.add id={n} "
+                f"0.{n % 1000:03d} ms ok"
+            )
         line = f"2026-01-01T00:00:00.{n % 1000:03d}Z {text}\n"
         lines.append(line)
         size += len(line)
@@ -87,9 +89,22 @@ class Daemon:
         self.output = workdir / f"{log.name}.out"
         port = free_port()
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{port}:interface=127.0.0.1",
-             "--log-file", str(log), "--log-rotate-bytes", str(2 * 1024 * MiB), "--no-access-log"],
-            cwd=workdir, stdout=self.output.open("wb"), stderr=subprocess.STDOUT,
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "rpcd",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--log-file",
+                str(log),
+                "--log-rotate-bytes",
+                str(2 * 1024 * MiB),
+                "--no-access-log",
+            ],
+            cwd=workdir,
+            stdout=self.output.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -138,9 +153,11 @@ def main() -> None:
             for daemon in daemons.values():
                 daemon.stop()
         for name, daemon in daemons.items():
-            print(f"getlog lines={args.lines} from the {name} log ({daemon.log.stat().st_size:,} "
-                  f"bytes): median {statistics.median(times[name]) * 1000:.2f} ms, "
-                  f"best {min(times[name]) * 1000:.2f} ms over {args.repeat} calls")
+            print(
+                f"getlog lines={args.lines} from the {name} log ({daemon.log.stat().st_size:,} "
+                f"bytes): median {statistics.median(times[name]) * 1000:.2f} ms, "
+                f"best {min(times[name]) * 1000:.2f} ms over {args.repeat} calls"
+            )
         ratio = statistics.median(times["1 GiB"]) / statistics.median(times["1 MiB"])
         print(f"ratio 1 GiB / 1 MiB (medians): {ratio:.2f}")
     finally:

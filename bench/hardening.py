@@ -24,10 +24,16 @@ from tests.rawclient import RawClient
 
 def _start(workdir: Path) -> Daemon:
     port = free_port()
-    daemon = Daemon(workdir, [
-        "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-        "--methods", "tests.integration.methods",
-    ], port)
+    daemon = Daemon(
+        workdir,
+        [
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1:backlog=1024",
+            "--methods",
+            "tests.integration.methods",
+        ],
+        port,
+    )
     daemon.wait_ready()
     return daemon
 
@@ -36,15 +42,18 @@ def _huge_prefix(daemon: Daemon, control: RawClient) -> None:
     before = rss(daemon.proc.pid)
     closes = [bad._huge_prefix(daemon.port)[1] * 1000 for _ in range(50)]
     grown = (rss(daemon.proc.pid) - before) // 1024
-    print(f"0xFFFFFFFF prefix -> -32004 and close: median {statistics.median(closes):.2f} ms, "
-          f"max {max(closes):.2f} ms over 50; RSS change {grown} KiB")
+    print(
+        f"0xFFFFFFFF prefix -> -32004 and close: median {statistics.median(closes):.2f} ms, "
+        f"max {max(closes):.2f} ms over 50; RSS change {grown} KiB"
+    )
 
 
 def _flood(daemon: Daemon, control: RawClient) -> None:
     start = rss(daemon.proc.pid)
     errors: list = []
-    threads = [threading.Thread(target=bad._flood, args=(daemon.port, 240, errors, k))
-               for k in range(4)]
+    threads = [
+        threading.Thread(target=bad._flood, args=(daemon.port, 240, errors, k)) for k in range(4)
+    ]
     began, peak, calls = time.monotonic(), start, 0
     for thread in threads:
         thread.start()
@@ -52,9 +61,11 @@ def _flood(daemon: Daemon, control: RawClient) -> None:
         assert control.call("sleep", 0.001)["result"] == 0.001
         calls += 1
         peak = max(peak, rss(daemon.proc.pid))
-    print(f"960 malformed frames on 4 connections: {time.monotonic() - began:.2f} s, "
-          f"{calls} valid calls meanwhile; RSS {start / MiB:.1f} -> peak {peak / MiB:.1f} -> "
-          f"{rss(daemon.proc.pid) / MiB:.1f} MiB")
+    print(
+        f"960 malformed frames on 4 connections: {time.monotonic() - began:.2f} s, "
+        f"{calls} valid calls meanwhile; RSS {start / MiB:.1f} -> peak {peak / MiB:.1f} -> "
+        f"{rss(daemon.proc.pid) / MiB:.1f} MiB"
+    )
 
 
 def _vanished(daemon: Daemon, control: RawClient) -> None:
@@ -88,8 +99,10 @@ def _cycles(daemon: Daemon, control: RawClient) -> None:
                 sock.close()
         while stats(control)["connections"]["open"] != 1:
             time.sleep(0.001)
-    print(f"10,000 connect/close cycles (half reset mid-call): {time.monotonic() - began:.2f} s, "
-          f"open afterwards {stats(control)['connections']['open'] - 1}")
+    print(
+        f"10,000 connect/close cycles (half reset mid-call): {time.monotonic() - began:.2f} s, "
+        f"open afterwards {stats(control)['connections']['open'] - 1}"
+    )
 
 
 def _saturated(daemon: Daemon, control: RawClient) -> None:
@@ -121,8 +134,10 @@ def _saturated(daemon: Daemon, control: RawClient) -> None:
     stop.set()
     for thread in threads:
         thread.join()
-    print(f"sleep(0.01) while 3 connections flood malformed frames: median "
-          f"{statistics.median(took):.0f} ms, max {max(took):.0f} ms")
+    print(
+        f"sleep(0.01) while 3 connections flood malformed frames: median "
+        f"{statistics.median(took):.0f} ms, max {max(took):.0f} ms"
+    )
 
 
 def main() -> None:

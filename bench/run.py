@@ -1,18 +1,22 @@
-"""The benchmark harness: rpcd, stock Twisted and the peers under the same load, in one run.
+"""The benchmark harness: rpcd, the stock-Twisted ceiling and the peers under one load, in one run.
 
     python bench/run.py                       # every scenario, every server installed
-    python bench/run.py --scenarios a,b --duration 10 --repeat 5
+    python bench/run.py --scenarios a,b --duration 3 --repeat 3
     python bench/run.py --quick               # a short end-to-end run (the test suite's)
 
-Every server runs as a subprocess on a free 127.0.0.1 port; load comes from separate client
-processes (bench/clients.py), at most --clients at a time (plus one for c, d), each bounded
-in time. Servers are stopped by their pid. The table gives absolute figures and the ratio
-to the stock-Twisted baseline measured in the same run.
+Every server runs as a subprocess on a free 127.0.0.1 port. Load comes from bench/loadgen.c,
+compiled on demand with `cc -O2` into a cache directory: one process, --clients connections,
+K calls in flight on each, replies matched by id, so the client is not what is measured.
+Only peers with nothing but their own client library (RPyC, zerorpc, gRPC, xmlrpc) and the
+rpcd client's own figures (g) use Python clients (bench/clients.py). Servers are stopped by
+their pid. Beside every rate is the server's CPU time per call (/proc/PID/stat); the table
+gives the ratio to the stock-Twisted ceiling measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -30,15 +34,53 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-PEERS = {"rpyc": "rpyc", "zerorpc": "zerorpc", "grpc": "grpc", "xmlrpc": "xmlrpc"}
-RAW = ("rpcd", "twisted")  # speak rpcd's wire protocol: driven by the same raw-socket client
+# Optional servers: name -> the module it needs. Those in LOADGEN_PROTO speak a protocol the
+# C load generator speaks; the others are driven by their own client library, in a only.
+PEERS = {
+    "gevent": "gevent",
+    "uvloop": "uvloop",
+    "mprpc": "mprpc",
+    "rpyc": "rpyc",
+    "zerorpc": "zerorpc",
+    "grpc": "grpc",
+    "xmlrpc": "xmlrpc",
+}
+LOADGEN_PROTO = {
+    "rpcd": "json",
+    "twisted": "json",
+    "gevent": "json",
+    "uvloop": "json",
+    "mprpc": "msgpack",
+}
+INSTALL_HINT = {"mprpc": "bench/install_mprpc.sh .venv/bin/python"}
 BASELINE = "twisted"
+PAYLOAD = '"0123456789abcdef"'  # the 16-byte echo argument, as a JSON literal
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def build_loadgen() -> tuple[Path | None, str]:
+    """bench/loadgen.c compiled with `cc -O2` into a cache directory; (None, why) if it can't be."""
+    source = BENCH / "loadgen.c"
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None, "no C compiler (cc) on PATH"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rpcd-bench"
+    binary = cache / f"loadgen-{digest}"
+    if binary.exists():
+        return binary, f"{binary} (cached)"
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".loadgen-{digest}.{os.getpid()}"
+    build = subprocess.run([cc, "-O2", "-o", str(tmp), str(source)], capture_output=True, text=True)
+    if build.returncode != 0:
+        return None, f"{cc} -O2 failed: {build.stderr.strip()[-500:]}"
+    tmp.replace(binary)
+    return binary, f"{binary} (built with {cc} -O2)"
 
 
 @dataclass
@@ -57,17 +99,30 @@ class Server:
         self.port = free_port()
         self.workdir = workdir / self.name.replace(" ", "_").replace("-", "")
         self.workdir.mkdir()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.pythonpath),
-                                                                         str(ROOT)])))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.pythonpath), str(ROOT)]))
+        )
         if self.kind == "rpcd":
-            argv = [TWISTD, "-n", "--pidfile=", "rpcd",
-                    "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                    "--methods", "bench.methods", *self.args]
+            argv = [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "rpcd",
+                "--listen",
+                f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
+                "--methods",
+                "bench.methods",
+                *self.args,
+            ]
         else:
             argv = [sys.executable, str(BENCH / "servers.py"), self.kind, str(self.port)]
         self.proc = subprocess.Popen(
-            argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=(self.workdir / "out.txt").open("wb"), stderr=subprocess.STDOUT,
+            argv,
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=(self.workdir / "out.txt").open("wb"),
+            stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -115,8 +170,12 @@ class Server:
 def run_clients(specs: list[dict], timeout: float) -> list:
     """Start one client process per spec, let them all go at once, return their results."""
     procs = [
-        subprocess.Popen([sys.executable, str(BENCH / "clients.py"), json.dumps(spec)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(BENCH / "clients.py"), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for spec in specs
     ]
     try:
@@ -153,6 +212,7 @@ class Row:
     text: str = ""  # shown instead of the figure (a skip reason, p50/p99 pair)
     higher_is_better: bool = True
     compare: bool = True  # whether a ratio to the baseline means anything
+    baseline: bool = False  # the row the scenario's other rows are compared with
 
 
 class Harness:
@@ -164,18 +224,29 @@ class Harness:
         self.servers: list[Server] = []
         self.dedicated_servers: list[Server] = []
         self.rpcd: Server | None = None  # the variant the targets hold for
+        self.loadgen: Path | None = None
+        self.loadgen_cpu: dict[str, float] = {}  # the load generator's own CPU per call, max
 
     # -- set-up ------------------------------------------------------------------------------
 
     def plan(self) -> None:
         args = self.args
+        self.loadgen, how = build_loadgen()
+        if self.loadgen is None:
+            self.notes.append(
+                f"load generator: skipped ({how}); rpcd and the ceiling are "
+                "driven by Python raw-socket clients, gevent/uvloop/mprpc not run"
+            )
+        else:
+            self.notes.append(f"load generator: {how}")
         usage = subprocess.run([TWISTD, "rpcd", "--help"], capture_output=True, text=True)
         self.servers.append(Server("rpcd", "rpcd"))
         if "--no-access-log" in usage.stdout:
             self.servers.append(Server("rpcd --no-access-log", "rpcd", ["--no-access-log"]))
         else:
-            self.notes.append("rpcd has no --no-access-log option (no access log yet): "
-                              "one rpcd variant runs")
+            self.notes.append(
+                "rpcd has no --no-access-log option (no access log yet): one rpcd variant runs"
+            )
         self.rpcd = self.servers[-1]
         if args.compare_rpcd:
             other = Server(f"rpcd@{args.compare_rpcd.name}", "rpcd", list(self.rpcd.args))
@@ -185,21 +256,25 @@ class Harness:
         for name, module in PEERS.items():
             if name not in args.servers:
                 continue
+            if name in LOADGEN_PROTO and self.loadgen is None:
+                self.notes.append(f"{name}: skipped, it needs the load generator")
+                continue
             if importlib.util.find_spec(module) is None:
-                self.notes.append(f"{name}: skipped, not installed (pip install -e '.[bench]')")
+                hint = INSTALL_HINT.get(name, "pip install -e '.[bench]'")
+                self.notes.append(f"{name}: skipped, not installed ({hint})")
                 continue
             self.servers.append(Server(name, name))
 
-    def raise_open_files(self, needed: int) -> None:
+    def raise_open_files(self, needed: int) -> int:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < needed:
             target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            self.notes.append(f"open-file limit raised from {soft} to {target} "
-                              "(servers and clients inherit it)")
+            self.notes.append(
+                f"open-file limit raised from {soft} to {target} (servers and clients inherit it)"
+            )
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return soft
-
 
     def dedicated(self, scenario: str, *args: str) -> Server:
         """A fresh rpcd for one scenario, with the limits that scenario needs raised."""
@@ -220,13 +295,62 @@ class Harness:
             server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    # -- scenarios ---------------------------------------------------------------------------
+    # -- load --------------------------------------------------------------------------------
+
+    def drive(self, server: Server, *options: str, timeout: float = 120) -> dict:
+        """One run of the load generator against `server`; its JSON result."""
+        argv = [
+            str(self.loadgen),
+            "--port",
+            str(server.port),
+            "--cpu-pid",
+            str(server.proc.pid),
+            "--proto",
+            LOADGEN_PROTO[server.kind],
+            "--warmup",
+            str(self.args.warmup),
+            *options,
+        ]
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if run.returncode != 0:
+            raise RuntimeError(f"loadgen against {server.name} failed: {run.stderr.strip()}")
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    def call_options(self) -> list[str]:
+        if self.args.method == "ping":
+            return ["--method", "ping", "--arg", '"pong"']
+        return ["--method", "echo", "--arg", PAYLOAD]
 
     def rate(self, server: Server, inflight: int) -> tuple[float, float]:
         """Calls/s, and the server's CPU time per call in microseconds."""
         args = self.args
-        spec = {"mode": "rate", "kind": server.kind, "port": server.port,
-                "duration": args.duration, "inflight": inflight, "method": args.method}
+        if self.loadgen is not None and server.kind in LOADGEN_PROTO:
+            result = self.drive(
+                server,
+                "--connections",
+                str(args.clients),
+                "--inflight",
+                str(inflight),
+                "--duration",
+                str(args.duration),
+                *self.call_options(),
+                timeout=args.duration + 60,
+            )
+            if result["errors"]:
+                raise RuntimeError(f"{server.name}: {result['errors']} calls failed")
+            key = f"{inflight} in flight"
+            own = result["loadgen_cpu_us_per_call"]
+            self.loadgen_cpu[key] = max(self.loadgen_cpu.get(key, 0.0), own)
+            return result["calls_per_s"], result["cpu_us_per_call"]
+        # Python client processes: the peers' own libraries, or no C compiler.
+        spec = {
+            "mode": "rate",
+            "kind": server.kind,
+            "port": server.port,
+            "duration": args.duration,
+            "inflight": inflight,
+            "method": args.method,
+        }
         cpu = server.cpu_seconds()
         counts = run_clients([spec] * args.clients, timeout=args.duration + 60)
         cpu = server.cpu_seconds() - cpu
@@ -239,36 +363,92 @@ class Harness:
             for server in servers:
                 runs[server.name].append(self.rate(server, inflight))
         figures = {}
-        for name, values in runs.items():
+        for server in servers:
+            values = runs[server.name]
             rate = statistics.median(v[0] for v in values)
             cpu = statistics.median(v[1] for v in values)
-            figures[name] = rate
-            self.rows.append(Row(scenario, name, rate, "calls/s",
-                                 f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call)"))
+            figures[server.name] = rate
+            client = (
+                ""
+                if self.loadgen is not None and server.kind in LOADGEN_PROTO
+                else ", Python clients"
+            )
+            self.rows.append(
+                Row(
+                    scenario,
+                    server.name,
+                    rate,
+                    "calls/s",
+                    f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call{client})",
+                    baseline=server.kind == BASELINE,
+                )
+            )
         return figures
+
+    # -- scenarios ---------------------------------------------------------------------------
 
     def scenario_a(self) -> dict[str, float]:
         call = "16-byte echo" if self.args.method == "echo" else "ping"
-        label = f"a. {self.args.clients} procs, 1 in flight, {call}"
+        label = f"a. {self.args.clients} conns, 1 in flight, {call}"
         return self.throughput(label, 1, self.servers)
 
+    def loaded(self) -> list[Server]:
+        """The servers the load generator drives (all but the Python-client peers)."""
+        if self.loadgen is None:
+            return [s for s in self.servers if s.kind in ("rpcd", BASELINE)]
+        return [s for s in self.servers if s.kind in LOADGEN_PROTO]
+
     def scenario_b(self) -> dict[str, float]:
-        label = f"b. {self.args.clients} procs, {self.args.pipeline} pipelined"
-        raw = [s for s in self.servers if s.kind in RAW]
-        return self.throughput(label, self.args.pipeline, raw)
+        label = f"b. {self.args.clients} conns, {self.args.pipeline} pipelined"
+        return self.throughput(label, self.args.pipeline, self.loaded())
 
     def scenario_c(self, rpcd: Server, baseline: Server) -> None:
         calls = self.args.concurrent
+        connections = max(1, calls // 100)
         label = f"c. {calls:,} concurrent calls sleeping 1 s"
         for server in (rpcd, baseline):
-            spec = {"mode": "concurrent", "port": server.port, "calls": calls,
-                    "connections": max(1, calls // 100), "seconds": 1.0}
             # Twice: rpcd starts its workers on demand in the first burst (cold) and keeps
             # them for the second (warm).
-            [cold] = run_clients([spec], timeout=180)
-            [warm] = run_clients([spec], timeout=180)
-            self.rows.append(Row(label, server.name, cold, "s wall",
-                                 f"{cold:.2f} s cold, {warm:.2f} s warm", higher_is_better=False))
+            if self.loadgen is not None:
+                options = [
+                    "--once",
+                    "--connections",
+                    str(connections),
+                    "--inflight",
+                    str(calls // connections),
+                    "--method",
+                    "sleep",
+                    "--arg",
+                    "1.0",
+                    "--expect",
+                    '"result"',
+                ]
+                cold_run, warm_run = self.drive(server, *options), self.drive(server, *options)
+                cold, warm = cold_run["seconds"], warm_run["seconds"]
+                cpu = cold_run["cpu_us_per_call"]
+                text = f"{cold:.2f} s cold, {warm:.2f} s warm ({cpu:.1f} µs server CPU/call cold)"
+            else:
+                spec = {
+                    "mode": "concurrent",
+                    "port": server.port,
+                    "calls": calls,
+                    "connections": connections,
+                    "seconds": 1.0,
+                }
+                [cold] = run_clients([spec], timeout=180)
+                [warm] = run_clients([spec], timeout=180)
+                text = f"{cold:.2f} s cold, {warm:.2f} s warm"
+            self.rows.append(
+                Row(
+                    label,
+                    server.name,
+                    cold,
+                    "s wall",
+                    text,
+                    higher_is_better=False,
+                    baseline=server is baseline,
+                )
+            )
 
     def scenario_d(self, rpcd: Server, baseline: Server) -> None:
         conns = self.args.idle
@@ -290,9 +470,19 @@ class Harness:
                 for proc in procs:
                     proc.stdin.close()
                     proc.wait(60)
-            self.rows.append(Row(label, server.name, rss, "MB RSS",
-                                 f"{rss:.0f} MB RSS ({before:.0f} MB before; {held:,} held)",
-                                 higher_is_better=False))
+            per = (rss - before) * 1024 / max(held, 1)
+            self.rows.append(
+                Row(
+                    label,
+                    server.name,
+                    per,
+                    "KB/conn",
+                    f"{per:.2f} KB per connection ({rss - before:+.0f} MB RSS, "
+                    f"{before:.0f} MB before; {held:,} held)",
+                    higher_is_better=False,
+                    baseline=server is baseline,
+                )
+            )
 
     def scenario_e(self) -> None:
         label = "e. getlog 1,000 lines, 1 MiB vs 1 GiB log"
@@ -304,14 +494,24 @@ class Harness:
             self.rows.append(Row(label, self.rpcd.name, None, "", "skipped: no bench/getlog.py"))
             return
         argv = [sys.executable, str(script), "--repeat", str(self.args.getlog_repeat)]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                             cwd=self.workdir).stdout
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=600, cwd=self.workdir
+        ).stdout
         medians = [line for line in out.splitlines() if line.startswith("getlog ")]
         ratio = [line for line in out.splitlines() if line.startswith("ratio")]
         text = "; ".join(m.split(": ", 1)[1].split(",")[0] for m in medians)
         figure = float(ratio[0].rsplit(" ", 1)[1]) if ratio else None
-        self.rows.append(Row(label, self.rpcd.name, figure, "x (1 GiB / 1 MiB)",
-                             f"{text}; ratio {figure}", higher_is_better=False))
+        self.rows.append(
+            Row(
+                label,
+                self.rpcd.name,
+                figure,
+                "x (1 GiB / 1 MiB)",
+                f"{text}; ratio {figure}",
+                higher_is_better=False,
+                compare=False,
+            )
+        )
 
     def _has_method(self, server: Server, name: str) -> bool:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -325,16 +525,82 @@ class Harness:
         args = self.args
         rate = peak * args.f_fraction
         label = f"f. latency at {rate:,.0f} calls/s ({args.f_fraction:g} of rpcd's {where} peak)"
-        for server in [s for s in self.servers if s.kind in RAW]:
-            spec = {"mode": "latency", "port": server.port, "rate": rate / args.clients,
-                    "duration": args.duration}
-            results = run_clients([spec] * args.clients, timeout=args.duration + 60)
-            latencies = sorted(x for r in results for x in r)
-            p50 = latencies[len(latencies) // 2] * 1000
-            p99 = latencies[int(len(latencies) * 0.99)] * 1000
-            self.rows.append(Row(label, server.name, p99 / p50, "p99/p50",
-                                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 = {p99 / p50:.1f}x p50)",
-                                 higher_is_better=False, compare=False))
+        for server in [s for s in self.servers if s.kind in ("rpcd", BASELINE)]:
+            if self.loadgen is not None:
+                result = self.drive(
+                    server,
+                    "--connections",
+                    str(args.clients),
+                    "--rate",
+                    str(rate),
+                    "--duration",
+                    str(args.duration),
+                    *self.call_options(),
+                    timeout=args.duration + 60,
+                )
+                p50, p99 = result["p50_us"] / 1000, result["p99_us"] / 1000
+                cpu = f", {result['cpu_us_per_call']:.1f} µs server CPU/call"
+            else:
+                spec = {
+                    "mode": "latency",
+                    "port": server.port,
+                    "rate": rate / args.clients,
+                    "duration": args.duration,
+                }
+                results = run_clients([spec] * args.clients, timeout=args.duration + 60)
+                latencies = sorted(x for r in results for x in r)
+                p50 = latencies[len(latencies) // 2] * 1000
+                p99 = latencies[int(len(latencies) * 0.99)] * 1000
+                cpu = ""
+            self.rows.append(
+                Row(
+                    label,
+                    server.name,
+                    p99 / p50,
+                    "p99/p50",
+                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms (p99 = {p99 / p50:.1f}x p50{cpu})",
+                    higher_is_better=False,
+                    baseline=server.kind == BASELINE,
+                )
+            )
+
+    def scenario_g(self) -> None:
+        """The blocking client's own figures against rpcd: Python clients by necessity."""
+        args = self.args
+        label = "g. blocking client vs raw socket, 1 process"
+        server = self.rpcd
+        modes = [
+            ("raw-serial", "minimal raw-socket client, 1 caller", True),
+            ("client-serial", "rpcd.client.Client, 1 caller", False),
+            ("client-greenlets", f"rpcd.client.Client, {args.greenlets} greenlets", False),
+        ]
+        runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode, _, _ in modes}
+        for _ in range(args.repeat):
+            for mode, _, _ in modes:
+                spec = {
+                    "mode": mode,
+                    "port": server.port,
+                    "duration": args.duration,
+                    "greenlets": args.greenlets,
+                    "method": args.method,
+                }
+                cpu = server.cpu_seconds()
+                [calls] = run_clients([spec], timeout=args.duration + 60)
+                cpu = server.cpu_seconds() - cpu
+                runs[mode].append((calls / args.duration, cpu / max(calls, 1) * 1e6))
+        for mode, name, is_base in modes:
+            rate = statistics.median(v[0] for v in runs[mode])
+            cpu = statistics.median(v[1] for v in runs[mode])
+            self.rows.append(
+                Row(
+                    label,
+                    name,
+                    rate,
+                    "calls/s",
+                    f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call)",
+                    baseline=is_base,
+                )
+            )
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -347,8 +613,9 @@ class Harness:
             limit = self.raise_open_files(max(args.idle, args.concurrent // 100) + 1000)
             if limit < args.idle + 200:
                 args.idle = limit - 200
-                self.notes.append(f"d holds {args.idle} connections: "
-                                  f"the hard open-file limit is {limit}")
+                self.notes.append(
+                    f"d holds {args.idle} connections: the hard open-file limit is {limit}"
+                )
         try:
             self.start(self.servers)
             peaks: dict[str, float] = {}  # rpcd's peak rate in a and in b
@@ -358,8 +625,13 @@ class Harness:
                 peaks["b"] = self.scenario_b()[self.rpcd.name]
             baseline = next(s for s in self.servers if s.kind == BASELINE)
             if "c" in wanted:
-                server = self.dedicated("c", "--workers", str(args.concurrent),
-                                        "--queue-size", str(max(10000, args.concurrent)))
+                server = self.dedicated(
+                    "c",
+                    "--workers",
+                    str(args.concurrent),
+                    "--queue-size",
+                    str(max(10000, args.concurrent)),
+                )
                 self.scenario_c(server, baseline)
                 server.stop()
             if "d" in wanted:
@@ -368,9 +640,15 @@ class Harness:
                 server.stop()
             if "e" in wanted:
                 if args.quick:
-                    self.rows.append(Row("e. getlog 1,000 lines, 1 MiB vs 1 GiB log",
-                                         self.rpcd.name, None, "",
-                                         "skipped in --quick (builds a 1 GiB file)"))
+                    self.rows.append(
+                        Row(
+                            "e. getlog 1,000 lines, 1 MiB vs 1 GiB log",
+                            self.rpcd.name,
+                            None,
+                            "",
+                            "skipped in --quick (builds a 1 GiB file)",
+                        )
+                    )
                 else:
                     self.scenario_e()
             if "f" in wanted:
@@ -378,28 +656,41 @@ class Harness:
                     peaks["a"] = self.rate(self.rpcd, 1)[0]
                 for where, peak in peaks.items():
                     self.scenario_f(peak, "1-in-flight (a)" if where == "a" else "pipelined (b)")
+            if "g" in wanted:
+                self.scenario_g()
         finally:
             self.stop()
         self.report()
 
     def report(self) -> None:
         args = self.args
-        print(f"\nrpcd benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-              f"{args.clients} client processes, {args.duration:g} s per measurement, "
-              f"median of {args.repeat}")
-        print("note: b, c, d, f load rpcd and the baseline (the peers' own clients make one call "
-              "at a time, so they run in a only)")
+        print(
+            f"\nrpcd benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+            f"{args.clients} connections, {args.duration:g} s per measurement "
+            f"(after {args.warmup:g} s of warm-up), median of {args.repeat}"
+        )
+        print(
+            "note: a loads every server; b, f the ones the load generator speaks to; c, d "
+            "rpcd and the ceiling; g the rpcd client against rpcd"
+        )
         for note in self.notes:
             print(f"note: {note}")
+        for key, cpu in self.loadgen_cpu.items():
+            print(f"note: the load generator's own CPU per call, {key}: at most {cpu:.1f} µs")
+        plain = {r.scenario: r.figure for r in self.rows if r.server == "rpcd" and r.figure}
+        for row in self.rows:
+            if (
+                row.server == "rpcd --no-access-log"
+                and row.figure
+                and row.scenario in plain
+                and row.unit == "calls/s"
+            ):
+                cost = 1 - plain[row.scenario] / row.figure
+                print(f"note: access-log cost in {row.scenario[:2]} {cost:.0%} of calls/s")
         print()
         print("| scenario | server | figure | vs baseline |")
         print("| --- | --- | --- | --- |")
-        baselines = {r.scenario: r.figure for r in self.rows if r.server == BASELINE}
-        plain = {r.scenario: r.figure for r in self.rows if r.server == "rpcd" and r.figure}
-        for row in self.rows:
-            if row.server == "rpcd --no-access-log" and row.figure and row.scenario in plain:
-                cost = 1 - plain[row.scenario] / row.figure
-                print(f"note: access-log cost in {row.scenario[:2]} {cost:.0%} of calls/s")
+        baselines = {r.scenario: r.figure for r in self.rows if r.baseline}
         for row in self.rows:
             shown, ratio = row.text, ""
             if row.figure is not None:
@@ -409,7 +700,7 @@ class Harness:
                 base = baselines.get(row.scenario)
                 if not row.compare:
                     ratio = ""
-                elif row.server == BASELINE:
+                elif row.baseline:
                     ratio = "baseline"
                 elif base:
                     ratio = f"{row.figure / base:.2f}x"
@@ -418,32 +709,64 @@ class Harness:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="a,b,c,d,e,f",
-                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                        help="which scenarios to run, e.g. a,b (default: a,b,c,d,e,f)")
-    parser.add_argument("--servers", default=",".join(PEERS),
-                        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                        help="which peers to compare (default: all installed); rpcd and "
-                             "the Twisted baseline always run")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument(
+        "--scenarios",
+        default="a,b,c,d,e,f,g",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help="which scenarios to run, e.g. a,b (default: a,b,c,d,e,f,g)",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(PEERS),
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help=f"which other servers to compare ({', '.join(PEERS)}; default: "
+        "all installed; none: only rpcd and the Twisted ceiling)",
+    )
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.3,
+        help="seconds of load before each measurement's window opens",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server (median)")
-    parser.add_argument("--clients", type=int, default=4, help="client processes for a, b, f")
-    parser.add_argument("--pipeline", type=int, default=50, help="calls in flight per client in b")
-    parser.add_argument("--method", choices=("echo", "ping"), default="echo",
-                        help="the call rpcd and the baseline get in a and b (peers: always echo)")
+    parser.add_argument("--clients", type=int, default=4, help="connections in a, b, f")
+    parser.add_argument(
+        "--pipeline", type=int, default=50, help="calls in flight per connection in b"
+    )
+    parser.add_argument(
+        "--greenlets", type=int, default=100, help="greenlets sharing one rpcd client in g"
+    )
+    parser.add_argument(
+        "--method",
+        choices=("echo", "ping"),
+        default="echo",
+        help="the call in a, b and f (peers: always echo)",
+    )
     parser.add_argument("--concurrent", type=int, default=10000, help="sleeping calls in c")
     parser.add_argument("--idle", type=int, default=10000, help="idle connections in d")
     parser.add_argument("--getlog-repeat", type=int, default=20, help="getlog calls per log in e")
-    parser.add_argument("--f-fraction", type=float, default=0.5,
-                        help="f's load as a fraction of rpcd's peak (a and b) rate")
-    parser.add_argument("--compare-rpcd", type=Path, metavar="DIR",
-                        help="also run the rpcd package found in DIR (an older checkout, say) "
-                             "on the same load in a, b and f")
-    parser.add_argument("--quick", action="store_true",
-                        help="short run: 0.3 s measurements, 500 calls in c and connections in d")
+    parser.add_argument(
+        "--f-fraction",
+        type=float,
+        default=0.5,
+        help="f's load as a fraction of rpcd's peak (a and b) rate",
+    )
+    parser.add_argument(
+        "--compare-rpcd",
+        type=Path,
+        metavar="DIR",
+        help="also run the rpcd package found in DIR (an older checkout, say) "
+        "on the same load in a, b and f",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run: 0.3 s measurements, 500 calls in c and connections in d",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.repeat = 0.3, 1
+        args.duration, args.repeat, args.warmup = 0.3, 1, 0.1
         args.concurrent, args.idle = 500, 500
     Harness(args).run()
 
