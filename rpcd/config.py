@@ -101,6 +101,7 @@ def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
             raise ValueError(allowed)
         return number
 
+    parse.allowed = allowed
     return parse
 
 
@@ -123,6 +124,7 @@ def _seconds(allow_zero: bool) -> Callable[[Any], float]:
             raise ValueError(allowed)
         return number
 
+    parse.allowed = allowed
     return parse
 
 
@@ -132,6 +134,7 @@ def _choice(*choices: str) -> Callable[[Any], str]:
             raise ValueError("one of " + ", ".join(choices))
         return value
 
+    parse.allowed = "one of " + ", ".join(choices)
     return parse
 
 
@@ -165,13 +168,27 @@ def _optional_path(value: Any) -> str:
 
 
 def _setting(
-    default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,
+    *,
+    flag: str | None = None,
+    unit: str = "",
 ) -> Any:
     """A settings field: its default, its parser/validator, its help text.
 
-    `flag` names a command-line switch that turns a default-true setting off.
+    `flag` names a command-line switch that turns a default-true setting off; `unit` is what
+    an integer counts, for the help text (a time is always in seconds).
     """
-    return field(default=default, metadata={"parse": parse, "help": help, "flag": flag})
+    return field(
+        default=default, metadata={"parse": parse, "help": help, "flag": flag, "unit": unit}
+    )
+
+
+def allowed(f: Any) -> str:
+    """What a setting accepts, with its unit, for help texts: "an integer >= 1024, in bytes"."""
+    text = getattr(f.metadata["parse"], "allowed", "")
+    return f"{text}, in {f.metadata['unit']}" if text and f.metadata["unit"] else text
 
 
 MiB = 1024 * 1024
@@ -196,10 +213,10 @@ class Settings:
         0, _integer(0), "maximum open connections per peer address (0 = no limit)"
     )
     max_frame_bytes: int = _setting(
-        4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted, in bytes"
+        4 * MiB, _integer(16, 2**32 - 1), "largest frame body accepted", unit="bytes"
     )
     idle_timeout: float = _setting(
-        300.0, _seconds(True), "close a connection that sends no frame for this long (0 = never)"
+        300.0, _seconds(True), "close a connection that sends no frame for this long"
     )
     call_timeout: float = _setting(
         30.0, _seconds(False), "a call running longer is stopped and answered -32001"
@@ -230,7 +247,7 @@ class Settings:
         10.0, _seconds(True), "on SIGTERM, how long in-flight calls may take to finish"
     )
     byteorder: str = _setting(
-        "big", _choice("big", "little"), "byte order of the 4-byte length prefix: big or little"
+        "big", _choice("big", "little"), "byte order of the 4-byte length prefix"
     )
     monkey_patch: bool = _setting(
         True, _boolean, "gevent monkey-patching of the standard library", flag="no-monkey-patch"
@@ -239,7 +256,10 @@ class Settings:
         "rpcd.log", _path, "rpcd's log file (relative to the working directory at start-up)"
     )
     log_rotate_bytes: int = _setting(
-        10 * MiB, _integer(1024), "rotate the log file when it would grow past this size"
+        10 * MiB,
+        _integer(1024),
+        "rotate the log file when it would grow past this size",
+        unit="bytes",
     )
     log_backups: int = _setting(
         5, _integer(0, 1000), "rotated log files kept: FILE.1 (newest) ... FILE.N"
@@ -250,19 +270,22 @@ class Settings:
         "lowest level written to the log file",
     )
     log_format: str = _setting(
-        "text", _choice("text", "json"), "log line format: text or json (one object per line)"
+        "text", _choice("text", "json"), "log line format (json: one object per line)"
     )
     access_log: bool = _setting(
         True, _boolean, "a log line per call (peer, method, id, ms, outcome)", flag="no-access-log"
     )
     max_outbuf: int = _setting(
-        MiB, _integer(1024), "unsent reply bytes per connection before rpcd stops reading from it"
+        MiB,
+        _integer(1024),
+        "unsent reply bytes per connection before rpcd stops reading from it",
+        unit="bytes",
     )
     write_timeout: float = _setting(
         30.0, _seconds(False), "abort a connection whose replies stay over max_outbuf this long"
     )
     max_blocking_time: float = _setting(
-        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long (0 = off)"
+        1.0, _seconds(True), "warn with its stack of a method blocking the loop this long"
     )
     auth_key_file: str = _setting(
         "",

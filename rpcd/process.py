@@ -39,8 +39,12 @@ def raise_fd_limit(max_connections: int) -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
-            log.warn("could not raise the open-file limit from {soft} to {target}: {exc}",
-                     soft=soft, target=target, exc=exc)
+            log.warn(
+                "could not raise the open-file limit from {soft} to {target}: {exc}",
+                soft=soft,
+                target=target,
+                exc=exc,
+            )
         else:
             log.info("open-file limit raised from {soft} to {target}", soft=soft, target=target)
             soft = target
@@ -49,7 +53,10 @@ def raise_fd_limit(max_connections: int) -> int:
             "max_connections {max_connections} cannot be honoured: the open-file limit is "
             "{limit} (hard limit {hard}) and rpcd needs about {wanted}; connections past "
             "the limit are accepted and closed at once",
-            max_connections=max_connections, limit=soft, hard=hard, wanted=wanted,
+            max_connections=max_connections,
+            limit=soft,
+            hard=hard,
+            wanted=wanted,
         )
     return soft
 
@@ -93,13 +100,16 @@ class BlockingMonitor:
         if call is None:
             # The reactor itself between two waits (a burst of I/O, not a method): not
             # what this setting is about, so not a warning.
-            log.debug("event loop busy for over {limit:g} s outside any call",
-                      limit=event.blocking_time)
+            log.debug(
+                "event loop busy for over {limit:g} s outside any call", limit=event.blocking_time
+            )
             return
         frame = sys._current_frames().get(event.hub.thread_ident)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(unavailable)"
         log.warn(
             "method {method} has blocked the event loop for over {limit:g} s without yielding "
             "(a CPU loop or an unpatched blocking call); all other calls wait. Stack:\n{stack}",
-            method=call.request.method, limit=event.blocking_time, stack=stack.rstrip("\n"),
+            method=call.request.method,
+            limit=event.blocking_time,
+            stack=stack.rstrip("\n"),
         )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver, Logger
 
 from rpcd import auth, logs
 from rpcd.builtins import add_builtins
@@ -22,6 +26,34 @@ log = Logger()
 
 # After the drain, how long connections get to flush their last replies before the reactor stops.
 CLOSE_TIMEOUT = 5.0
+# Set to "1" by a supervisor for the workers it starts: they share its log file and its lock.
+SHARED_LOG_ENV = "RPCD_LOG_SHARED"
+
+
+class ListenError(Exception):
+    """A listener cannot be bound; the message is one line naming the endpoint and why."""
+
+
+# A UNIX socket's mode when its endpoint names none: only rpcd's own user may connect.
+# Twisted's default, 0666, would let every local user in, without authentication.
+UNIX_SOCKET_MODE = "600"
+
+
+def with_unix_mode(endpoint: str) -> str:
+    """`endpoint` with `mode=600` added if it is a UNIX listener that names no mode."""
+    kind, _, rest = endpoint.partition(":")
+    if kind.lower() == "haproxy":
+        return f"{kind}:{with_unix_mode(rest)}"
+    if kind.lower() != "unix":
+        return endpoint
+    if any(part.startswith("mode=") for part in re.split(r"(?<!\\):", rest)):
+        return endpoint
+    return f"{endpoint}:mode={UNIX_SOCKET_MODE}"
+
+
+def build_listener(endpoint: str, factory: Any, reactor: Any) -> IService:
+    """The service listening on one endpoint string (strports raises its bind error at once)."""
+    return strports.service(with_unix_mode(endpoint), factory, reactor=reactor)
 
 
 def build_registry(settings: Settings, stats: Any) -> Registry:
@@ -66,10 +98,50 @@ class RPCService(MultiService):
             auth_key=auth.load_key(settings.auth_key_file) if settings.auth_key_file else None,
         )
         self.factory = RPCFactory(self.dispatcher, limits, clock=reactor)
+        self.log: logs.LogFile | None = None
+        # The observer twistd should use instead of its own (set by tap under -n).
+        self.log_observer: Any = None
+        self._bound = False
+        self._previous_usr1: Any = None
         for endpoint in settings.listen:
-            listener = strports.service(endpoint, self.factory, reactor=reactor)
-            listener._raiseSynchronously = True  # a port we cannot bind stops start-up
-            listener.setServiceParent(self)
+            build_listener(endpoint, self.factory, reactor).setServiceParent(self)
+
+    def bind(self) -> None:
+        """Bind every listener now (before twistd daemonizes): raises ListenError."""
+        if self._bound:
+            return
+        self._bound = True
+        for endpoint, listener in zip(self.settings.listen, self, strict=True):
+            try:
+                listener.privilegedStartService()
+            except CannotListenError as exc:
+                error = exc.socketError
+                errno = getattr(error, "errno", None)
+                why = os.strerror(errno) if errno else str(error)
+                raise ListenError(
+                    f"cannot listen on {endpoint}: {why[:1].lower()}{why[1:]}"
+                ) from None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)  # twistd's AppLogger reads it
+
+    def reopen_log(self) -> None:
+        """Reopen rpcd's log file: logrotate moved it away and sent SIGUSR1."""
+        if self.log is not None:
+            self.log.reopen()
+            log.info("log file {path} reopened (SIGUSR1)", path=self.log.path)
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        # A signal handler may interrupt the loop mid-write: the reopen runs in the loop.
+        self.reactor.callFromThread(self.reopen_log)
+        if callable(self._previous_usr1):
+            self._previous_usr1(signum, frame)  # twistd's own: it rotates twistd.log
+
+    def privilegedStartService(self) -> None:
+        # The listeners are bound here unless makeService bound them already.
+        self.bind()
 
     def start_log(self) -> None:
         """Write every log event from now on to the log file too (raises logs.LogError)."""
@@ -80,15 +152,21 @@ class RPCService(MultiService):
             backups=settings.log_backups,
             level=settings.log_level,
             fmt=settings.log_format,
+            # The --processes workers and their supervisor write one log file together.
+            shared=os.environ.get(SHARED_LOG_ENV) == "1",
         )
         self.log.start()
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
-            self.dispatcher.on_complete = self.log.access
-            self.dispatcher.on_refused = self.log.refused
+            access = logs.AccessLog(self.log)
+            self.dispatcher.on_complete = access.access
+            self.dispatcher.on_refused = access.refused
 
     def startService(self) -> None:
+        self.bind()
+        if self.log is not None:
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
         raise_fd_limit(self.settings.max_connections)
         if self.settings.max_blocking_time > 0:
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
@@ -125,6 +203,8 @@ class RPCService(MultiService):
             timer.cancel()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.log is not None and signal.getsignal(signal.SIGUSR1) == self._on_usr1:
+            signal.signal(signal.SIGUSR1, self._previous_usr1 or signal.SIG_DFL)
         log.info("rpcd stopped")
 
     def stats(self) -> dict:

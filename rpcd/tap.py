@@ -1,23 +1,58 @@
-"""`twistd rpcd`: command-line options (generated from the settings) and makeService."""
+"""`twistd rpcd`: the command-line options (one per setting) and makeService."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from twisted.application.service import IService
 from twisted.python import usage
 
 from rpcd import config, reactor
-from rpcd.auth import AuthKeyError
 from rpcd.config import ConfigError, Settings
-from rpcd.logs import LogError
-from rpcd.methods import LoadError
-
-_REPEATABLE = {"listen", "methods"}
 
 
 def _fail(message: str) -> None:
     """Stop start-up with one line on stderr and a non-zero exit."""
     raise SystemExit(f"rpcd: {message}")
+
+
+def _shown(default: Any) -> str:
+    shown = ", ".join(default) if isinstance(default, tuple) else str(default)
+    return shown if shown != "" else "none"
+
+
+def _option(f: Any) -> str:
+    return f.name.replace("_", "-")
+
+
+# Settings given more than once on the command line add up instead of the last one winning.
+_REPEATABLE = ("listen", "methods")
+_FIELDS = config.option_fields()
+# A setting that is on by default is turned off by its flag; one off by default is a switch.
+_FLAGS = [
+    [f.metadata["flag"], None, f"turn off {f.metadata['help']}"]
+    for f in _FIELDS
+    if f.metadata["flag"]
+]
+_SWITCHES = [[_option(f), None, f.metadata["help"]] for f in _FIELDS if f.default is False]
+
+
+# Values have no default here: the config file sits between the defaults and the command line,
+# so an option left out must stay unset. Its default is in the help text instead.
+def _help(f: Any) -> str:
+    """The setting's help, what it accepts (units, minimums, choices) and its default."""
+    accepts = config.allowed(f)
+    accepts = f"; {accepts}" if accepts else ""
+    return f"{f.metadata['help']}{accepts} [default: {_shown(f.default)}]"
+
+
+_VALUES = [
+    [_option(f), None, None, _help(f)]
+    for f in _FIELDS
+    if not f.metadata["flag"] and f.default is not False and f.name not in _REPEATABLE
+]
+_BY_NAME = {f.name: f for f in _FIELDS}
 
 
 class Options(usage.Options):
@@ -29,12 +64,21 @@ class Options(usage.Options):
         "length-prefixed frames, running each call in a gevent worker greenlet. "
         "The command line wins over the config file, which wins over the defaults."
     )
-    optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"]]
-    optFlags: list = []
+    optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"], *_VALUES]
+    optFlags = [*_FLAGS, *_SWITCHES]
 
     def __init__(self) -> None:
         super().__init__()
-        self.given: dict[str, Any] = {}
+        self.repeated: dict[str, list[str]] = {}
+
+    def opt_listen(self, value: str) -> None:
+        self.repeated.setdefault("listen", []).append(value)
+
+    def opt_methods(self, value: str) -> None:
+        self.repeated.setdefault("methods", []).append(value)
+
+    opt_listen.__doc__ = _help(_BY_NAME["listen"])
+    opt_methods.__doc__ = _help(_BY_NAME["methods"])
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # twistd would print the whole usage text above the error; one line says it better.
@@ -43,19 +87,26 @@ class Options(usage.Options):
         except usage.UsageError as exc:
             _fail(f"{exc} (twistd rpcd --help lists the options)")
 
+    def given(self) -> dict[str, Any]:
+        """The settings given on the command line, by setting name."""
+        given: dict[str, Any] = dict(self.repeated)
+        for f in _FIELDS:
+            if f.metadata["flag"]:
+                if self[f.metadata["flag"]]:
+                    given[f.name] = False
+            elif f.default is False:
+                if self[_option(f)]:
+                    given[f.name] = True
+            elif f.name not in _REPEATABLE and self[_option(f)] is not None:
+                given[f.name] = self[_option(f)]
+        return given
+
     def postOptions(self) -> None:
         try:
-            settings = config.build(self["config"], self.given)
+            self.settings = config.build(self["config"], self.given())
         except ConfigError as exc:
             _fail(str(exc))
-        self.settings = settings
-        _install_reactor(settings)
-        from rpcd.service import RPCService
-
-        try:
-            self.service = RPCService(settings)
-        except (LoadError, AuthKeyError) as exc:
-            _fail(str(exc))
+        _install_reactor(self.settings)
 
 
 def _install_reactor(settings: Settings) -> None:
@@ -70,61 +121,37 @@ def _install_reactor(settings: Settings) -> None:
     reactor.install(patch=settings.monkey_patch)
 
 
-def _add_options() -> None:
-    """One option per setting, with its default in the help text."""
-    for f in config.option_fields():
-        help_text = f.metadata["help"]
-        default = f.default
-        if f.metadata["flag"]:
-            flag = f.metadata["flag"]
-            setattr(
-                Options, "opt_" + flag.replace("-", "_"), _flag_handler(f.name, flag, help_text)
-            )
-            continue
-        if default is False:
-            setattr(Options, "opt_" + f.name, _switch_handler(f.name, help_text))
-            continue
-        shown = ", ".join(default) if isinstance(default, tuple) else default
-        doc = f"{help_text} [default: {shown if shown != '' else 'none'}]"
-        setattr(Options, "opt_" + f.name, _value_handler(f.name, doc, f.name in _REPEATABLE))
+def _logs_to_the_terminal(options: Options) -> bool:
+    """Whether twistd will log to the terminal (-n, no --logfile, --syslog or --logger)."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None or not twistd.get("nodaemon"):
+        return False
+    return twistd.get("logfile") in (None, "", "-") and not (
+        twistd.get("syslog") or twistd.get("logger")
+    )
 
 
-def _value_handler(key: str, doc: str, repeatable: bool):
-    def handler(self: Options, value: str) -> None:
-        if repeatable:
-            self.given.setdefault(key, []).append(value)
-        else:
-            self.given[key] = value
+def makeService(options: Options) -> IService:
+    """The daemon for these options: its listeners bound, its log file open and locked.
 
-    handler.__doc__ = doc
-    return handler
+    Both happen here, before twistd daemonizes, so that a port in use or a log file held by
+    another daemon stops start-up with one line on the terminal either way. The listeners
+    are bound first: the log file then starts with twistd's own start-up line.
+    """
+    from rpcd.auth import AuthKeyError
+    from rpcd.logs import LogError, TerminalObserver
+    from rpcd.methods import LoadError
+    from rpcd.service import ListenError, RPCService
 
-
-def _flag_handler(key: str, flag: str, help_text: str):
-    def handler(self: Options) -> None:
-        self.given[key] = False
-
-    handler.__doc__ = f"turn off {help_text}"
-    return handler
-
-
-def _switch_handler(key: str, help_text: str):
-    def handler(self: Options) -> None:
-        self.given[key] = True
-
-    handler.__doc__ = help_text
-    return handler
-
-
-_add_options()
-
-
-def makeService(options: Options):
     try:
-        options.service.start_log()
-    except LogError as exc:
+        service = RPCService(options.settings)
+        service.bind()
+        service.start_log()
+        if _logs_to_the_terminal(options):
+            service.log_observer = TerminalObserver(sys.stdout)
+    except (LoadError, AuthKeyError, LogError, ListenError) as exc:
         _fail(str(exc))
-    return options.service
+    return service
 
 
 __all__ = ["Options", "makeService"]

@@ -41,3 +41,17 @@ def test_key_file_is_loaded_into_the_connection_policy(tmp_path):
     assert service.factory.limits.auth_key is not None
     assert "k3y" not in repr(service.factory.limits)
     assert not [e for e in events if "without authentication" in e.get("log_format", "")]
+
+
+def test_a_unix_listener_is_owner_only_unless_its_endpoint_says_otherwise(tmp_path):
+    # Twisted creates UNIX sockets 0666: any local user could connect, without a key.
+    listen = [
+        f"unix:{tmp_path}/a.sock",
+        f"unix:address={tmp_path}/b.sock:mode=660",
+        f"haproxy:unix:{tmp_path}/c.sock",
+        "tcp:5354:interface=127.0.0.1",
+    ]
+    service, reactor = _start(config.build(overrides={"listen": listen}), [])
+    modes = {address.rsplit("/", 1)[1]: mode for address, _, _, mode, _ in reactor.unixServers}
+    assert modes == {"a.sock": 0o600, "b.sock": 0o660, "c.sock": 0o600}
+    assert [port[0] for port in reactor.tcpServers] == [5354]
