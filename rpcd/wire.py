@@ -217,6 +217,18 @@ class FrameDecoder:
         Raises FrameTooLarge, and drops everything buffered, as soon as a prefix says more
         than `max_frame_bytes`: the body is never waited for.
         """
+        # The common case first, with nothing but locals: a whole frame already joined.
+        buffer = self._buffer
+        offset = self._offset
+        if len(buffer) - offset >= 4:
+            (length,) = self._unpack(buffer, offset)
+            end = offset + 4 + length
+            if end <= len(buffer) and length <= self.max_frame_bytes:
+                self._offset = end
+                return buffer[offset + 4 : end]
+        return self._next_frame_slow()
+
+    def _next_frame_slow(self) -> bytes | None:
         while True:
             buffer = self._buffer
             offset = self._offset

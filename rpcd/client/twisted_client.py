@@ -12,16 +12,27 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import error as netError
+from twisted.internet import ssl as tls
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    clientFromString,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rpcd import auth
+from rpcd.client.endpoint import Endpoint, ca_files
 from rpcd.client.errors import AuthenticationFailed, ConnectFailed, ConnectionLost, RemoteError
 from rpcd.client.routing import (
     MAX_REPLY_BYTES,
@@ -56,6 +67,10 @@ class _Call:
         self.deferred.errback(error)
 
 
+log = Logger()
+
+
+@implementer(IHandshakeListener)
 class RPCConnection(Protocol):
     """One connection to rpcd; calls are multiplexed on it by id."""
 
@@ -75,6 +90,12 @@ class RPCConnection(Protocol):
         # Fires with self once authenticated (at once without a key), or fails.
         self._ready: Deferred | None = None
         self._handshake: auth.ClientHandshake | None = None  # once the challenge is answered
+        # Over TLS, `connect` waits for the TLS handshake (certificate checked) on this.
+        self._tls: Deferred | None = None
+
+    def handshakeCompleted(self) -> None:
+        if self._tls is not None and not self._tls.called:
+            self._tls.callback(self)
 
     def connectionMade(self) -> None:
         if self._key is None:
@@ -209,6 +230,8 @@ class RPCConnection(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = reason
+        if self._tls is not None and not self._tls.called:
+            self._tls.errback(reason)  # `connect` turns it into ConnectFailed
         self._fail_all(Failure(ConnectionLost(f"connection lost: {self._lost_reason()}")))
         closed, self._closed = self._closed, Deferred()
         closed.callback(None)
@@ -239,6 +262,7 @@ def connect(
     auth_key_file: str | None = None,
     auth_key: auth.Key | bytes | None = None,
     auth_timeout: float | None = 10.0,
+    insecure_tls: bool = False,
 ) -> Deferred:
     """Connect to rpcd; the Deferred fires with an `RPCConnection` or fails with ConnectFailed.
 
@@ -248,15 +272,29 @@ def connect(
     `auth_timeout` seconds; else it fails with NotAuthenticated (the server rejects the key),
     AuthenticationFailed (the server asked for no authentication, or its proof is wrong) or
     ConnectionLost. A key file that cannot be read raises `rpcd.auth.AuthKeyError` at once.
+
+    An `ssl:HOST:PORT` string takes the blocking client's options and, like it, verifies the
+    server's certificate and host name: against the system's trust store, or only the CA
+    files (*.pem and *.crt; Twisted's own ssl: reads only *.pem, and verifies nothing
+    without caCertsDir) in `caCertsDir=DIR`; `hostname=NAME` when the certificate names
+    another host than HOST. `insecure_tls=True` turns verification off, and logs a warning
+    saying so: anyone on the path can then impersonate the server.
     """
     if auth_key_file is not None and auth_key is not None:
         raise ValueError("give auth_key_file or auth_key, not both")
     if auth_key_file is not None:
         auth_key = auth.load_key(auth_key_file, private=False)
     text = endpoint if isinstance(endpoint, str) else repr(endpoint)
+    protocol = RPCConnection(byteorder, auth_key)
     if isinstance(endpoint, str):
-        endpoint = clientFromString(reactor, endpoint)
-    d = connectProtocol(endpoint, RPCConnection(byteorder, auth_key))
+        kind = endpoint.partition(":")[0].lower()
+        if kind == "ssl":
+            endpoint = _tls_endpoint(reactor, Endpoint.parse(endpoint), insecure_tls)
+        else:
+            endpoint = clientFromString(reactor, endpoint)
+        if kind in ("ssl", "tls"):
+            protocol._tls = Deferred()
+    d = connectProtocol(endpoint, protocol)
 
     def failed(failure: Failure) -> Failure:
         value = failure.trap(netError.ConnectError) and failure.value
@@ -268,5 +306,70 @@ def connect(
             reason = value.string or failure.getErrorMessage()
         raise ConnectFailed(text, reason)
 
+    def tls_failed(failure: Failure) -> Failure:
+        raise ConnectFailed(text, _tls_reason(failure))
+
     d.addErrback(failed)
+    if protocol._tls is not None:
+        d.addCallback(lambda conn: conn._tls.addErrback(tls_failed))
     return d.addCallback(lambda conn: conn._authenticated(reactor, auth_timeout))
+
+
+def _tls_endpoint(reactor: Any, parsed: Endpoint, insecure: bool) -> IStreamClientEndpoint:
+    """A TLS client endpoint for an `ssl:` string that verifies what Twisted's would not."""
+    options = parsed.options
+    client_cert = None
+    if options.get("certKey"):
+        pem = Path(options["certKey"]).read_bytes()
+        if options.get("privateKey"):
+            pem += b"\n" + Path(options["privateKey"]).read_bytes()
+        client_cert = tls.PrivateCertificate.loadPEM(pem)
+    if insecure:
+        log.warn(
+            "TLS certificates are NOT verified for {endpoint} (insecure_tls=True): "
+            "anyone on the path can impersonate the server",
+            endpoint=parsed.text,
+        )
+        extra = {}
+        if client_cert is not None:
+            extra = {
+                "privateKey": client_cert.privateKey.original,
+                "certificate": client_cert.original,
+            }
+        creator = tls.CertificateOptions(verify=False, **extra)
+    else:
+        ca_dir = options.get("caCertsDir")
+        if ca_dir:
+            certificates = [tls.Certificate.loadPEM(Path(f).read_bytes()) for f in ca_files(ca_dir)]
+            trust = tls.trustRootFromCertificates(certificates)
+        else:
+            trust = tls.platformTrust()
+        creator = tls.optionsForClientTLS(
+            parsed.server_hostname, trustRoot=trust, clientCertificate=client_cert
+        )
+    bind = options.get("bindAddress")
+    tcp = HostnameEndpoint(
+        reactor,
+        parsed.host,
+        parsed.port,
+        timeout=float(options.get("timeout", 30)),
+        bindAddress=(bind, 0) if bind else None,
+    )
+    return wrapClientTLS(creator, tcp)
+
+
+def _tls_reason(failure: Failure) -> str:
+    """Why the TLS handshake failed, in the words the blocking client uses."""
+    if failure.check(SSL.Error) and failure.value.args and isinstance(failure.value.args[0], list):
+        words = ", ".join(str(e[-1]) for e in failure.value.args[0] if e) or "unknown error"
+        if "certificate verify failed" in words:
+            return f"TLS certificate verification failed: {words}"
+        return f"TLS handshake failed: {words}"
+    value = failure.value
+    if type(value).__name__ == "VerificationError":  # service_identity: the host name
+        return (
+            f"TLS certificate verification failed: the certificate does not name the host ({value})"
+        )
+    if failure.check(netError.ConnectionDone, netError.ConnectionLost):
+        return "TLS handshake failed: the server closed the connection (does it speak TLS?)"
+    return f"TLS handshake failed: {failure.getErrorMessage()}"
