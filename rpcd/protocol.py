@@ -126,6 +126,7 @@ class RPCProtocol(Protocol):
         factory = self.factory
         limits = factory.limits
         self._byteorder = limits.byteorder
+        self._pack = wire.frame_prefix(limits.byteorder).pack  # a frame's 4-byte length
         decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
@@ -299,17 +300,27 @@ class RPCProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         # Frames are taken while reading is not paused (the in-flight cap); _resume calls
         # this again with b"" to go on with the frames already buffered.
+        session = self._session
+        if session is None:
+            return  # refused at admission: nothing is read
         decoder = self._decoder
         decoder.receive(data)
-        next_frame, pauses = decoder.next_frame, self._pauses
+        next_frame, pauses, receive = decoder.next_frame, self._pauses, session.receive
+        taken = False
         try:
-            while not pauses:
+            # stringReceived in line, the idle clock read once for the frames of this chunk.
+            while not pauses and not self._closed:
                 body = next_frame()
                 if body is None:
-                    return
-                self.stringReceived(body)
+                    break
+                taken = True
+                decision = receive(body)
+                if decision is not None:
+                    self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
+        if taken and self._idle_call is not None:
+            self._last_frame = self.factory.clock.seconds()
 
     def stringReceived(self, body: bytes) -> None:
         session = self._session
@@ -392,7 +403,7 @@ class RPCProtocol(Protocol):
         return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        self.transport.write(wire.encode_frame(string, self._byteorder))
+        self.transport.write(self._pack(len(string)) + string)
 
 
 def _peer_text(protocol: RPCProtocol) -> str:
