@@ -200,6 +200,10 @@ class Dispatcher:
         self._lagging: dict[Sink, list[Event | Call]] = {}
         self.calls_total = 0
         self.stats = CallStats()
+        # True while a worker runs a call that other queued calls follow: a sink may then hold
+        # its output (`hold`) until the burst ends, to write the replies of many calls at once.
+        self.bursting = False
+        self._held: list[Callable[[], None]] = []  # the flushes of the sinks holding output
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
 
@@ -291,6 +295,18 @@ class Dispatcher:
         while queue and parked:
             parked.pop().switch()
 
+    def hold(self, flush: Callable[[], None]) -> None:
+        """A sink holds output during a burst: `flush()` writes it when the burst ends, or at
+        the hub's next turn if a call of the burst blocks first."""
+        if not self._held:
+            self._loop.run_callback(self._flush_held)
+        self._held.append(flush)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for flush in held:
+            flush()
+
     def cancel(self, call: Call, response: Response | None = None) -> bool:
         """Stop `call`: drop it if queued, kill it if running. `response` (if any) is delivered.
 
@@ -361,6 +377,8 @@ class Dispatcher:
         try:
             while True:
                 if not queue:
+                    if self._held:
+                        self._flush_held()  # the burst is over: what its sinks held goes out
                     parked.append(me)
                     try:
                         hub.switch()  # parked until _wake_workers switches back here
@@ -380,6 +398,8 @@ class Dispatcher:
                     continue
                 self._waiting -= 1
                 self._busy += 1
+                # More calls follow this one: their sinks may hold replies to write together.
+                self.bursting = bool(queue)
                 try:
                     self._run(call, timer)
                 finally:
