@@ -7,10 +7,12 @@ ready (the method calls) runs meanwhile. Everything else is stock Twisted.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import sys
 import threading
+import types
 import warnings
 from time import perf_counter
 from typing import Any
@@ -66,11 +68,63 @@ def _import_epollreactor():
 
 _epollreactor = _import_epollreactor()
 
+# The standard library's socket class, as it was before any patching.
+_OriginalSocket = gevent.monkey.get_original("socket", "socket")
+
+
+class ReactorSocket(_OriginalSocket):
+    """The unpatched socket class, for the descriptors the reactor itself reads and writes.
+
+    Twisted calls send and recv only once epoll said the descriptor is ready, so gevent's
+    cooperative wrappers around them (Python code that would wait in the hub on EAGAIN) are
+    pure cost on every call. `accept` is redefined because the standard library's builds the
+    accepted socket from the `socket` module's global, which patching made gevent's.
+    """
+
+    __slots__ = ()
+
+    def accept(self) -> tuple[ReactorSocket, Any]:
+        fd, address = self._accept()
+        return ReactorSocket(self.family, self.type, self.proto, fileno=fd), address
+
+
+def _reactor_fromfd(fd: int, family: int, type: int, proto: int = 0) -> ReactorSocket:
+    # As socket.fromfd: the new object owns a duplicate of the descriptor.
+    return ReactorSocket(family, type, proto, os.dup(fd))
+
+
+class _ReactorSocketModule(types.ModuleType):
+    """The `socket` module as Twisted's transports see it: the real (patched) module, except
+    that the sockets they create, adopt or accept are `ReactorSocket`s."""
+
+    def __init__(self, real: types.ModuleType) -> None:
+        super().__init__(real.__name__, real.__doc__)
+        self._real = real
+        self.socket = ReactorSocket
+        self.fromfd = _reactor_fromfd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _unpatch_reactor_sockets() -> None:
+    """Have Twisted's listening, connecting, adopted and accepted sockets be `ReactorSocket`s.
+
+    Only the modules that make the reactor's own sockets (tcp, udp, unix, and base for
+    ports) see the swap; methods, their client libraries and gevent keep the patched module.
+    """
+    from twisted.internet import base, tcp, udp, unix
+
+    for module in (base, tcp, udp, unix):
+        if not isinstance(module.socket, _ReactorSocketModule):
+            module.socket = _ReactorSocketModule(module.socket)
+
 
 class GeventReactor(_epollreactor.EPollReactor):
     """EPollReactor whose wait is a gevent wait, so greenlets run while the reactor idles."""
 
     def __init__(self) -> None:
+        _unpatch_reactor_sockets()
         super().__init__()
         self._hub = get_hub()
         self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
@@ -87,6 +141,16 @@ class GeventReactor(_epollreactor.EPollReactor):
             timeout = 0
         # Poll first: under load events are already waiting and no hub round-trip is needed.
         events = poller.poll(0, len(self._selectables))
+        if not events and timeout != 0 and self._pending_callbacks:
+            # Greenlets are ready (the calls the last reads handed to workers): let them run
+            # and look again. What they wrote is then ready to send, without the whole blocking
+            # wait (a Waiter, an io watcher and a timer, a hub loop iteration) to learn so.
+            gevent.sleep(0)
+            events = poller.poll(0, len(self._selectables))
+            if not events:
+                # Those greenlets may have scheduled a timed call, moved one sooner or stopped
+                # the reactor: what `timeout` was computed before does not know.
+                timeout = self.timeout() if self.running and not self._justStopped else 0
         if events or timeout == 0:
             if perf_counter() >= self._hub_due:
                 self._turn()
@@ -114,9 +178,8 @@ class GeventReactor(_epollreactor.EPollReactor):
         self.installNameResolver(GAIResolver(self, self.getThreadPool, socket.getaddrinfo))
 
     # An adopted port (a systemd: listener) gets its socket from socket.fromfd, and Twisted
-    # counts on the descriptor already being non-blocking. gevent's socket object goes by its
-    # own timeout instead, which fromfd leaves unset: its accept() would then wait in the hub
-    # on EAGAIN and freeze the reactor. Say non-blocking to the object too.
+    # counts on the descriptor already being non-blocking. A supervisor or systemd may hand
+    # over a blocking one: an accept() on it would then freeze the reactor. Make sure.
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: object):
         port = super().adoptStreamPort(fileDescriptor, addressFamily, factory)
         port.socket.setblocking(False)
@@ -216,4 +279,4 @@ def installed() -> bool:
     return "twisted.internet.reactor" in sys.modules
 
 
-__all__ = ["GeventReactor", "install", "installed", "monkey_patch"]
+__all__ = ["GeventReactor", "ReactorSocket", "install", "installed", "monkey_patch"]
