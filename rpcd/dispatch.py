@@ -379,6 +379,7 @@ class Dispatcher:
                 if not queue:
                     if self._held:
                         self._flush_held()  # the burst is over: what its sinks held goes out
+                    call = None  # parked, it keeps no answered call (nor its result)
                     parked.append(me)
                     try:
                         hub.switch()  # parked until _wake_workers switches back here
@@ -446,6 +447,7 @@ class Dispatcher:
                 response = call
             finally:
                 timer.deadline = None
+                timer.call = None
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
