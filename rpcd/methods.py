@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from rpcd.wire import INVALID_PARAMS, METHOD_NOT_FOUND, RPCError
+from rpcd.wire import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RPCError
 
 _MARK = "__rpcd_method__"
 RESERVED_PREFIX = "rpc."
+CANCEL = "rpc.cancel"
 
 
 def method(name_or_func: Any = None) -> Any:
@@ -23,6 +26,8 @@ def method(name_or_func: Any = None) -> Any:
 
     if callable(name_or_func):
         return mark(name_or_func, None)
+    if name_or_func is not None and not isinstance(name_or_func, str):
+        raise TypeError(f"@method takes a method name (a str), not {name_or_func!r}")
     return lambda func: mark(func, name_or_func)
 
 
@@ -101,11 +106,57 @@ def _signature(func: Callable) -> inspect.Signature | None:
         return None
 
 
+def _uses_asyncio(func: Callable) -> bool:
+    """Whether a coroutine function names asyncio (the module, or something taken from it)
+    among the globals its code reads, nested functions included.
+
+    A coroutine that awaits asyncio fails on rpcd at its first await ("no running event
+    loop"): refusing it when its module loads says so at once. Libraries built on asyncio
+    are not seen through; their calls fail the same way, at run time.
+    """
+    func = inspect.unwrap(getattr(func, "__func__", func))
+    namespace = getattr(func, "__globals__", {})
+    codes = [func.__code__] if hasattr(func, "__code__") else []
+    while codes:
+        code = codes.pop()
+        for name in code.co_names:
+            value = namespace.get(name)
+            module = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", "")
+            if module == "asyncio" or str(module).startswith("asyncio."):
+                return True
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return False
+
+
+def put_cwd_on_path() -> None:
+    """Put the working directory first on sys.path, so `--methods mymethods` finds the
+    `mymethods.py` beside the operator, as `python -m` and gunicorn do (twistd puts only
+    its own script's directory there)."""
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+
+
+def cancel(id: str | int) -> bool:
+    """Stop a call made on this connection, by its id (params {"id": CALL_ID}): the call is
+    answered -32006 and a stream ends. True if the call was still pending, false if it had
+    already finished or never existed."""
+    # The connection answers rpc.cancel itself (only it knows its calls): never dispatched.
+    raise RPCError(INVALID_REQUEST, f"{CANCEL} is answered by the connection it is sent on")
+
+
 class Registry:
-    """Names to methods. Built at start-up, read-only while serving."""
+    """Names to methods. Built at start-up, read-only while serving.
+
+    It starts with `rpc.cancel`, which each connection answers itself, so that
+    introspection (`rpc.methods`, `rpc.describe`) lists it with the methods it can stop.
+    """
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self.add(CANCEL, cancel, builtin=True)
 
     def add(self, name: str, func: Callable, *, builtin: bool = False) -> None:
         if name.startswith(RESERVED_PREFIX) and not builtin:
@@ -114,6 +165,12 @@ class Registry:
             )
         if name in self._methods:
             raise LoadError(f"method {name!r} is defined twice")
+        if not builtin and inspect.iscoroutinefunction(func) and _uses_asyncio(func):
+            raise LoadError(
+                f"method {name!r} is an async def using asyncio, which rpcd does not run: "
+                "its coroutines run on Twisted, so they may await Deferreds; for asyncio "
+                "libraries write a plain def (blocking calls yield under gevent)"
+            )
         self._methods[name] = Method(name, func, _signature(func))
 
     def get(self, name: str) -> Method:
@@ -136,6 +193,7 @@ class Registry:
         Returns how many methods were added.
         """
         module_name, _, attr = spec.partition(":")
+        put_cwd_on_path()
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
@@ -149,7 +207,10 @@ class Registry:
                     f"methods module {module_name!r} has no attribute {attr!r}"
                 ) from None
             if inspect.isclass(target):
-                target = target()
+                try:
+                    target = target()
+                except Exception as exc:  # the class needs arguments, or its __init__ fails
+                    raise LoadError(f"cannot instantiate {spec!r}: {exc}") from None
             for name, member in inspect.getmembers(target, callable):
                 if not name.startswith("_"):
                     self.add(getattr(member, _MARK, name), member)

@@ -76,6 +76,8 @@ class ConnectionLimits:
     max_outbuf: int = 1024 * 1024
     write_timeout: float = 30.0  # how long unsent replies may stay past max_outbuf
     auth_key: auth.Key | None = field(default=None, repr=False)  # None: no handshake
+    max_method_bytes: int = 128  # longer method names are refused -32600, cut short
+    max_reply_bytes: int = 0  # 0: max_frame_bytes; a larger result is answered -32603
     max_unauthenticated: int = 64  # connections still in the handshake; the oldest goes first
     auth_failure_delay: float = 0.1  # a peer's next handshake is read this late, doubled per
     # failure up to AUTH_DELAY_MAX (0: off)
@@ -161,6 +163,8 @@ class RPCProtocol(Protocol):
             self.sendString,
             max_inflight=limits.max_inflight,
             max_batch=limits.max_batch,
+            max_method_bytes=limits.max_method_bytes,
+            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
             handshake=handshake,
             on_frame_error=self._frame_error,
         )
@@ -487,6 +491,7 @@ class RPCFactory(Factory):
         self._frame_errors: dict[int, _Tally] = {}  # by error code: what to log when
         self.accepted = 0
         self.refused: Counter = Counter()
+        self.frame_errors: Counter = Counter()  # frames that decoded to no request, by code
         self._all_closed: list[defer.Deferred] = []
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
@@ -596,6 +601,7 @@ class RPCFactory(Factory):
         """Count a frame that decoded to no request (rpc.stats); log it, one line per code per
         interval at most, the rest as a count at the interval's end."""
         self.dispatcher.stats.refused(code)
+        self.frame_errors[code] += 1
         now = self.clock.seconds()
         entry = self._frame_errors.get(code)
         if entry is None:

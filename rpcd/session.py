@@ -59,14 +59,15 @@ class Handshake(Protocol):
 class _Direct:
     """A JSON-RPC call's route: its reply goes out as soon as it is ready."""
 
-    __slots__ = ("send",)
+    __slots__ = ("send", "max_bytes")
 
-    def __init__(self, send: Callable[[bytes], None]) -> None:
+    def __init__(self, send: Callable[[bytes], None], max_bytes: int | None) -> None:
         self.send = send
+        self.max_bytes = max_bytes
 
     def reply(self, response: Response) -> None:
         if not response.request.notification:
-            self.send(wire.encode(response))
+            self.send(wire.encode(response, self.max_bytes))
 
 
 class _LegacySlot:
@@ -79,23 +80,25 @@ class _LegacySlot:
         self.frame = frame
 
     def reply(self, response: Response) -> None:
-        self.frame = wire.encode(response)
-        self.session._flush_legacy()
+        session = self.session
+        self.frame = wire.encode(response, session._max_reply_bytes)
+        session._flush_legacy()
 
 
 class _Batch:
     """The route of every member of one batch: their replies go out as one array."""
 
-    __slots__ = ("send", "parts", "waiting")
+    __slots__ = ("send", "parts", "waiting", "max_bytes")
 
-    def __init__(self, send: Callable[[bytes], None], waiting: int) -> None:
+    def __init__(self, send: Callable[[bytes], None], waiting: int, max_bytes: int | None) -> None:
         self.send = send
         self.parts: list[bytes] = []
         self.waiting = waiting
+        self.max_bytes = max_bytes  # per entry: each result over it is answered -32603
 
     def reply(self, response: Response) -> None:
         if not response.request.notification:
-            self.parts.append(wire.encode(response))
+            self.parts.append(wire.encode(response, self.max_bytes))
         self._one_done()
 
     def refuse(self, error: RPCError) -> None:
@@ -120,6 +123,8 @@ class Session:
         "_send",
         "_max_inflight",
         "_max_batch",
+        "_max_method_bytes",
+        "_max_reply_bytes",
         "_handshake",
         "_direct",
         "_held",
@@ -137,6 +142,8 @@ class Session:
         *,
         max_inflight: int = 128,
         max_batch: int = 100,
+        max_method_bytes: int = wire.MAX_METHOD_BYTES,
+        max_reply_bytes: int | None = None,
         handshake: Handshake | None = None,
         on_frame_error: Callable[[RPCError], None] | None = None,
     ) -> None:
@@ -147,8 +154,10 @@ class Session:
         self._send = send
         self._max_inflight = max_inflight
         self._max_batch = max_batch
+        self._max_method_bytes = max_method_bytes
+        self._max_reply_bytes = max_reply_bytes  # None: replies of any size
         self._handshake = handshake  # None once authenticated (or when there is no key)
-        self._direct = _Direct(send)
+        self._direct = _Direct(send, max_reply_bytes)
         self._held: deque[tuple[Request, Any]] = deque()  # requests past the in-flight cap
         self._legacy: deque[_LegacySlot] = deque()
         self._legacy_peer = False  # the last request decoded used the legacy envelope
@@ -176,7 +185,7 @@ class Session:
     def receive(self, body: bytes) -> int | None:
         """One frame body from the peer."""
         try:
-            message = wire.decode(body, self._max_batch)
+            message = wire.decode(body, self._max_batch, self._max_method_bytes)
         except RPCError as error:
             self._refuse_frame(error)
             return None
@@ -260,7 +269,7 @@ class Session:
     # -- calls ------------------------------------------------------------------------------
 
     def _accept_batch(self, batch: Batch) -> None:
-        route = _Batch(self._send, len(batch.items))
+        route = _Batch(self._send, len(batch.items), self._max_reply_bytes)
         for item in batch.items:
             if type(item) is RPCError:
                 route.refuse(item)

@@ -20,19 +20,25 @@ _BOUNDS = [2.0 ** ((i - 1) / _PER_OCTAVE) / 1e6 for i in range(1, _BUCKETS)]
 class LatencyHistogram:
     """Counts of latencies in log-spaced buckets; percentiles are bucket upper bounds."""
 
-    __slots__ = ("buckets", "count", "errors", "max")
+    __slots__ = ("buckets", "count", "errors", "codes", "sum", "max")
 
     def __init__(self) -> None:
         self.buckets = [0] * _BUCKETS
         self.count = 0
         self.errors = 0
+        self.codes: Counter = Counter()  # errors by code (the metrics' handled_total labels)
+        self.sum = 0.0  # exact, for the metrics' histogram _sum
         self.max = 0.0
 
-    def record(self, seconds: float, failed: bool) -> None:
+    def record(self, seconds: float, failed: bool | int = False) -> None:
+        """One call; `failed` is False, True, or the error code it was answered with."""
         self.buckets[bisect_right(_BOUNDS, seconds)] += 1
         self.count += 1
+        self.sum += seconds
         if failed:
             self.errors += 1
+            if failed is not True:
+                self.codes[failed] += 1
         if seconds > self.max:
             self.max = seconds
 
@@ -72,7 +78,7 @@ class CallStats:
         histogram = self.methods.get(method)
         if histogram is None:
             histogram = self.methods[method] = LatencyHistogram()
-        histogram.record(seconds, error_code is not None)
+        histogram.record(seconds, False if error_code is None else error_code)
         if error_code is not None:
             self.errors[error_code] += 1
 

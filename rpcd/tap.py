@@ -8,6 +8,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+import rpcd
 from rpcd import config, reactor
 from rpcd.config import ConfigError, Settings
 
@@ -62,7 +63,8 @@ class Options(usage.Options):
     longdesc = (
         'Serve JSON-RPC 2.0 (and the legacy {"in", "params"} envelope) over 4-byte '
         "length-prefixed frames, running each call in a gevent worker greenlet. "
-        "The command line wins over the config file, which wins over the defaults."
+        "The command line wins over the config file, which wins over the defaults. "
+        "Under a supervisor (processes > 1) every limit applies to each worker process on its own."
     )
     optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"], *_VALUES]
     optFlags = [*_FLAGS, *_SWITCHES]
@@ -79,6 +81,19 @@ class Options(usage.Options):
 
     opt_listen.__doc__ = _help(_BY_NAME["listen"])
     opt_methods.__doc__ = _help(_BY_NAME["methods"])
+
+    # -- seam (helper "ops"): what the installed package says about itself ------------------
+    def opt_version(self) -> None:
+        """Print rpcd's version (and Twisted's, gevent's, Python's), then exit"""
+        print(rpcd.version_text("rpcd"))
+        sys.exit(0)
+
+    def opt_print_config(self) -> None:
+        """Print the documented config file, every key at its default, then exit"""
+        sys.stdout.write(rpcd.default_config())
+        sys.exit(0)
+
+    # -- end of seam -------------------------------------------------------------------------
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         # twistd would print the whole usage text above the error; one line says it better.
@@ -138,11 +153,21 @@ def makeService(options: Options) -> IService:
     another daemon stops start-up with one line on the terminal either way. The listeners
     are bound first: the log file then starts with twistd's own start-up line.
     """
+    from rpcd import supervisor
     from rpcd.auth import AuthKeyError
     from rpcd.logs import LogError, TerminalObserver
     from rpcd.methods import LoadError
     from rpcd.service import ListenError, RPCService
 
+    # [scale seam] --processes N: a supervisor of N workers instead of one daemon.
+    if supervisor.resolve_processes(options.settings.processes) > 1:
+        try:
+            args = supervisor.worker_args(options["config"], options.given())
+            service = supervisor.Supervisor(options.settings, args)
+            service.bind()  # before twistd daemonizes: a port in use is one line
+            return service
+        except ListenError as exc:
+            _fail(str(exc))
     try:
         service = RPCService(options.settings)
         service.bind()

@@ -113,6 +113,7 @@ def test_a_tls_verification_failure_is_not_blamed_on_rpcd_not_running(tls_port, 
         ("timed out", "firewall"),
         ("TLS handshake failed: certificate verify failed", "caCertsDir="),
         ("TLS handshake failed: wrong version number", "not speak TLS"),
+        ("TLS handshake failed: WRONG_VERSION_NUMBER", "not speak TLS"),
     ],
 )
 def test_connect_failures_carry_a_hint(reason, hint):

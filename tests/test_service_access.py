@@ -35,6 +35,7 @@ def test_public_unauthenticated_listener_is_logged_as_a_warning():
 def test_key_file_is_loaded_into_the_connection_policy(tmp_path):
     key = tmp_path / "key"
     key.write_bytes(b"k3y\n")
+    key.chmod(0o600)
     events: list = []
     settings = config.build(overrides={"listen": ["tcp:5354"], "auth_key_file": str(key)})
     service, _ = _start(settings, events)

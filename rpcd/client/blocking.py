@@ -11,8 +11,9 @@ With a shared key (`auth_key_file=` or `auth_key=`) each new connection passes t
 `rpc.auth` handshake (`rpcd.auth`) before it carries any call: the connecting caller does
 it on the bare socket under the connect lock, so no other caller sees the connection early.
 
-Nothing here imports Twisted, gevent or the server's modules; `rpcd.wire` is only the codes
-and `rpcd.auth` the sans-IO handshake messages.
+Nothing here imports Twisted, gevent or the server's modules: the frames, the request
+encoder and the reply routing are the ones every client shares (`rpcd.client.routing` over
+`rpcd.wire`), the handshake is `rpcd.auth.ClientHandshake`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+import rpcd
 from rpcd.auth import AuthKeyError
 from rpcd.client.blocking import Client
 from rpcd.client.endpoint import DEFAULT_ENDPOINT
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         default="big",
         help="length-prefix byte order, as the server's --byteorder",
     )
+    # seam (helper "ops"): one version source, rpcd.__version__
+    parser.add_argument("--version", action="version", version=rpcd.version_text("rpcd-call"))
     parser.add_argument(
         "--list",
         action="store_true",

@@ -117,7 +117,7 @@ class ConnectFailed(ConnectionError):
 
     @property
     def hint(self) -> str:
-        reason = self.reason.lower()
+        reason = self.reason.lower().replace("_", " ")  # OpenSSL says WRONG_VERSION_NUMBER
         if "certificate" in reason or "hostname mismatch" in reason:
             return (
                 "the server's certificate is not trusted for this name: give its CA with "

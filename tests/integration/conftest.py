@@ -28,7 +28,17 @@ METHODS = "tests.integration.methods"
 # The line rpcd logs once its listeners are bound (rpcd/service.py, startService).
 SERVING = "rpcd serving"
 
-__all__ = ["KEY", "METHODS", "ROOT", "TWISTD", "Daemon", "free_port", "wait_for"]
+__all__ = [
+    "KEY",
+    "METHODS",
+    "ROOT",
+    "SERVING",
+    "TWISTD",
+    "Daemon",
+    "free_port",
+    "launch",
+    "wait_for",
+]
 
 
 class Daemon:
@@ -150,13 +160,16 @@ def start_daemon(tmp_path):
 
     def start(
         *args: str,
-        methods: str | None = "tests.integration.methods",
+        methods: str | None = METHODS,
         listen: bool = True,
         port: int | None = None,
         twistd_args: tuple = (),
         preexec_fn=None,
     ) -> Daemon:
         """`port`: where the daemon will listen when `listen` is off (a --config file says)."""
+        if started and "--log-file" not in args and "--config" not in args:
+            # A daemon locks its log file: a second one in this directory gets its own.
+            args = (*args, "--log-file", f"rpcd-{len(started)}.log")
         daemon = launch(
             tmp_path,
             *args,

@@ -70,6 +70,11 @@ def test_deferred_and_streaming_methods(shared_daemon):
         if "id" in reply:
             seen[reply["id"]] = reply
     assert seen[cancel]["result"] is True and seen[rid]["error"]["code"] == -32006
+    # Cancelling a call that is no longer running answers false, and harms nothing.
+    late = {"jsonrpc": "2.0", "method": "rpc.cancel", "params": {"id": rid}, "id": "again"}
+    c.send(late)
+    assert c.recv() == {"jsonrpc": "2.0", "result": False, "id": "again"}
+    assert c.call("ping")["result"] == "pong"
 
 
 def test_thread_pool_and_resolver_work_under_monkey_patching(shared_daemon):

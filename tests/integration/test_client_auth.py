@@ -35,6 +35,7 @@ RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
 def wrong_key_file(tmp_path):
     path = tmp_path / "wrong.key"
     path.write_bytes(b"not the key\n")
+    path.chmod(0o600)  # a daemon is started with it too
     return str(path)
 
 
@@ -176,6 +177,7 @@ class TwistedClientAuthTests(unittest.TestCase):
         cls.workdir = Path(tempfile.mkdtemp(prefix="rpcd-twisted-auth-"))
         cls.key_file = str(cls.workdir / "rpcd.key")
         Path(cls.key_file).write_bytes(KEY + b"\n")
+        Path(cls.key_file).chmod(0o600)  # rpcd refuses a key others can read
         cls.wrong_key_file = str(cls.workdir / "wrong.key")
         Path(cls.wrong_key_file).write_bytes(b"not the key\n")
         cls.daemons = []
@@ -186,6 +188,8 @@ class TwistedClientAuthTests(unittest.TestCase):
                 f"tcp:{port}:interface=127.0.0.1",
                 "--methods",
                 "tests.integration.methods",
+                "--log-file",
+                f"rpcd-{port}.log",  # each daemon locks its own log file
                 *extra,
             ]
             daemon = Daemon(cls.workdir, args, port)

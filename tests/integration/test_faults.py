@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import time
 
 from tests.integration.probes import stats, wait_for
@@ -52,6 +53,9 @@ def test_client_gone_mid_call_frees_its_worker_and_slot(start_daemon):
     victim = d.client()
     victim.request("sleep", 30)
     wait_for(lambda: stats(control)["calls"]["in_flight"] == 2, timeout=5)
+    # An abortive close (RST): a plain close is a FIN, which rpcd must read as a half-close
+    # and still answer (printf ... | nc); a reset says the peer is gone.
+    victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     victim.close()
     took = wait_for(lambda: stats(control)["calls"]["in_flight"] == 1, timeout=5, interval=0.001)
     assert took < 0.1, took

@@ -76,4 +76,7 @@ def test_port_held_by_another_process_stops_start_up(tmp_path):
                 daemon.wait_ready()
         finally:
             daemon.terminate()
-    assert "Address already in use" in daemon.log()
+    assert (
+        f"rpcd: cannot listen on tcp:{port}:interface=127.0.0.1: address already in use"
+        in daemon.log()
+    )
