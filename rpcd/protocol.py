@@ -330,6 +330,9 @@ class RPCProtocol(Protocol):
             return  # refused at admission: nothing is read
         decoder = self._decoder
         decoder.receive(data)
+        if type(self).stringReceived is not RPCProtocol.stringReceived:
+            self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
+            return
         next_frame, pauses, receive = decoder.next_frame, self._pauses, session.receive
         taken = False
         try:
@@ -346,6 +349,17 @@ class RPCProtocol(Protocol):
             self._frame_too_large(error)
         if taken and self._idle_call is not None:
             self._last_frame = self.factory.clock.seconds()
+
+    def _frames_to_string_received(self) -> None:
+        next_frame, pauses = self._decoder.next_frame, self._pauses
+        try:
+            while not pauses:
+                body = next_frame()
+                if body is None:
+                    return
+                self.stringReceived(body)
+        except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
+            self._frame_too_large(error)
 
     def stringReceived(self, body: bytes) -> None:
         session = self._session
