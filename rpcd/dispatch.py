@@ -9,9 +9,9 @@ call that does not fit is refused at once with -32000, never silently dropped.
 from __future__ import annotations
 
 import inspect
-import time
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 import gevent
@@ -57,18 +57,28 @@ class CallCancelled(BaseException):
         self.call = call
 
 
-class Call:
-    """One accepted request on its way through the queue."""
+class Call(Response):
+    """One accepted request on its way through the queue.
 
-    __slots__ = ("request", "method", "sink", "worker", "done", "accepted_at", "route")
+    A call that returns is answered by itself: the worker sets its `result`, and it goes to
+    the sink as the Response, so the usual call allocates one object, not two. Errors,
+    timeouts and cancels are answered by a Response of their own. Calls are equal only to
+    themselves (they are kept in sets), unlike Response values.
+    """
+
+    __slots__ = ("method", "sink", "worker", "done", "accepted_at", "route")
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(self, request: Request, method: Method, sink: Sink) -> None:
         self.request = request
+        self.result = None
+        self.error = None
         self.method = method
         self.sink = sink
         self.worker: gevent.Greenlet | None = None
         self.done = False
-        self.accepted_at = time.perf_counter()
+        self.accepted_at = perf_counter()
         self.route: Any = None  # where the sink puts the reply (rpcd.session routes)
 
 
@@ -79,9 +89,10 @@ _PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes}
 class _CallTimer:
     """A worker's per-call timeout, cheap to restart for every call.
 
-    Starting it for a call is a clock read; the libev timer behind it is started only when none
-    is running, and when it fires before the current call's deadline (it was started for an
-    earlier call) it is re-armed for the remainder. So a call is stopped at its own deadline,
+    Starting it for a call takes the clock reading the call's start made anyway; the libev
+    timer behind it is started only when none is running, and when it fires before the
+    current call's deadline (it was started for an earlier call) it is re-armed for the
+    remainder. So a call is stopped at its own deadline,
     exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
     """
 
@@ -110,15 +121,13 @@ class _CallTimer:
         self._timer: Any = None
         self._fires_at = 0.0
 
-    def start(self, seconds: float, call: Call) -> None:
+    def start(self, seconds: float, call: Call, now: float) -> None:
+        """Time `call` from `now` (a `perf_counter` reading); `deadline = None` stops it."""
         self._seconds = seconds
         self.call = call
-        deadline = self.deadline = time.monotonic() + seconds
+        deadline = self.deadline = now + seconds
         if self._timer is None or deadline < self._fires_at:
             self._arm(seconds, deadline)
-
-    def stop(self) -> None:
-        self.deadline = None
 
     def close(self) -> None:
         self.deadline = None
@@ -139,7 +148,7 @@ class _CallTimer:
         deadline = self.deadline
         if deadline is None:
             return  # idle: the next call starts it again
-        remaining = deadline - time.monotonic()
+        remaining = deadline - perf_counter()
         if remaining > 0:
             self._arm(remaining, deadline)
             return
@@ -191,6 +200,10 @@ class Dispatcher:
         self._lagging: dict[Sink, list[Event | Call]] = {}
         self.calls_total = 0
         self.stats = CallStats()
+        # True while a worker runs a call that other queued calls follow: a sink may then hold
+        # its output (`hold`) until the burst ends, to write the replies of many calls at once.
+        self.bursting = False
+        self._held: list[Callable[[], None]] = []  # the flushes of the sinks holding output
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
 
@@ -229,42 +242,45 @@ class Dispatcher:
 
     def submit(self, request: Request, sink: Sink) -> Call:
         """Queue `request`; raise RPCError if it names no method or cannot be held."""
-        try:
-            return self._submit(request, sink)
-        except RPCError as error:
-            if self.on_refused is not None:
-                self.on_refused(request, sink, error)
-            raise
-
-    def _submit(self, request: Request, sink: Sink) -> Call:
         if self._draining:
-            self.stats.refused(SHUTTING_DOWN)
-            raise RPCError(SHUTTING_DOWN, "shutting down: the server accepts no new calls")
+            message = "shutting down: the server accepts no new calls"
+            self._refuse(request, sink, SHUTTING_DOWN, message)
         try:
             method = self.registry.get(request.method)
         except RPCError as error:
             self.stats.refused(error.code)
+            if self.on_refused is not None:
+                self.on_refused(request, sink, error)
             raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy.
         waiting = self._waiting
         if waiting >= self.queue_size + self.max_workers - self._busy:
-            self.stats.refused(SERVER_BUSY)
-            raise RPCError(
+            self._refuse(
+                request,
+                sink,
                 SERVER_BUSY,
                 f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
             )
         call = Call(request, method, sink)
         self._active.add(call)
         self.calls_total += 1
-        self._waiting += 1
+        self._waiting = waiting + 1
         self._queue.append(call)
         if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
             gevent.spawn(self._work)
-        else:
-            self._wake()
+        elif not self._wake_scheduled and self._parked:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake_workers)
         return call
+
+    def _refuse(self, request: Request, sink: Sink, code: int, message: str) -> None:
+        self.stats.refused(code)
+        error = RPCError(code, message)
+        if self.on_refused is not None:
+            self.on_refused(request, sink, error)
+        raise error
 
     def _wake(self) -> None:
         """Have a parked worker take the queued calls (one hub callback per turn)."""
@@ -278,6 +294,18 @@ class Dispatcher:
         queue, parked = self._queue, self._parked
         while queue and parked:
             parked.pop().switch()
+
+    def hold(self, flush: Callable[[], None]) -> None:
+        """A sink holds output during a burst: `flush()` writes it when the burst ends, or at
+        the hub's next turn if a call of the burst blocks first."""
+        if not self._held:
+            self._loop.run_callback(self._flush_held)
+        self._held.append(flush)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for flush in held:
+            flush()
 
     def cancel(self, call: Call, response: Response | None = None) -> bool:
         """Stop `call`: drop it if queued, kill it if running. `response` (if any) is delivered.
@@ -349,6 +377,9 @@ class Dispatcher:
         try:
             while True:
                 if not queue:
+                    if self._held:
+                        self._flush_held()  # the burst is over: what its sinks held goes out
+                    call = None  # parked, it keeps no answered call (nor its result)
                     parked.append(me)
                     try:
                         hub.switch()  # parked until _wake_workers switches back here
@@ -368,6 +399,8 @@ class Dispatcher:
                     continue
                 self._waiting -= 1
                 self._busy += 1
+                # More calls follow this one: their sinks may hold replies to write together.
+                self.bursting = bool(queue)
                 try:
                     self._run(call, timer)
                 finally:
@@ -384,22 +417,22 @@ class Dispatcher:
     def _run(self, call: Call, timer: _CallTimer) -> None:
         """Run `call` under the worker's call timer and deliver its response."""
         request = call.request
-        started = time.perf_counter()
         call.worker = timer.worker
-        timer.start(self.call_timeout, call)
+        started = perf_counter()
+        timer.start(self.call_timeout, call, started)
         stream = None
         try:
             try:
-                method, params = call.method, request.params
+                params = request.params
                 try:
                     if type(params) is tuple:
-                        result = method.func(*params)
+                        result = call.method.func(*params)
                     else:
-                        result = method.func(**params)
+                        result = call.method.func(**params)
                 except TypeError as exc:
                     # Raised by the call itself (no deeper frame): the params do not fit.
                     if exc.__traceback__.tb_next is None:
-                        raise method.bind_error(params) from None
+                        raise call.method.bind_error(params) from None
                     raise
                 if type(result) not in _PLAIN:
                     if inspect.iscoroutine(result):
@@ -407,12 +440,14 @@ class Dispatcher:
                     if isinstance(result, Deferred):
                         result = _wait_deferred(result)
                     elif inspect.isgenerator(result):
-                        timer.stop()  # a stream lasts until it ends or the client stops it
+                        timer.deadline = None  # a stream lasts until it ends or the client stops it
                         self._admit_stream(call, result)
                         stream = result
-                response = Response(request, result)
+                call.result = result
+                response = call
             finally:
-                timer.stop()
+                timer.deadline = None
+                timer.call = None
         except CallCancelled as cancelled:
             if cancelled.call is not call:
                 raise
@@ -436,7 +471,8 @@ class Dispatcher:
             call.worker = greenlet = gevent.spawn(self._stream, call, stream)
             self._streaming.add(greenlet)
         elif not call.done:  # else answered at its deadline or cancel; the method ran on
-            self._finish(call, response, time.perf_counter() - started)
+            ended = perf_counter()
+            self._finish(call, response, ended - started, ended)
 
     def _admit_stream(self, call: Call, generator: Any) -> None:
         """Refuse a stream now if it cannot be served: it may not yield for a long time."""
@@ -456,7 +492,7 @@ class Dispatcher:
         """A stream's own greenlet: send its items, then its return value as the answer."""
         me = getcurrent()
         request = call.request
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             try:
                 sink = call.sink
@@ -480,7 +516,8 @@ class Dispatcher:
             self._streaming.discard(me)
             self._abandoned.discard(me)
         if not call.done:
-            self._finish(call, response, time.perf_counter() - started)
+            ended = perf_counter()
+            self._finish(call, response, ended - started, ended)
 
     def _wait_writable(self, sink: Sink) -> None:
         """Hold this stream until its peer has read what was sent (a cancel ends the wait)."""
@@ -528,12 +565,21 @@ class Dispatcher:
         )
         return Response(call.request, error=error)
 
-    def _finish(self, call: Call, response: Response | None, duration: float) -> None:
+    def _finish(
+        self, call: Call, response: Response | None, duration: float, ended: float = 0.0
+    ) -> None:
+        """Answer `call`; `ended` is the `perf_counter` reading its end made (0: read it now)."""
         call.done = True
         self._active.discard(call)
+        if response is None:
+            error = CANCELLED
+        else:
+            error = response.error
+            if error is not None:
+                error = error.code
         # Latency as the client sees it: from acceptance (queue wait included) to the reply.
-        error = CANCELLED if response is None else response.error and response.error.code
-        self.stats.record(call.method.name, time.perf_counter() - call.accepted_at, error)
+        latency = (ended or perf_counter()) - call.accepted_at
+        self.stats.record(call.method.name, latency, error)
         if response is not None:
             call.sink.deliver(call, response)
             if self.on_complete is not None:

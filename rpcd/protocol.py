@@ -39,6 +39,9 @@ AUTH_DELAY_MAX = 10.0  # the longest a peer's next handshake waits after its fai
 AUTH_LOG_INTERVAL = 60.0
 AUTH_FORGET = 600.0  # failures older than this no longer slow the peer
 _AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten first
+# The most reply bytes a connection holds back during a dispatcher burst (to write the replies
+# of back-to-back calls at once) before it writes them; a quarter of max_outbuf if less.
+HOLD_BYTES = 16384
 
 
 class _Tally:
@@ -100,6 +103,13 @@ class _OutbufWatch:
         pass
 
 
+class _NoBursts:
+    bursting = False
+
+
+_NO_BURSTS = _NoBursts()
+
+
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
 class RPCProtocol(Protocol):
     """One client connection."""
@@ -121,18 +131,28 @@ class RPCProtocol(Protocol):
         self._write_timer: Any = None
         self._abort_timer: Any = None  # running once close() began: flush or abort
         self._auth_call: Any = None
+        self._dispatcher: Any = None
+        self._held: list[bytes] | None = None  # frames held during a dispatcher burst
+        self._held_bytes = 0
+        self._hold_limit = 0
 
     # -- connection lifecycle ----------------------------------------------------------------
 
     def connectionMade(self) -> None:
         factory = self.factory
         limits = factory.limits
+        dispatcher = factory.dispatcher
+        # A dispatcher that cannot hold output for a burst never has one.
+        self._dispatcher = dispatcher if hasattr(dispatcher, "hold") else _NO_BURSTS
         self._byteorder = limits.byteorder
+        self._pack = wire.frame_prefix(limits.byteorder).pack  # a frame's 4-byte length
+        self._hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
         decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
             self._pause("refused")  # read nothing from a refused peer: its one answer is this
             self.sendString(wire.encode_error(refusal))
+            self._flush()
             self.transport.loseConnection()
             return
         key = limits.auth_key
@@ -199,6 +219,7 @@ class RPCProtocol(Protocol):
         past the in-flight cap too, then close (IHalfCloseableProtocol)."""
         session = self._session
         if session is None or self._closed:
+            self._flush()
             self.transport.loseConnection()
             return
         decoder = self._decoder
@@ -249,6 +270,7 @@ class RPCProtocol(Protocol):
             # A registered producer keeps a transport open (Twisted waits for it to finish).
             self._watching_outbuf = False
             self.transport.unregisterProducer()
+        self._flush()
         self.transport.loseConnection()
         timeout = self.factory.limits.write_timeout
         self._abort_timer = self.factory.clock.callLater(timeout, self._abort)
@@ -303,9 +325,33 @@ class RPCProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         # Frames are taken while reading is not paused (the in-flight cap); _resume calls
         # this again with b"" to go on with the frames already buffered.
+        session = self._session
+        if session is None:
+            return  # refused at admission: nothing is read
         decoder = self._decoder
         decoder.receive(data)
-        next_frame, pauses = decoder.next_frame, self._pauses
+        if type(self).stringReceived is not RPCProtocol.stringReceived:
+            self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
+            return
+        next_frame, pauses, receive = decoder.next_frame, self._pauses, session.receive
+        taken = False
+        try:
+            # stringReceived in line, the idle clock read once for the frames of this chunk.
+            while not pauses and not self._closed:
+                body = next_frame()
+                if body is None:
+                    break
+                taken = True
+                decision = receive(body)
+                if decision is not None:
+                    self._decided(decision)
+        except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
+            self._frame_too_large(error)
+        if taken and self._idle_call is not None:
+            self._last_frame = self.factory.clock.seconds()
+
+    def _frames_to_string_received(self) -> None:
+        next_frame, pauses = self._decoder.next_frame, self._pauses
         try:
             while not pauses:
                 body = next_frame()
@@ -361,6 +407,7 @@ class RPCProtocol(Protocol):
                     self._auth_call.cancel()
                 self._auth_call = None
                 self._pause("closing")
+                self._flush()
                 self.transport.loseConnection()
             else:
                 self.close()
@@ -396,7 +443,26 @@ class RPCProtocol(Protocol):
         return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        self.transport.write(wire.encode_frame(string, self._byteorder))
+        frame = self._pack(len(string)) + string
+        held = self._held
+        if held is not None:
+            held.append(frame)  # after what is held already: the order is kept
+            self._held_bytes += len(frame)
+            if self._held_bytes >= self._hold_limit:
+                self._flush()
+        elif self._dispatcher.bursting and len(frame) < self._hold_limit:
+            # A worker runs calls back to back: write their replies together at its end.
+            # Only a little is held, so the transport still sees max_outbuf reached in time.
+            self._held = [frame]
+            self._held_bytes = len(frame)
+            self._dispatcher.hold(self._flush)
+        else:
+            self.transport.write(frame)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._closed:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
 
 def _peer_text(protocol: RPCProtocol) -> str:

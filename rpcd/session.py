@@ -192,6 +192,22 @@ class Session:
         if self._handshake is not None:
             return self._authenticate(message)
         if type(message) is Request:
+            calls = self.calls
+            if (
+                not message.legacy
+                and len(calls) < self._max_inflight
+                and message.method != CANCEL_METHOD
+            ):
+                # The usual call, in line: what _accept and _submit would do for it.
+                self._legacy_peer = False
+                try:
+                    call = self._dispatcher.submit(message, self._sink)
+                except RPCError as error:
+                    self._direct.reply(Response(message, error=error))
+                    return None
+                call.route = self._direct
+                calls.add(call)
+                return PAUSE if len(calls) >= self._max_inflight else None
             self._legacy_peer = message.legacy
             self._accept(message, self._direct)
         else:

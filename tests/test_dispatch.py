@@ -602,3 +602,27 @@ def test_streams_end_at_once_on_drain_with_their_final_answer(methods):
     assert final.error.code == SHUTTING_DOWN
     gevent.idle()
     assert fired == [None] and dispatcher.streams == 0 and dispatcher.in_flight == 0
+
+
+def test_an_idle_worker_keeps_no_answered_call_nor_its_result():
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    class Forgetful(Sink):
+        """Keeps nothing of what it is given but a weak reference to the result."""
+
+        def deliver(self, call, response) -> None:
+            self.result = weakref.ref(response.result)
+
+    registry = Registry()
+    registry.add("make", Result)
+    dispatcher = Dispatcher(registry)
+    sink = Forgetful()
+    dispatcher.submit(Request("make", (), 1), sink)
+    gevent.idle()
+    gc.collect()
+    assert dispatcher.workers == 1 and dispatcher.busy == 0
+    assert sink.result() is None  # the call answered, nothing holds its result any more

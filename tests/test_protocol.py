@@ -203,6 +203,52 @@ def test_jsonrpc_replies_come_as_calls_finish():
     assert replies(transport) == [{"jsonrpc": "2.0", "result": "a", "id": 1}]
 
 
+class CountingTransport(StringTransport):
+    """A StringTransport that counts its write calls."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_replies_of_back_to_back_calls_are_written_together_in_order():
+    gates = Gates()
+    protocol, transport = connect(
+        make_factory(real_dispatcher(gates)), transport_class=CountingTransport
+    )
+    protocol.dataReceived(b"".join(frame(call("echo", i, id=i)) for i in range(20)))
+    gevent.idle()
+    assert [r["id"] for r in replies(transport)] == list(range(20))
+    assert transport.writes == 1  # one worker ran the twenty: one write for their replies
+
+
+def test_a_blocking_call_does_not_hold_back_the_replies_before_it():
+    gates = Gates()
+    protocol, transport = connect(make_factory(real_dispatcher(gates, max_workers=1)))
+    protocol.dataReceived(
+        frame(call("echo", 1, id=1)) + frame(call("wait", "w", id=2)) + frame(call("echo", id=3))
+    )
+    gevent.idle()
+    # The one worker is blocked in call 2: call 1's reply went out all the same.
+    assert replies(transport) == [{"jsonrpc": "2.0", "result": [1], "id": 1}]
+    gates.open("w")
+    assert [r["id"] for r in replies(transport)] == [2, 3]
+
+
+def test_a_close_writes_the_replies_held_for_a_burst_first():
+    gates = Gates()
+    dispatcher = real_dispatcher(gates)
+    protocol, transport = connect(make_factory(dispatcher))
+    dispatcher.bursting = True  # as while a worker runs calls back to back
+    protocol.sendString(b'{"held": 1}')
+    assert transport.value() == b""
+    protocol.close()
+    assert replies(transport) == [{"held": 1}] and transport.disconnecting
+    dispatcher.bursting = False
+
+
 def test_legacy_replies_come_in_request_order():
     gates = Gates()
     protocol, transport = connect(make_factory(real_dispatcher(gates)))
