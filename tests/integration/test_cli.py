@@ -74,22 +74,18 @@ def test_endpoint_from_environment(daemon):
     assert (out.returncode, out.stdout) == (0, '"pong"\n')
 
 
-def test_indented_json_on_a_terminal(daemon):
+def run_on_terminal(*args: str, timeout: float = 20) -> tuple[int, str]:
+    """rpcd-call ARGS with its stdout on a pseudo-terminal: (exit code, what it printed)."""
     main, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [RPCD_CALL, "-c", endpoint_of(daemon), "echo", '{"a": [1]}'],
-        cwd=ROOT,
-        stdout=secondary,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen([RPCD_CALL, *args], cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE)
     os.close(secondary)
     chunks = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while True:
         ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             proc.kill()
-            raise AssertionError(f"rpcd-call did not finish within 20 s: {b''.join(chunks)!r}")
+            raise AssertionError(f"rpcd-call did not finish within {timeout} s: {chunks!r}")
         try:
             chunk = os.read(main, 4096)
         except OSError:  # EIO: the child closed the terminal
@@ -98,9 +94,48 @@ def test_indented_json_on_a_terminal(daemon):
             break
         chunks.append(chunk)
     os.close(main)
-    assert proc.wait(20) == 0
-    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    code = proc.wait(timeout)
+    return code, b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_indented_json_on_a_terminal(daemon):
+    code, text = run_on_terminal("-c", endpoint_of(daemon), "echo", '{"a": [1]}')
+    assert code == 0
     assert json.loads(text) == {"a": [1]} and text.startswith("{\n  ")
+
+
+def test_json_option_prints_compact_json_on_a_terminal(daemon):
+    code, text = run_on_terminal("-c", endpoint_of(daemon), "--json", "echo", '{"a": [1]}')
+    assert (code, text) == (0, '{"a":[1]}\n')
+
+
+def test_getlog_prints_log_lines_on_a_terminal(daemon):
+    # A method that raises logs its traceback: one entry over several lines, as in the file.
+    ep = endpoint_of(daemon)
+    assert run("boom", endpoint=ep).returncode == 1
+    c = Client(ep)
+    grep = "method boom raised KeyError"
+    wait_for(lambda: c.call("getlog", grep=grep)["lines"], 20, message=daemon.log)
+    (entry,) = c.call("getlog", lines=1, grep=grep)["lines"]
+    c.close()
+    code, text = run_on_terminal("-c", ep, "getlog", "-n", "1", "--grep", grep)
+    assert code == 0
+    assert text == entry + "\n"  # the raw entry: no JSON, no quotes, no \n or \t escapes
+    lines = text.splitlines()
+    assert grep in lines[0] and lines[1] == "\tTraceback (most recent call last):"
+    code, text = run_on_terminal("-c", ep, "--json", "getlog", "-n", "1", "--grep", grep)
+    assert code == 0 and text.count("\n") == 1 and json.loads(text)["lines"] == [entry]
+
+
+def test_getlog_shortcuts_refused_for_other_methods(daemon):
+    out = run("fakelog", "-n", "5", endpoint=endpoint_of(daemon))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "rpcd-call: -n/--lines, --level, --grep and -f/--follow are getlog's;"
+        " give fakelog named arguments with -k NAME=VALUE\n"
+    )
+    out = run("fakelog", "-k", "lines=5", endpoint=endpoint_of(daemon))
+    assert (out.returncode, json.loads(out.stdout)["lines"]) == (0, 5)  # -k still reaches it
 
 
 def test_exit_codes(daemon):
