@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from rpcd import logs
+from rpcd.health import Health
 from rpcd.methods import Registry
 from rpcd.wire import INTERNAL_ERROR, INVALID_PARAMS, RPCError
 
@@ -25,8 +27,11 @@ def _bad(message: str) -> RPCError:
 
 
 def getlog(
-    lines: int = 100, level: str | None = None, grep: str | None = None,
-    since: str | None = None, follow: bool = False,
+    lines: int = 100,
+    level: str | None = None,
+    grep: str | None = None,
+    since: str | None = None,
+    follow: bool = False,
 ) -> Any:
     """The server's own log, newest entries last: {"lines": [...], "truncated": bool}.
 
@@ -65,8 +70,22 @@ def getlog(
     return {"lines": found, "truncated": truncated}
 
 
-def add_builtins(registry: Registry, stats: Callable[[], dict]) -> None:
-    """Register the built-ins; `stats` returns the live figures for `rpc.stats`."""
+def _process() -> dict:
+    """Which process answered: its pid and, under --processes, its worker slot."""
+    worker = os.environ.get("RPCD_WORKER")
+    return {
+        "pid": os.getpid(),
+        "worker": int(worker) if worker and worker.isdigit() else None,
+        "processes": int(os.environ.get("RPCD_PROCESSES", "1") or 1),
+    }
+
+
+def add_builtins(
+    registry: Registry, stats: Callable[[], dict], health: Health | None = None
+) -> Health:
+    """Register the built-ins; `stats` returns the live figures for `rpc.stats`, `health`
+    holds the status `rpc.health` reports (a new one, all SERVING, when not given)."""
+    health = Health() if health is None else health
 
     def methods() -> list[dict]:
         """List every method: name, signature and docstring."""
@@ -79,11 +98,30 @@ def add_builtins(registry: Registry, stats: Callable[[], dict]) -> None:
         return registry.get(name).describe()
 
     def rpc_stats() -> dict:
-        """Uptime, connections, calls, per-method counts and latency, workers."""
-        return stats()
+        """Uptime, connections, calls, per-method counts and latency, workers, the process
+        that answered (pid, worker slot under --processes) and the health checks counted."""
+        figures = stats()
+        figures["process"] = _process()
+        figures["health_checks"] = health.checks
+        return figures
+
+    def rpc_health(service: str = "") -> dict:
+        """{"status": "SERVING" or "NOT_SERVING"}: the whole server ("") or a methods module
+        by the name it was loaded with. NOT_SERVING from the moment a drain starts."""
+        health.checks += 1
+        return {"status": health.status(service)}
+
+    def rpc_health_watch(service: str = "") -> Any:
+        """Stream {"status": ...} now and at every change; the stream ends once the server
+        drains, its final reply NOT_SERVING."""
+        health.checks += 1
+        return health.watch(service)
 
     registry.add("ping", ping, builtin=True)
     registry.add("getlog", getlog, builtin=True)
     registry.add("rpc.methods", methods, builtin=True)
     registry.add("rpc.describe", describe, builtin=True)
     registry.add("rpc.stats", rpc_stats, builtin=True)
+    registry.add("rpc.health", rpc_health, builtin=True)
+    registry.add("rpc.health.watch", rpc_health_watch, builtin=True)
+    return health

@@ -167,6 +167,19 @@ def _optional_path(value: Any) -> str:
     return value
 
 
+def _processes(value: Any) -> int | str:
+    # "auto" stays as it is: rpcd.supervisor resolves it to the number of cores.
+    if value == "auto":
+        return value
+    try:
+        return _integer(1, 1024)(value)
+    except ValueError:
+        raise ValueError("an integer from 1 to 1024, or auto (one per core)") from None
+
+
+_processes.allowed = "an integer from 1 to 1024, or auto (one per core)"  # for --help
+
+
 def _optional_endpoint(value: Any) -> str:  # seam (helper "ops"), for the metrics setting
     if not isinstance(value, str) or "\0" in value:
         raise ValueError("a Twisted endpoint string such as tcp:9354:interface=127.0.0.1, or empty")
@@ -310,6 +323,35 @@ class Settings:
     allow_public_unauthenticated: bool = _setting(
         False, _boolean, "let a listener on a non-loopback address start without --auth-key-file"
     )
+    # -- scaling out (rpcd.supervisor, rpcd.proxy) --
+    processes: int | str = _setting(
+        1,
+        _processes,
+        "worker processes sharing the listeners, or auto (one per core); every other limit "
+        "(connections, workers, queue, in-flight) applies to each process on its own",
+    )
+    heartbeat_timeout: float = _setting(
+        30.0,
+        _seconds(False),
+        "processes > 1: replace a worker whose hub has not beaten for this long",
+    )
+    worker_start_timeout: float = _setting(
+        30.0, _seconds(False), "processes > 1: how long a new worker may take to start listening"
+    )
+    restart_backoff_max: float = _setting(
+        30.0, _seconds(False), "processes > 1: longest wait before restarting a crashed worker"
+    )
+    proxy_header_timeout: float = _setting(
+        10.0,
+        _seconds(False),
+        "haproxy: listeners: drop a connection whose PROXY header takes longer",
+    )
+    proxy_max_header_bytes: int = _setting(
+        4096,
+        _integer(232, 65551),
+        "haproxy: listeners: largest PROXY header accepted",
+        unit="bytes",
+    )
 
     # -- seam (helper "ops"): the Prometheus listener -------------------------------------
     metrics: str = _setting(
@@ -402,8 +444,8 @@ def public_address(endpoint: str) -> str | None:
     """Why a listening endpoint string is reachable from other hosts, or None if it is local only.
 
     TCP and SSL listeners are local when their interface is a loopback address; UNIX sockets
-    are local; a systemd-passed socket is local only if it is a UNIX one; anything rpcd cannot
-    read (a plugin endpoint type) counts as public.
+    are local; a systemd-passed socket is local if it is a UNIX or loopback one; anything rpcd
+    cannot read (a plugin endpoint type) counts as public.
     """
     kind, args, kwargs = _split_endpoint(endpoint)
     if kind == "haproxy":
@@ -411,8 +453,11 @@ def public_address(endpoint: str) -> str | None:
     if kind == "unix":
         return None
     if kind == "systemd":
-        domain = kwargs.get("domain", "").upper()
-        return None if domain == "UNIX" else "a systemd-passed socket of unknown address"
+        if kwargs.get("domain", "").upper() == "UNIX":
+            return None
+        from rpcd.adopt import systemd_public_address  # judged by the passed socket itself
+
+        return systemd_public_address(endpoint)
     if kind not in _INTERFACE_POSITION:
         return f"an endpoint type rpcd cannot check, {kind!r}"
     position = _INTERFACE_POSITION[kind]

@@ -269,7 +269,6 @@ class MetricsService(MultiService):
         site.noisy = False
         site.log = lambda request: None  # a scrape every few seconds is not worth a log line
         port = strports.service(endpoint, site, reactor=service.reactor)
-        port._raiseSynchronously = True  # a metrics port we cannot bind stops start-up
         port.setServiceParent(self)
 
     def startService(self) -> None:

@@ -48,6 +48,12 @@ def monkey_patch() -> None:
     from twisted.python import threadpool
 
     threadpool.ThreadPool.threadFactory = threading.Thread
+    # gevent's os.close is a Python function: as the class attribute `_close = os.close` of
+    # Twisted's adopted-socket endpoint (systemd:) it would become a method, called with the
+    # endpoint as its first argument. The original close, unbound, as Twisted meant it.
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    AdoptedStreamServerEndpoint._close = staticmethod(gevent.monkey.get_original("os", "close"))
 
 
 def _import_epollreactor():

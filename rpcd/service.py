@@ -8,16 +8,16 @@ import signal
 import time
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
-from rpcd import auth, logs
+from rpcd import adopt, auth, logs, supervisor
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
+from rpcd.health import Health, quiet
 from rpcd.methods import Registry
 from rpcd.process import BlockingMonitor, raise_fd_limit
 from rpcd.protocol import ConnectionLimits, RPCFactory
@@ -30,8 +30,8 @@ CLOSE_TIMEOUT = 5.0
 SHARED_LOG_ENV = "RPCD_LOG_SHARED"
 
 
-class ListenError(Exception):
-    """A listener cannot be bound; the message is one line naming the endpoint and why."""
+# [scale seam] one ListenError for bind errors and systemd: choices alike (rpcd.adopt).
+ListenError = adopt.ListenError
 
 
 # A UNIX socket's mode when its endpoint names none: only rpcd's own user may connect.
@@ -51,15 +51,17 @@ def with_unix_mode(endpoint: str) -> str:
     return f"{endpoint}:mode={UNIX_SOCKET_MODE}"
 
 
-def build_listener(endpoint: str, factory: Any, reactor: Any) -> IService:
-    """The service listening on one endpoint string (strports raises its bind error at once)."""
-    return strports.service(with_unix_mode(endpoint), factory, reactor=reactor)
+def build_listener(endpoint: str, factory: Any, settings: Settings, reactor: Any) -> IService:
+    """The service listening on one endpoint string (it raises its bind error at once).
+
+    [scale seam] systemd: adopted rpcd's way, haproxy: through rpcd.proxy (rpcd.adopt)."""
+    return adopt.listener(with_unix_mode(endpoint), factory, settings, reactor)
 
 
-def build_registry(settings: Settings, stats: Any) -> Registry:
+def build_registry(settings: Settings, stats: Any, health: Any = None) -> Registry:
     """The built-ins plus every methods module the settings name (raises LoadError)."""
     registry = Registry()
-    add_builtins(registry, stats)
+    add_builtins(registry, stats, health)  # [scale seam] health: rpc.health's state
     for spec in settings.methods:
         registry.load(spec)
     return registry
@@ -78,7 +80,11 @@ class RPCService(MultiService):
         self.settings = settings
         self.reactor = reactor
         self.started_at = time.time()
-        self.registry = registry if registry is not None else build_registry(settings, self.stats)
+        # [scale seam] rpc.health: the server and each methods module; NOT_SERVING once draining.
+        self.health = Health(settings.methods)
+        if registry is None:
+            registry = build_registry(settings, self.stats, self.health)
+        self.registry = registry
         self.dispatcher = Dispatcher(
             self.registry,
             max_workers=settings.workers,
@@ -108,9 +114,11 @@ class RPCService(MultiService):
         self.log_observer: Any = None
         self._bound = False
         self._listeners: list = []
+        # Judged now: a systemd-passed socket can be read only before it is adopted.
+        self._exposed = [e for e in settings.listen if public_address(e)]
         self._previous_usr1: Any = None
         for endpoint in settings.listen:
-            listener = build_listener(endpoint, self.factory, reactor)
+            listener = build_listener(endpoint, self.factory, settings, reactor)
             listener.setServiceParent(self)
             self._listeners.append(listener)
         if settings.metrics:
@@ -172,7 +180,7 @@ class RPCService(MultiService):
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
             access = logs.AccessLog(self.log)
-            self.dispatcher.on_complete = access.access
+            self.dispatcher.on_complete = quiet(access.access)  # [scale seam] no check lines
             self.dispatcher.on_refused = access.refused
 
     def startService(self) -> None:
@@ -184,8 +192,9 @@ class RPCService(MultiService):
             self.monitor = BlockingMonitor(self.dispatcher, self.settings.max_blocking_time)
             self.monitor.start()
         super().startService()
+        supervisor.worker_started(self.reactor)  # [scale seam] under --processes: ready, beats
         if self.factory.limits.auth_key is None:
-            for endpoint in filter(public_address, self.settings.listen):
+            for endpoint in self._exposed:
                 log.warn(
                     "{endpoint} is reachable from other hosts without authentication",
                     endpoint=endpoint,
@@ -198,6 +207,7 @@ class RPCService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self.health.shutdown()  # [scale seam] NOT_SERVING before the listeners close
         log.info("rpcd stopping: listeners closed, draining {n} calls", n=self.dispatcher.in_flight)
         yield super().stopService()
         yield self.dispatcher.drain(self.settings.shutdown_grace, self.reactor)

@@ -63,7 +63,8 @@ class Options(usage.Options):
     longdesc = (
         'Serve JSON-RPC 2.0 (and the legacy {"in", "params"} envelope) over 4-byte '
         "length-prefixed frames, running each call in a gevent worker greenlet. "
-        "The command line wins over the config file, which wins over the defaults."
+        "The command line wins over the config file, which wins over the defaults. "
+        "Under a supervisor (processes > 1) every limit applies to each worker process on its own."
     )
     optParameters = [["config", "c", None, "TOML file of settings (see conf/rpcd.toml)"], *_VALUES]
     optFlags = [*_FLAGS, *_SWITCHES]
@@ -152,11 +153,21 @@ def makeService(options: Options) -> IService:
     another daemon stops start-up with one line on the terminal either way. The listeners
     are bound first: the log file then starts with twistd's own start-up line.
     """
+    from rpcd import supervisor
     from rpcd.auth import AuthKeyError
     from rpcd.logs import LogError, TerminalObserver
     from rpcd.methods import LoadError
     from rpcd.service import ListenError, RPCService
 
+    # [scale seam] --processes N: a supervisor of N workers instead of one daemon.
+    if supervisor.resolve_processes(options.settings.processes) > 1:
+        try:
+            args = supervisor.worker_args(options["config"], options.given())
+            service = supervisor.Supervisor(options.settings, args)
+            service.bind()  # before twistd daemonizes: a port in use is one line
+            return service
+        except ListenError as exc:
+            _fail(str(exc))
     try:
         service = RPCService(options.settings)
         service.bind()

@@ -29,21 +29,6 @@ SHUTTING_DOWN = -32005
 # Not a JSON-RPC standard code: the final answer of a call the client cancelled.
 CANCELLED = -32006
 
-ERROR_NAMES = {
-    PARSE_ERROR: "parse error",
-    INVALID_REQUEST: "invalid request",
-    METHOD_NOT_FOUND: "method not found",
-    INVALID_PARAMS: "invalid params",
-    INTERNAL_ERROR: "internal error",
-    SERVER_BUSY: "server busy",
-    CALL_TIMEOUT: "call timed out",
-    TOO_MANY_CONNECTIONS: "too many connections",
-    NOT_AUTHENTICATED: "not authenticated",
-    FRAME_TOO_LARGE: "frame too large",
-    SHUTTING_DOWN: "shutting down",
-    CANCELLED: "call cancelled",
-}
-
 # Method name of the notifications that carry a streaming call's items.
 STREAM_METHOD = "rpc.stream"
 

@@ -47,7 +47,6 @@ def test_local_endpoints(endpoint):
         ("tcp6:5354", "all interfaces"),
         ("ssl:5354:privateKey=k.pem", "all interfaces"),
         ("ssl:5354:privateKey=k.pem:interface=10.0.0.1", "non-loopback address 10.0.0.1"),
-        ("systemd:domain=INET:index=0", "systemd"),
         ("haproxy:tcp:5354", "all interfaces"),
         ("onion:5354", "cannot check"),
     ],

@@ -1,0 +1,34 @@
+"""rpc.health on the real daemon: SERVING, a watch that sees the drain start, quiet checks."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+
+def test_watch_sees_not_serving_when_the_drain_starts(start_daemon):
+    daemon = start_daemon("--shutdown-grace", "5")
+    checker = daemon.client()
+    assert checker.call("rpc.health")["result"] == {"status": "SERVING"}
+    assert checker.call("rpc.health", "tests.integration.methods")["result"] == {
+        "status": "SERVING"
+    }
+    unknown = checker.call("rpc.health", "nope")["error"]
+    assert unknown["code"] == -32602 and "unknown service 'nope'" in unknown["message"]
+    watcher = daemon.client(timeout=20)
+    rid = watcher.request("rpc.health.watch")
+    first = watcher.recv()
+    assert first["method"] == "rpc.stream" and first["params"]["item"] == {"status": "SERVING"}
+    busy = daemon.client(timeout=20)
+    busy_id = busy.request("sleep", 1.0)  # keeps the drain going for a second
+    time.sleep(0.2)
+    daemon.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    final = watcher.recv()
+    assert final == {"jsonrpc": "2.0", "result": {"status": "NOT_SERVING"}, "id": rid}
+    assert time.monotonic() - started < 0.9  # at the drain's start, not at its end
+    assert busy.recv()["id"] == busy_id
+    assert daemon.proc.wait(30) == 0
+    log = (daemon.workdir / "rpcd.log").read_text()
+    assert "rpc.health" not in log  # checks are counted, not lined
+    assert " sleep id=" in log

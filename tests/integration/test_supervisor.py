@@ -1,0 +1,270 @@
+"""`twistd rpcd --processes N`: the real supervisor and its workers on one shared port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import Daemon, free_port
+from tests.integration.scale_load import Load
+from tests.rawclient import RawClient
+
+
+def children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def supervised(tmp_path):
+    started: list[Daemon] = []
+
+    def start(*args: str, processes: str = "2") -> Daemon:
+        port = free_port()
+        argv = [
+            "--processes",
+            processes,
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--methods",
+            "tests.integration.methods",
+            *args,
+        ]
+        daemon = Daemon(tmp_path, argv, port)
+        started.append(daemon)
+        daemon.wait_ready()
+        n = os.cpu_count() if processes == "auto" else int(processes)
+        wait_for(lambda: len(workers(daemon)) == n, 30, f"{n} workers answering")
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.terminate()
+        for pid in children(daemon.proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def stats(port: int) -> dict:
+    client = RawClient(port, timeout=10)
+    try:
+        return client.call("rpc.stats")["result"]
+    finally:
+        client.close()
+
+
+def workers(daemon: Daemon, connections: int = 30) -> dict[int, int]:
+    """worker slot -> pid, as rpc.stats on new connections says."""
+    seen = {}
+    for _ in range(connections):
+        try:
+            process = stats(daemon.port)["process"]
+        except (OSError, KeyError):
+            continue
+        seen[process["worker"]] = process["pid"]
+    return seen
+
+
+def test_workers_share_the_port_and_say_who_answered(supervised):
+    daemon = supervised()
+    seen = workers(daemon)
+    assert sorted(seen) == [0, 1]
+    assert set(seen.values()) == children(daemon.proc.pid)
+    assert all(stats(daemon.port)["process"]["processes"] == 2 for _ in range(3))
+
+
+def test_crashed_worker_is_restarted(supervised):
+    daemon = supervised()
+    before = children(daemon.proc.pid)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    after = wait_for(
+        lambda: (c := children(daemon.proc.pid)) and len(c) == 2 and victim not in c and c,
+        20,
+        "a new worker",
+    )
+    assert len(after - before) == 1
+    wait_for(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
+    assert "exited (signal 9); restarting in 0.1 s" in daemon.log()
+
+
+def test_worker_whose_hub_stops_beating_is_replaced(supervised):
+    daemon = supervised("--heartbeat-timeout", "1", "--max-blocking-time", "0")
+    before = children(daemon.proc.pid)
+    client = RawClient(daemon.port, timeout=30)
+    pid = client.call("rpc.stats")["result"]["process"]["pid"]
+    client.request("spin", 20)  # blocks that worker's loop: no beat from its hub
+    with pytest.raises(ConnectionError):
+        client.recv()  # killed long before the 20 s are up
+    wait_for(lambda: pid not in children(daemon.proc.pid), 10, "the silent worker reaped")
+    wait_for(lambda: len(children(daemon.proc.pid) - before) == 1, 20, "a replacement")
+    assert "has not beaten for" in daemon.log()
+
+
+def test_sigterm_drains_every_worker_and_leaves_no_process(supervised):
+    daemon = supervised("--shutdown-grace", "5")
+    pids = children(daemon.proc.pid)
+    client = RawClient(daemon.port, timeout=30)
+    rid = client.request("sleep", 1.0)
+    time.sleep(0.3)  # the call is running in one of the workers
+    daemon.proc.send_signal(signal.SIGTERM)
+    reply = client.recv()
+    assert reply["id"] == rid and "result" in reply  # finished within the grace
+    assert daemon.proc.wait(30) == 0
+    assert not any(running(pid) for pid in pids)
+
+
+def test_sighup_replaces_workers_without_a_refused_connection_or_failed_call(supervised):
+    daemon = supervised("--shutdown-grace", "5")
+    before = children(daemon.proc.pid)
+    with Load(daemon.port) as load:
+        time.sleep(1.0)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "every worker replaced" in daemon.log(), 60, "the rolling restart")
+        wait_for(lambda: not (children(daemon.proc.pid) & before), 30, "the old workers gone")
+        ok_before = load.ok
+        time.sleep(1.0)
+    assert load.ok > ok_before  # still served afterwards
+    print("SIGHUP under load:", load.summary())
+    assert load.failed == 0, load.errors[:5]
+    assert load.refused == 0, load.errors[:5]
+    after = children(daemon.proc.pid)
+    assert len(after) == 2 and not (after & before)
+
+
+def test_one_service_log_read_whole_on_every_worker(supervised):
+    daemon = supervised()
+    marks = [f"mark-{n}" for n in range(20)]
+    for mark in marks:  # new connections: spread over both workers
+        client = RawClient(daemon.port)
+        client.call("shout", mark)
+        client.close()
+
+    def every_worker_sees_all() -> bool:
+        readers = {}
+        for _ in range(30):
+            client = RawClient(daemon.port)
+            pid = client.call("rpc.stats")["result"]["process"]["pid"]
+            lines = client.call("getlog", 1000, None, "mark-")["result"]["lines"]
+            client.close()
+            readers[pid] = lines
+        return len(readers) == 2 and all(
+            all(any(m + "\n" in line + "\n" or line.endswith(m) for line in lines) for m in marks)
+            for lines in readers.values()
+        )
+
+    wait_for(every_worker_sees_all, 20, "every worker's getlog to hold every line")
+    text = (daemon.workdir / "rpcd.log").read_text()
+    for line in text.splitlines():
+        assert line[:4].isdigit() or line.startswith(("\t", " ")), repr(line)  # no torn line
+
+
+def test_help_says_limits_are_per_process():
+    import subprocess
+
+    from tests.integration.conftest import ROOT, TWISTD
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [TWISTD, "rpcd", "--help"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "--processes=" in out
+    assert "applies to each process on its own" in " ".join(out.split())
+
+
+def _twistd(tmp_path, *args: str, timeout: float = 60):
+    import subprocess
+
+    from tests.integration.conftest import ROOT, TWISTD
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "rpcd", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(tmp_path):
+    port = free_port()
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    result = _twistd(tmp_path, "--processes", "2", "--listen", listen, "--methods", "no.such")
+    assert result.returncode == 1
+    assert "cannot import methods module 'no.such'" in result.stderr
+    assert "before listening; stopping" in result.stdout
+
+
+def test_a_listener_workers_cannot_adopt_is_one_line(tmp_path):
+    (tmp_path / "k.pem").write_text("never read: refused before\n")
+    listen = "ssl:5999:privateKey=k.pem:interface=127.0.0.1"
+    result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("(terminate TLS in front, e.g. in HAProxy)")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_workers_stop_when_the_supervisor_dies(supervised):
+    daemon = supervised()
+    pids = children(daemon.proc.pid)
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+
+    wait_for(lambda: not any(running(p) for p in pids), 20, "the orphaned workers to stop")
+    assert "its supervisor is gone" in (daemon.workdir / "rpcd.log").read_text()
+
+
+def test_follow_on_one_worker_sees_lines_written_by_another(supervised):
+    daemon = supervised()
+    follower = RawClient(daemon.port, timeout=20)
+    follow_pid = follower.call("rpc.stats")["result"]["process"]["pid"]
+    rid = follower.request("getlog", 0, None, "followed-", None, True)
+
+    def shout_from_the_other() -> bool:
+        client = RawClient(daemon.port)
+        pid = client.call("rpc.stats")["result"]["process"]["pid"]
+        if pid != follow_pid:
+            client.call("shout", "followed-elsewhere")
+        client.close()
+        return pid != follow_pid
+
+    wait_for(shout_from_the_other, 20, "a connection to the other worker")
+    item = follower.recv()
+    assert item["method"] == "rpc.stream" and item["params"]["id"] == rid
+    assert "followed-elsewhere" in str(item["params"]["item"])
+
+
+def test_port_in_use_is_one_line_before_daemonizing(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"rpcd: cannot listen on {listen}: address already in use"
