@@ -315,3 +315,29 @@ def test_getlog_shortcuts_refused_for_other_methods(shortcut, monkeypatch, capsy
     assert (code, out) == (cli.EXIT_USAGE, "")
     assert err.count("\n") == 1 and err.startswith("rpcd-call: ")
     assert "getlog" in err and "-k NAME=VALUE" in err
+
+
+# -- --list -----------------------------------------------------------------------------------
+
+
+def test_list_shows_each_methods_first_sentence(peer, monkeypatch):
+    methods = [
+        {"name": "one", "signature": "one()", "doc": "One line. And more.\n\nDetails."},
+        {
+            "name": "rpc.cancel",
+            "signature": "rpc.cancel(id)",
+            "doc": "Stop a call by its id: the call is\nanswered -32006 and a stream ends. True"
+            " if\nit was still pending.",
+        },
+        {"name": "count", "signature": "count(n)", "doc": "Stream 0..n-1, no full stop"},
+        {"name": "bare", "signature": "bare()", "doc": ""},
+    ]
+    peer(answer(methods))
+    code, out = run(["--list"], monkeypatch)
+    assert code == 0
+    assert out.splitlines() == [
+        "one()           One line.",
+        "rpc.cancel(id)  Stop a call by its id: the call is answered -32006 and a stream ends.",
+        "count(n)        Stream 0..n-1, no full stop",
+        "bare()",
+    ]

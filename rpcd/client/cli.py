@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any
 
@@ -25,6 +26,7 @@ EXIT_INTERRUPTED = 130
 # The wait for a reply when -t is not given: the blocking Client's own default.
 DEFAULT_TIMEOUT = 60.0
 GETLOG = "getlog"
+_SENTENCE_END = re.compile(r"[.!?](?=\s)")
 
 EPILOG = f"""\
 examples (a daemon serving examples/demo.py):
@@ -317,8 +319,15 @@ def _list(client: Client, out: _Output) -> None:
         return
     width = min(max((len(m["signature"]) for m in methods), default=0), 48)
     for m in methods:
-        summary = m["doc"].strip().splitlines()[0] if m["doc"].strip() else ""
-        out.text(f"{m['signature']:<{width}}  {summary}".rstrip())
+        out.text(f"{m['signature']:<{width}}  {_summary(m['doc'])}".rstrip())
+
+
+def _summary(doc: str) -> str:
+    """A docstring's first sentence: its first paragraph (which may wrap over several
+    lines) up to the first full stop that ends a sentence."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    match = _SENTENCE_END.search(paragraph)
+    return paragraph[: match.start() + 1] if match else paragraph
 
 
 def _describe(client: Client, out: _Output, name: str) -> None:
