@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from rpcd.client import Client
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.integration.conftest import ROOT
 
 RPCD_CALL = str(Path(sys.executable).with_name("rpcd-call"))
@@ -73,22 +74,18 @@ def test_endpoint_from_environment(daemon):
     assert (out.returncode, out.stdout) == (0, '"pong"\n')
 
 
-def test_indented_json_on_a_terminal(daemon):
+def run_on_terminal(*args: str, timeout: float = 20) -> tuple[int, str]:
+    """rpcd-call ARGS with its stdout on a pseudo-terminal: (exit code, what it printed)."""
     main, secondary = pty.openpty()
-    proc = subprocess.Popen(
-        [RPCD_CALL, "-c", endpoint_of(daemon), "echo", '{"a": [1]}'],
-        cwd=ROOT,
-        stdout=secondary,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen([RPCD_CALL, *args], cwd=ROOT, stdout=secondary, stderr=subprocess.PIPE)
     os.close(secondary)
     chunks = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while True:
         ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             proc.kill()
-            raise AssertionError(f"rpcd-call did not finish within 20 s: {b''.join(chunks)!r}")
+            raise AssertionError(f"rpcd-call did not finish within {timeout} s: {chunks!r}")
         try:
             chunk = os.read(main, 4096)
         except OSError:  # EIO: the child closed the terminal
@@ -97,9 +94,48 @@ def test_indented_json_on_a_terminal(daemon):
             break
         chunks.append(chunk)
     os.close(main)
-    assert proc.wait(20) == 0
-    text = b"".join(chunks).decode().replace("\r\n", "\n")
+    code = proc.wait(timeout)
+    return code, b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_indented_json_on_a_terminal(daemon):
+    code, text = run_on_terminal("-c", endpoint_of(daemon), "echo", '{"a": [1]}')
+    assert code == 0
     assert json.loads(text) == {"a": [1]} and text.startswith("{\n  ")
+
+
+def test_json_option_prints_compact_json_on_a_terminal(daemon):
+    code, text = run_on_terminal("-c", endpoint_of(daemon), "--json", "echo", '{"a": [1]}')
+    assert (code, text) == (0, '{"a":[1]}\n')
+
+
+def test_getlog_prints_log_lines_on_a_terminal(daemon):
+    # A method that raises logs its traceback: one entry over several lines, as in the file.
+    ep = endpoint_of(daemon)
+    assert run("boom", endpoint=ep).returncode == 1
+    c = Client(ep)
+    grep = "method boom raised KeyError"
+    wait_for(lambda: c.call("getlog", grep=grep)["lines"], 20, message=daemon.log)
+    (entry,) = c.call("getlog", lines=1, grep=grep)["lines"]
+    c.close()
+    code, text = run_on_terminal("-c", ep, "getlog", "-n", "1", "--grep", grep)
+    assert code == 0
+    assert text == entry + "\n"  # the raw entry: no JSON, no quotes, no \n or \t escapes
+    lines = text.splitlines()
+    assert grep in lines[0] and lines[1] == "\tTraceback (most recent call last):"
+    code, text = run_on_terminal("-c", ep, "--json", "getlog", "-n", "1", "--grep", grep)
+    assert code == 0 and text.count("\n") == 1 and json.loads(text)["lines"] == [entry]
+
+
+def test_getlog_shortcuts_refused_for_other_methods(daemon):
+    out = run("fakelog", "-n", "5", endpoint=endpoint_of(daemon))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "rpcd-call: -n/--lines, --level, --grep and -f/--follow are getlog's;"
+        " give fakelog named arguments with -k NAME=VALUE\n"
+    )
+    out = run("fakelog", "-k", "lines=5", endpoint=endpoint_of(daemon))
+    assert (out.returncode, json.loads(out.stdout)["lines"]) == (0, 5)  # -k still reaches it
 
 
 def test_exit_codes(daemon):
@@ -142,52 +178,59 @@ def test_list_and_describe(daemon):
     assert run("--describe", "nosuch", endpoint=ep).returncode == 1
 
 
+def log_entry(daemon, ep: str) -> str:
+    """A name of its own in the daemon's log: a call to a method of that name is refused,
+    and the refusal logged as an access line (at info); the name is returned once getlog
+    sees it (access lines are written in batches)."""
+    token = f"cli-{uuid.uuid4().hex}"
+    assert run(token, endpoint=ep).returncode == 1
+    c = Client(ep)
+    wait_for(lambda: c.call("getlog", grep=token)["lines"], 20, message=daemon.log)
+    c.close()
+    return token
+
+
 def test_getlog_shortcuts_map_to_named_params(daemon):
-    # fakelog has getlog's parameters: the shortcuts must arrive as lines/level/grep/follow.
-    out = run(
-        "fakelog",
-        "-n",
-        "50",
-        "--level",
-        "warn",
-        "--grep",
-        "some text",
-        endpoint=endpoint_of(daemon),
-    )
+    ep = endpoint_of(daemon)
+    token = log_entry(daemon, ep)
+    out = run("getlog", "-n", "50", "--level", "info", "--grep", token, endpoint=ep)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {
-        "lines": 50,
-        "level": "warn",
-        "grep": "some text",
-        "follow": False,
-    }
+    (line,) = json.loads(out.stdout)["lines"]  # grep=token, level=info
+    assert token in line and " info [rpcd.access] " in line
+    out = run("getlog", "--level", "warn", "--grep", token, endpoint=ep)
+    assert json.loads(out.stdout)["lines"] == []  # level=warn: the access line is info
+    out = run("getlog", "-n", "0", "--grep", token, endpoint=ep)
+    assert json.loads(out.stdout) == {"lines": [], "truncated": True}  # lines=0
 
 
 def test_follow_streams_until_ctrl_c(start_daemon):
-    ep = endpoint_of(start_daemon())  # its own daemon: the stats below count from zero
+    daemon = start_daemon()  # its own daemon: the stats below count from zero
+    ep = endpoint_of(daemon)
+    token = log_entry(daemon, ep)
     proc = subprocess.Popen(
-        [RPCD_CALL, "-c", ep, "fakelog", "-f", "--grep", "x"],
+        [RPCD_CALL, "-c", ep, "getlog", "-f", "--grep", token],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        first = json.loads(read_line(proc.stdout))
+        first = json.loads(read_line(proc.stdout))  # the entry already there
+        assert run(token, endpoint=ep).returncode == 1  # and one written while following
         second = json.loads(read_line(proc.stdout))
     except BaseException:
         proc.kill()
         raise
-    assert first == second == {"lines": 10, "level": "info", "grep": "x", "follow": True}
+    assert token in first and token in second and first != second
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0, proc.stderr.read()
     # Ctrl-C cancelled the call on the server: it is answered -32006 and no longer runs.
     c = Client(ep)
     for _ in range(250):
         stats = c.call("rpc.stats")
-        if stats["methods"].get("fakelog", {}).get("errors") == 1:
+        if stats["methods"].get("getlog", {}).get("errors") == 1:
             break
         time.sleep(0.02)
-    assert stats["methods"]["fakelog"]["errors"] == 1
+    assert stats["methods"]["getlog"]["errors"] == 1
     assert stats["calls"]["errors"]["-32006"] == 1
     assert stats["calls"]["in_flight"] == 1  # this stats call only
