@@ -248,16 +248,19 @@ class SummedMetricsPage(Resource):
         finished: list = []
         request.notifyFinish().addBoth(finished.append)  # the scraper may hang up first
 
-        def answer(_: Any) -> None:
+        def answer(outcome: Any) -> None:
             if finished:
                 return
-            request.setHeader("content-type", content_type)
-            request.write(encoder(self.metrics.registry))
+            if isinstance(outcome, Failure):  # a bug, not a worker's miss: say so, answer
+                log.failure("rpcd supervisor: metrics scrape", outcome)
+                request.setResponseCode(500)
+                request.write(b"rpcd supervisor: metrics scrape failed (see its log)\n")
+            else:
+                request.setHeader("content-type", content_type)
+                request.write(encoder(self.metrics.registry))
             request.finish()
 
-        self.metrics.refresh().addCallback(answer).addErrback(
-            lambda f: log.failure("rpcd supervisor: metrics scrape", f)
-        )
+        self.metrics.refresh().addBoth(answer)
         return NOT_DONE_YET
 
 

@@ -334,3 +334,28 @@ def test_a_restarted_worker_keeps_the_service_counters_monotonic(supervised):
     )
     wait_for(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
     assert scrape(metrics_port)[key] == 20  # the dead worker's calls still counted
+
+
+def test_a_worker_that_does_not_answer_is_counted_not_waited_for(supervised):
+    from rpcd.metrics_sum import SCRAPE_TIMEOUT
+
+    metrics_port = free_port()
+    daemon = supervised(
+        "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1", "--max-blocking-time", "0"
+    )
+    for n in range(10):
+        client = RawClient(daemon.port)
+        client.call("add", n, 1)
+        client.close()
+    key = ("rpcd_server_handled_total", (("code", "OK"), ("method", "add")))
+    assert scrape(metrics_port)[key] == 10
+    blocked = RawClient(daemon.port, timeout=30)
+    blocked.request("spin", SCRAPE_TIMEOUT + 1.5)  # that worker's loop answers nothing
+    time.sleep(0.3)
+    started = time.monotonic()
+    samples = scrape(metrics_port)
+    took = time.monotonic() - started
+    assert took < SCRAPE_TIMEOUT + 1.5, took  # bounded, not the length of the spin
+    assert samples["rpcd_supervisor_scrape_errors_total", ()] == 1
+    assert samples[key] == 10  # the silent worker's last counters are kept
+    blocked.close()
