@@ -359,3 +359,19 @@ def test_a_worker_that_does_not_answer_is_counted_not_waited_for(supervised):
     assert samples["rpcd_supervisor_scrape_errors_total", ()] == 1
     assert samples[key] == 10  # the silent worker's last counters are kept
     blocked.close()
+
+
+def test_a_metrics_port_in_use_is_one_line_before_daemonizing(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        metrics = f"tcp:{port}:interface=127.0.0.1"
+        listen = f"tcp:{free_port()}:interface=127.0.0.1"
+        result = _twistd(tmp_path, "--processes", "2", "--listen", listen, "--metrics", metrics)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"rpcd: cannot listen on {metrics} (--metrics): address already in use"
+    )
