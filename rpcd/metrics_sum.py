@@ -98,13 +98,6 @@ def add(into: Figures, figures: Figures, types: Iterable[str] = _SUMMED_TYPES) -
                 samples[key] = samples.get(key, 0.0) + v
 
 
-def monotonic(figures: Figures) -> Figures:
-    """Only the counters and histograms of `figures` (what may be added after a worker died)."""
-    kept: Figures = {}
-    add(kept, figures, _MONOTONIC_TYPES)
-    return kept
-
-
 def per_worker(figures: Figures, slot: int) -> Iterator[Family]:
     """A worker's per-process families renamed `rpcd_worker_*`, labelled with its slot."""
     for name, family in figures.items():
@@ -117,9 +110,19 @@ def per_worker(figures: Figures, slot: int) -> Iterator[Family]:
         yield renamed
 
 
+def _order(item: tuple[tuple[str, tuple], float]) -> tuple:
+    """One order whichever worker answered first: series by labels, each series' samples
+    together, a histogram's buckets by bound before its _count and _sum."""
+    (sample, labels), _ = item
+    le = dict(labels).get("le")
+    series = tuple(pair for pair in labels if pair[0] != "le")
+    bound = float(le) if le is not None else 0.0
+    return series, not sample.endswith("_bucket"), sample, bound
+
+
 def to_metric(family: Family) -> Metric:
     metric = Metric(family.name, family.documentation, family.type)
-    for (sample, labels), v in family.samples.items():
+    for (sample, labels), v in sorted(family.samples.items(), key=_order):
         metric.add_sample(sample, dict(labels), v)
     return metric
 
@@ -190,9 +193,12 @@ def fetch(reactor: Any, path: str, timeout: float = SCRAPE_TIMEOUT) -> defer.Def
     d = agent.request(b"GET", b"http://worker/metrics")
 
     def body(response: Any) -> defer.Deferred:
-        if response.code != 200:
-            raise RuntimeError(f"HTTP {response.code}")
-        return readBody(response)
+        def checked(raw: bytes) -> bytes:
+            if response.code != 200:
+                raise RuntimeError(f"HTTP {response.code}")
+            return raw
+
+        return readBody(response).addCallback(checked)  # read whole: the connection closes
 
     d.addCallback(body)
     d.addCallback(lambda raw: raw.decode())

@@ -151,3 +151,21 @@ def test_a_retired_worker_that_closed_its_socket_is_no_error():
     assert done.called and metrics.totals.scrape_errors == 0
     text = generate_latest(metrics.registry).decode()
     assert flat(text_string_to_metric_families(text))[HANDLED] == 1
+
+
+def test_series_come_out_in_one_order_whichever_worker_answered_first():
+    totals = Totals()
+    a, b = FakeWorker(0, 100, "a"), FakeWorker(1, 101, "b")
+    totals.answered(b, parse(worker_text(3, 0, 5).replace('method="add"', 'method="mul"')))
+    totals.answered(a, parse(worker_text(2, 0, 5)))
+    metrics = SupervisorMetrics(
+        SimpleNamespace(reactor=Clock(), workers={}, retired=set(), restarted=0), "tcp:0"
+    )
+    metrics.summed.families = totals.families([a, b], {0: a, 1: b})
+    text = generate_latest(metrics.registry).decode()
+    lines = [line for line in text.splitlines() if line.startswith("rpcd_server_handling")]
+    methods = [line.split('method="')[1].split('"')[0] for line in lines]
+    assert methods == ["add"] * 4 + ["mul"] * 4  # by labels, one series after the other
+    assert lines[0].startswith("rpcd_server_handling_seconds_bucket") and "0.1" in lines[0]
+    found = flat(text_string_to_metric_families(text))
+    assert found["rpcd_server_handling_seconds_count", (("method", "mul"),)] == 3
