@@ -183,12 +183,13 @@ def close(listeners: Iterable[Listener]) -> None:
 
 
 def worker_args(config_file: str | None, given: dict[str, Any]) -> list[str]:
-    """The `twistd rpcd` options of a worker: the supervisor's own, minus its listeners and
-    --processes (a worker is one process, its listeners the passed sockets)."""
+    """The `twistd rpcd` options of a worker: the supervisor's own, minus its listeners,
+    --processes and --metrics (a worker is one process, its listeners the passed sockets,
+    its metrics a private socket the supervisor reads)."""
     fields = {f.name: f for f in config.option_fields()}
     args: list[str] = ["--config", config_file] if config_file else []
     for key, value in given.items():
-        if key in ("listen", "processes"):
+        if key in ("listen", "processes", "metrics"):
             continue
         f = fields[key]
         option = "--" + key.replace("_", "-")
@@ -221,6 +222,7 @@ class Worker(ProcessProtocol):
         self.killed = False  # SIGKILLed by the watch: once is enough
         self.ended = defer.Deferred()
         self.status: int | None = None
+        self.metrics_path: str | None = None  # its private metrics socket (--metrics)
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -299,6 +301,11 @@ class Supervisor(Service):
         self.ever_ready = False
         self.restarted = 0
         self._watchdog: Any = None
+        self.metrics: Any = None  # rpcd.metrics_sum.SupervisorMetrics under --metrics
+        if settings.metrics:
+            from rpcd.metrics_sum import SupervisorMetrics
+
+            self.metrics = SupervisorMetrics(self, settings.metrics)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -314,6 +321,12 @@ class Supervisor(Service):
             if result.check(adopt.ListenError):
                 raise result.value
             raise adopt.ListenError(f"cannot listen: {result.getErrorMessage()}")
+        if self.metrics is not None:
+            try:
+                self.metrics.bind()  # the one /metrics of the service; workers get sockets
+            except adopt.ListenError:
+                close(result)
+                raise
         self.listeners = result
 
     def startService(self) -> None:
@@ -369,6 +382,8 @@ class Supervisor(Service):
         for index, listener in enumerate(self.listeners):
             listen += ["--listen", listener.worker_endpoint(index)]
         extra = ["--processes", "1"]
+        if self.metrics is not None:
+            extra += self.metrics.worker_option(worker)
         argv = [*self.executable, *self.args, *extra, *listen]
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2, self.heartbeat_fd: "r"}
         for index, listener in enumerate(self.listeners):
@@ -391,6 +406,8 @@ class Supervisor(Service):
     def exited(self, worker: Worker, status: int | None, number: int | None) -> None:
         how = f"signal {number}" if number else f"status {status}"
         self.retired.discard(worker)
+        if self.metrics is not None:
+            self.metrics.exited(worker)  # its last counters stay in the sum
         if self.workers.get(worker.slot) is not worker:
             log.info(
                 "rpcd supervisor: old worker pid {pid} exited ({how})", pid=worker.pid, how=how
@@ -527,6 +544,8 @@ class Supervisor(Service):
             if killer.active():
                 killer.cancel()
             close(self.listeners)
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("rpcd supervisor: every worker stopped")
 
         return done.addCallback(finished)

@@ -188,3 +188,28 @@ def test_stop_terms_everyone_then_kills_after_the_grace():
     workers[1].processEnded(Ended(None, 9))
     assert d.called
     assert sup.restarts == {}
+
+
+def test_workers_get_a_private_metrics_socket_each_not_the_endpoint(tmp_path):
+    assert "--metrics" not in worker_args(None, {"metrics": "tcp:9354", "workers": "2"})
+    reactor = FakeReactor()
+    s = config.build(overrides={"processes": "2", "metrics": "tcp:9354:interface=127.0.0.1"})
+    sup = Supervisor(s, [], reactor=reactor, executable=["twistd-rpcd"])
+    sup.listeners = [supervisor.Listener("tcp:1:interface=127.0.0.1", 7, 2, None, False)]
+    sup.heartbeat_fd = 4
+    sup.metrics.directory = str(tmp_path)  # bind() makes it (mkdtemp: mode 0700)
+    first = sup.spawn(0)
+    again = sup.spawn(0)  # as during a SIGHUP: the old worker of the slot still runs
+    options = []
+    for _, args, _, _ in reactor.spawned:
+        assert args.count("--metrics") == 1
+        options.append(args[args.index("--metrics") + 1])
+    assert options == [
+        f"unix:{tmp_path}/w0-1.sock:mode=600",
+        f"unix:{tmp_path}/w0-2.sock:mode=600",
+    ]
+    assert first.metrics_path == f"{tmp_path}/w0-1.sock" != again.metrics_path
+    # An exited worker's last figures stay in the sum (rpcd.metrics_sum.Totals.gone).
+    sup.metrics.totals.answered(first, {})
+    first.processEnded(Ended(0))
+    assert first not in sup.metrics.totals.last

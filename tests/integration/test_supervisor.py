@@ -268,3 +268,110 @@ def test_port_in_use_is_one_line_before_daemonizing(tmp_path):
         result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
     assert result.returncode == 1
     assert result.stderr.strip() == f"rpcd: cannot listen on {listen}: address already in use"
+
+
+def scrape(port: int) -> dict:
+    """{(sample name, sorted labels): value} from one GET /metrics over real HTTP."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_one_scrape_of_the_supervisor_sums_every_worker(supervised):
+    metrics_port = free_port()
+    daemon = supervised("--metrics", f"tcp:{metrics_port}:interface=127.0.0.1")
+    by_worker = {0: 0, 1: 0}
+    for n in range(40):  # a new connection each: the kernel spreads them over both
+        client = RawClient(daemon.port)
+        assert client.call("add", n, 1)["result"] == n + 1
+        by_worker[client.call("rpc.stats")["result"]["process"]["worker"]] += 1
+        client.close()
+    assert by_worker[0] > 0 and by_worker[1] > 0, by_worker
+
+    samples = scrape(metrics_port)
+    key = ("rpcd_server_handled_total", (("code", "OK"), ("method", "add")))
+    assert samples[key] == 40  # both workers' calls, one series: no worker label
+    assert samples["rpcd_server_started_total", (("method", "add"),)] == 40
+    assert samples["rpcd_server_handling_seconds_count", (("method", "add"),)] == 40
+    inf = ("rpcd_server_handling_seconds_bucket", (("le", "+Inf"), ("method", "add")))
+    assert samples[inf] == 40
+    assert not any("worker" in dict(labels) for name, labels in samples if name.startswith(
+        "rpcd_server_"))  # fmt: skip
+    assert samples["rpcd_supervisor_scrape_errors_total", ()] == 0
+    assert samples["rpcd_supervisor_workers", ()] == 2
+    assert samples["rpcd_build_info", (("version", __import__("rpcd").__version__),)] == 1
+    # Per-process figures stay per worker, under their own name.
+    for slot in ("0", "1"):
+        assert samples["rpcd_worker_process_open_fds", (("worker", slot),)] > 0
+    # The workers' own metrics are private sockets, not the supervisor's port.
+    assert len({pid for pid in children(daemon.proc.pid)}) == 2
+
+
+def test_a_restarted_worker_keeps_the_service_counters_monotonic(supervised):
+    metrics_port = free_port()
+    daemon = supervised("--metrics", f"tcp:{metrics_port}:interface=127.0.0.1")
+    for n in range(20):
+        client = RawClient(daemon.port)
+        client.call("add", n, 1)
+        client.close()
+    key = ("rpcd_server_handled_total", (("code", "OK"), ("method", "add")))
+    assert scrape(metrics_port)[key] == 20
+    victim = min(children(daemon.proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (c := children(daemon.proc.pid)) and len(c) == 2 and victim not in c,
+        20,
+        "a new worker",
+    )
+    wait_for(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
+    assert scrape(metrics_port)[key] == 20  # the dead worker's calls still counted
+
+
+def test_a_worker_that_does_not_answer_is_counted_not_waited_for(supervised):
+    from rpcd.metrics_sum import SCRAPE_TIMEOUT
+
+    metrics_port = free_port()
+    daemon = supervised(
+        "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1", "--max-blocking-time", "0"
+    )
+    for n in range(10):
+        client = RawClient(daemon.port)
+        client.call("add", n, 1)
+        client.close()
+    key = ("rpcd_server_handled_total", (("code", "OK"), ("method", "add")))
+    assert scrape(metrics_port)[key] == 10
+    blocked = RawClient(daemon.port, timeout=30)
+    blocked.request("spin", SCRAPE_TIMEOUT + 1.5)  # that worker's loop answers nothing
+    time.sleep(0.3)
+    started = time.monotonic()
+    samples = scrape(metrics_port)
+    took = time.monotonic() - started
+    assert took < SCRAPE_TIMEOUT + 1.5, took  # bounded, not the length of the spin
+    assert samples["rpcd_supervisor_scrape_errors_total", ()] == 1
+    assert samples[key] == 10  # the silent worker's last counters are kept
+    blocked.close()
+
+
+def test_a_metrics_port_in_use_is_one_line_before_daemonizing(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        metrics = f"tcp:{port}:interface=127.0.0.1"
+        listen = f"tcp:{free_port()}:interface=127.0.0.1"
+        result = _twistd(tmp_path, "--processes", "2", "--listen", listen, "--metrics", metrics)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"rpcd: cannot listen on {metrics} (--metrics): address already in use"
+    )
