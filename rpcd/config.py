@@ -341,6 +341,11 @@ class Settings:
     restart_backoff_max: float = _setting(
         30.0, _seconds(False), "processes > 1: longest wait before restarting a crashed worker"
     )
+    metrics_scrape_timeout: float = _setting(
+        2.0,
+        _seconds(False),
+        "processes > 1: how long the supervisor waits for each worker's metrics",
+    )
     proxy_header_timeout: float = _setting(
         10.0,
         _seconds(False),

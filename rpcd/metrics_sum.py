@@ -16,7 +16,7 @@ parser and emits one set of families, the way prometheus_client's multiprocess m
 Counters stay monotonic across restarts: the supervisor keeps each worker's last figures,
 and when a worker exits they join the figures of the workers gone, added to every later
 scrape (what the worker counted after its last scrape is lost; a counter never goes back).
-A worker that does not answer within SCRAPE_TIMEOUT is counted in
+A worker that does not answer within metrics_scrape_timeout is counted in
 `rpcd_supervisor_scrape_errors_total`; its last counters are used and its gauges left out.
 """
 
@@ -178,18 +178,18 @@ def _merge_same_names(families: list[Family]) -> list[Family]:
 class _UNIXEndpoints:
     """An Agent's endpoint factory: every URI goes to one UNIX socket."""
 
-    def __init__(self, reactor: Any, path: str) -> None:
-        self.reactor, self.path = reactor, path
+    def __init__(self, reactor: Any, path: str, timeout: float) -> None:
+        self.reactor, self.path, self.timeout = reactor, path, timeout
 
     def endpointForURI(self, uri: Any) -> Any:
-        return endpoints.UNIXClientEndpoint(self.reactor, self.path, timeout=SCRAPE_TIMEOUT)
+        return endpoints.UNIXClientEndpoint(self.reactor, self.path, timeout=self.timeout)
 
 
 def fetch(reactor: Any, path: str, timeout: float = SCRAPE_TIMEOUT) -> defer.Deferred:
     """GET /metrics from the worker serving on UNIX socket `path`: its text, within `timeout`."""
     from twisted.web.client import Agent, readBody
 
-    agent = Agent.usingEndpointFactory(reactor, _UNIXEndpoints(reactor, path))
+    agent = Agent.usingEndpointFactory(reactor, _UNIXEndpoints(reactor, path, timeout))
     d = agent.request(b"GET", b"http://worker/metrics")
 
     def body(response: Any) -> defer.Deferred:
@@ -214,7 +214,7 @@ class SupervisorCollector:
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "rpcd_supervisor_scrape_errors_total",
-            f"Worker scrapes not answered within {SCRAPE_TIMEOUT:g} s (left out of the sum).",
+            "Worker scrapes not answered within metrics_scrape_timeout (left out of the sum).",
             value=self.totals.scrape_errors,
         )
         yield CounterMetricFamily(
@@ -273,11 +273,14 @@ class SummedMetricsPage(Resource):
 class SupervisorMetrics:
     """The supervisor's /metrics endpoint and the private sockets of its workers."""
 
-    def __init__(self, supervisor: Any, endpoint: str, fetch: Any = fetch) -> None:
+    def __init__(
+        self, supervisor: Any, endpoint: str, fetch: Any = fetch, timeout: float = SCRAPE_TIMEOUT
+    ) -> None:
         self.supervisor = supervisor
         self.reactor = supervisor.reactor
         self.endpoint = endpoint
         self.fetch = fetch
+        self.timeout = timeout  # per worker: metrics_scrape_timeout
         self.totals = Totals()
         self.summed = _Summed()
         self.registry = CollectorRegistry()
@@ -363,7 +366,7 @@ class SupervisorMetrics:
 
         scrapes = []
         for worker in targets:
-            d = self.fetch(self.reactor, worker.metrics_path).addCallback(parse)
+            d = self.fetch(self.reactor, worker.metrics_path, self.timeout).addCallback(parse)
             d.addCallbacks(got, missed, callbackArgs=(worker,), errbackArgs=(worker,))
             scrapes.append(d)
 

@@ -305,7 +305,9 @@ class Supervisor(Service):
         if settings.metrics:
             from rpcd.metrics_sum import SupervisorMetrics
 
-            self.metrics = SupervisorMetrics(self, settings.metrics)
+            self.metrics = SupervisorMetrics(
+                self, settings.metrics, timeout=settings.metrics_scrape_timeout
+            )
 
     # -- start ----------------------------------------------------------------------------
 

@@ -120,7 +120,7 @@ def test_one_scrape_asks_every_worker_at_once_and_counts_a_miss(tmp_path):
     sup = SimpleNamespace(reactor=Clock(), workers={0: a, 1: b}, retired=set(), restarted=3)
     asked: dict[str, defer.Deferred] = {}
     metrics = SupervisorMetrics(
-        sup, "tcp:0", fetch=lambda r, path: asked.setdefault(path, defer.Deferred())
+        sup, "tcp:0", fetch=lambda r, path, timeout: asked.setdefault(path, defer.Deferred())
     )
     page = SummedMetricsPage(metrics)
     request = DummyRequest([b"metrics"])
@@ -143,7 +143,7 @@ def test_a_retired_worker_that_closed_its_socket_is_no_error():
     sup = SimpleNamespace(reactor=Clock(), workers={0: new}, retired={old}, restarted=0)
     asked: dict[str, defer.Deferred] = {}
     metrics = SupervisorMetrics(
-        sup, "tcp:0", fetch=lambda r, path: asked.setdefault(path, defer.Deferred())
+        sup, "tcp:0", fetch=lambda r, path, timeout: asked.setdefault(path, defer.Deferred())
     )
     done = metrics.refresh()
     asked["old.sock"].errback(ConnectionRefusedError())
