@@ -249,9 +249,13 @@ class Harness:
             )
         self.rpcd = self.servers[-1]
         if args.compare_rpcd:
-            other = Server(f"rpcd@{args.compare_rpcd.name}", "rpcd", list(self.rpcd.args))
-            other.pythonpath = args.compare_rpcd.resolve()
-            self.servers.append(other)
+            # The older rpcd in every variant this one runs (with and without the access
+            # log), so each before/after pair shares its settings.
+            for variant in [s for s in self.servers if s.kind == "rpcd"]:
+                name = variant.name.replace("rpcd", f"rpcd@{args.compare_rpcd.name}", 1)
+                other = Server(name, "rpcd", list(variant.args))
+                other.pythonpath = args.compare_rpcd.resolve()
+                self.servers.append(other)
         self.servers.append(Server(BASELINE, BASELINE))
         for name, module in PEERS.items():
             if name not in args.servers:
