@@ -153,6 +153,80 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def tree(self) -> list[int]:
+        """The server's pid and every descendant's (a supervisor's workers), found in /proc."""
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            ppid = int(text.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(parents.get(pid, ()))
+        return found
+
+    def tree_cpu_seconds(self, pids: list[int]) -> float:
+        """User plus system CPU time used so far by `pids` (those still running)."""
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def connections_held(self, pids: list[int]) -> list[int]:
+        """How many established connections to the server's port each of `pids` holds."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == self.port:
+                    inodes.add(f"socket:[{cols[9]}]")
+        counts = []
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                counts.append(sum(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds))
+            except OSError:  # gone meanwhile, or a descriptor closed between the two calls
+                counts.append(0)
+        return counts
+
+    def wait_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Under --processes: wait until `count` distinct workers have answered rpc.stats."""
+        seen: set[int] = set()
+        held = []  # kept open, so the next connection is more likely to reach another worker
+        deadline = time.monotonic() + timeout
+        try:
+            while len(seen) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.name}: {len(seen)} of {count} workers answered within "
+                        f"{timeout} s:\n{self.output()}"
+                    )
+                left = max(1.0, deadline - time.monotonic())
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=left)
+                held.append(sock)
+                body = b'{"jsonrpc":"2.0","method":"rpc.stats","id":1}'
+                sock.sendall(len(body).to_bytes(4, "big") + body)
+                size = int.from_bytes(sock.recv(4, socket.MSG_WAITALL), "big")
+                reply = json.loads(sock.recv(size, socket.MSG_WAITALL))
+                seen.add(reply["result"]["process"]["pid"])
+                if len(held) > 20:
+                    held.pop(0).close()
+                    time.sleep(0.05)
+        finally:
+            for sock in held:
+                sock.close()
+
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
@@ -226,6 +300,8 @@ class Harness:
         self.rpcd: Server | None = None  # the variant the targets hold for
         self.loadgen: Path | None = None
         self.loadgen_cpu: dict[str, float] = {}  # the load generator's own CPU per call, max
+        self.usage = ""  # `twistd rpcd --help`
+        self.several: list[Server] = []  # h's --processes 1 and 2
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -240,6 +316,7 @@ class Harness:
         else:
             self.notes.append(f"load generator: {how}")
         usage = subprocess.run([TWISTD, "rpcd", "--help"], capture_output=True, text=True)
+        self.usage = usage.stdout
         self.servers.append(Server("rpcd", "rpcd"))
         if "--no-access-log" in usage.stdout:
             self.servers.append(Server("rpcd --no-access-log", "rpcd", ["--no-access-log"]))
@@ -249,9 +326,13 @@ class Harness:
             )
         self.rpcd = self.servers[-1]
         if args.compare_rpcd:
-            other = Server(f"rpcd@{args.compare_rpcd.name}", "rpcd", list(self.rpcd.args))
-            other.pythonpath = args.compare_rpcd.resolve()
-            self.servers.append(other)
+            # The older rpcd in every variant this one runs (with and without the access
+            # log), so each before/after pair shares its settings.
+            for variant in [s for s in self.servers if s.kind == "rpcd"]:
+                name = variant.name.replace("rpcd", f"rpcd@{args.compare_rpcd.name}", 1)
+                other = Server(name, "rpcd", list(variant.args))
+                other.pythonpath = args.compare_rpcd.resolve()
+                self.servers.append(other)
         self.servers.append(Server(BASELINE, BASELINE))
         for name, module in PEERS.items():
             if name not in args.servers:
@@ -611,6 +692,126 @@ class Harness:
                 )
             )
 
+    def tree_rate(self, server: Server, connections: int, inflight: int) -> tuple:
+        """Calls/s, the CPU per call (µs) of the server's whole process tree (a supervisor
+        and its workers), the load generator's own CPU per call, and how the connections
+        were split among the processes (e.g. "3+5")."""
+        args = self.args
+        argv = [
+            str(self.loadgen),
+            "--port",
+            str(server.port),
+            "--proto",
+            "json",
+            "--warmup",
+            str(args.warmup),
+            "--connections",
+            str(connections),
+            "--inflight",
+            str(inflight),
+            "--duration",
+            str(args.duration),
+            *self.call_options(),
+        ]
+        pids = server.tree()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # The load generator opens its window `warmup` s after connecting (a few ms):
+            # the CPU is sampled over the same window from here.
+            start = time.monotonic()
+            time.sleep(args.warmup)
+            cpu = server.tree_cpu_seconds(pids)
+            split = [n for n in server.connections_held(pids) if n]
+            time.sleep(max(0.0, start + args.warmup + args.duration - time.monotonic()))
+            cpu = server.tree_cpu_seconds(pids) - cpu
+            out, err = proc.communicate(timeout=args.duration + 60)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadgen against {server.name} failed: {err.strip()}")
+        result = json.loads(out.strip().splitlines()[-1])
+        if result["errors"]:
+            raise RuntimeError(f"{server.name}: {result['errors']} calls failed")
+        calls = max(result["calls"], 1)
+        own = result["loadgen_cpu_us_per_call"]
+        return result["calls_per_s"], cpu / calls * 1e6, own, "+".join(map(str, sorted(split)))
+
+    def h_labels(self) -> list[tuple[str, int]]:
+        conns = self.args.h_connections
+        return [
+            (f"h. {conns} conns, 1 in flight, --processes 2 vs 1", 1),
+            (
+                f"h. {conns} conns, {self.args.pipeline} pipelined, --processes 2 vs 1",
+                self.args.pipeline,
+            ),
+        ]
+
+    def start_several(self) -> str | None:
+        """h's two rpcds (--processes 1 and 2), started beside the others so their start-up
+        overlaps; None, or why h cannot run."""
+        if self.loadgen is None:
+            return "no load generator"
+        if "--processes" not in self.usage:
+            return "rpcd has no --processes"
+        self.several = [
+            Server(f"rpcd --processes {n}", "rpcd", ["--no-access-log", "--processes", str(n)])
+            for n in (1, 2)
+        ]
+        self.dedicated_servers.extend(self.several)
+        for server in self.several:
+            server.start(self.workdir)
+        return None
+
+    def scenario_h(self, why_not: str | None) -> None:
+        """--processes 2 against --processes 1, both without the access log, one run."""
+        args = self.args
+        if why_not is not None:
+            for label, _ in self.h_labels():
+                self.rows.append(Row(label, "rpcd", None, "", f"skipped: {why_not}"))
+            return
+        servers = self.several
+        for server in servers:
+            server.wait_ready()
+        servers[1].wait_workers(2)
+        self.notes.append(
+            "h: server CPU is summed over the supervisor and its workers (/proc), sampled "
+            "over the load generator's window"
+        )
+        for label, inflight in self.h_labels():
+            runs: dict[str, list[tuple]] = {s.name: [] for s in servers}
+            for _ in range(args.repeat):  # alternate, so both see the same machine
+                for server in servers:
+                    runs[server.name].append(self.tree_rate(server, args.h_connections, inflight))
+            for server in servers:
+                rate, cpu, own = (
+                    statistics.median(v[i] for v in runs[server.name]) for i in range(3)
+                )
+                processes = len(server.tree())
+                # Each window's rate and split: the shared accept queue may give one worker
+                # every connection of a burst, and the median alone would hide it.
+                splits = ", ".join(f"{v[0] / 1000:.1f}k {v[3]}" for v in runs[server.name])
+                self.rows.append(
+                    Row(
+                        label,
+                        server.name,
+                        rate,
+                        "calls/s",
+                        f"{rate:,.0f} calls/s ({cpu:.1f} µs server CPU/call over {processes} "
+                        f"process{'es' if processes > 1 else ''}; "
+                        f"load generator {own:.1f} µs/call"
+                        + (
+                            f"; windows, connections per worker: {splits})"
+                            if processes > 1
+                            else ")"
+                        ),
+                        baseline=server is servers[0],
+                    )
+                )
+        for server in servers:
+            server.stop()
+
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -626,6 +827,7 @@ class Harness:
                     f"d holds {args.idle} connections: the hard open-file limit is {limit}"
                 )
         try:
+            why_not_h = self.start_several() if "h" in wanted else None
             self.start(self.servers)
             peaks: dict[str, float] = {}  # rpcd's peak rate in a and in b
             if "a" in wanted:
@@ -670,6 +872,8 @@ class Harness:
                     self.scenario_f(peak, "1-in-flight (a)" if where == "a" else "pipelined (b)")
             if "g" in wanted:
                 self.scenario_g()
+            if "h" in wanted:
+                self.scenario_h(why_not_h)
         finally:
             self.stop()
         self.report()
@@ -683,7 +887,8 @@ class Harness:
         )
         print(
             "note: a loads every server; b, f the ones the load generator speaks to; c, d "
-            "rpcd and the ceiling; g the rpcd client against rpcd"
+            "rpcd and the ceiling; g the rpcd client against rpcd; h rpcd --processes 2 "
+            "against --processes 1"
         )
         for note in self.notes:
             print(f"note: {note}")
@@ -723,9 +928,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--scenarios",
-        default="a,b,c,d,e,f,g",
+        default="a,b,c,d,e,f,g,h",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        help="which scenarios to run, e.g. a,b (default: a,b,c,d,e,f,g)",
+        help="which scenarios to run, e.g. a,b (default: a,b,c,d,e,f,g,h)",
     )
     parser.add_argument(
         "--servers",
@@ -745,6 +950,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=4, help="connections in a, b, f")
     parser.add_argument(
         "--pipeline", type=int, default=50, help="calls in flight per connection in b"
+    )
+    parser.add_argument(
+        "--h-connections",
+        type=int,
+        default=8,
+        help="connections in h (--processes 2 vs 1)",
     )
     parser.add_argument(
         "--greenlets", type=int, default=100, help="greenlets sharing one rpcd client in g"

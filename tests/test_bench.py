@@ -34,12 +34,19 @@ def test_quick_run_prints_its_table():
     lines = run.stdout.splitlines()
     assert "| scenario | server | figure | vs baseline |" in lines
     rows = [line for line in lines if line.startswith("| ") and " | " in line[2:]]
-    for scenario in ("a.", "b.", "c.", "d.", "e.", "f.", "g."):
+    for scenario in ("a.", "b.", "c.", "d.", "e.", "f.", "g.", "h."):
         assert any(row.startswith(f"| {scenario}") for row in rows), (scenario, run.stdout)
     throughput = [row for row in rows if row.startswith("| a.")]
     assert any("| twisted |" in row and "calls/s" in row for row in throughput)
     assert any("| rpcd" in row and "calls/s" in row for row in throughput)
     assert all("server CPU/call" in row for row in throughput)
+    if not any(row.startswith("| h.") and "skipped" in row for row in rows):
+        # Both sizes side by side, the supervisor's CPU summed with its two workers'.
+        several = [row for row in rows if row.startswith("| h.")]
+        assert len(several) == 4, several
+        assert sum("| rpcd --processes 1 |" in r and "| baseline |" in r for r in several) == 2
+        two = [r for r in several if "| rpcd --processes 2 |" in r]
+        assert len(two) == 2 and all("over 3 processes" in r and "x |" in r for r in two), two
 
 
 @pytest.fixture(scope="module")
