@@ -86,16 +86,24 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
         raise ConnectFailed(endpoint.text, os_reason(exc)) from exc
 
 
-def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+# How far past its deadline a wait may end when the socket's own timeout bounds it: within
+# this, a reader calls recv straight away (one poll, inside recv) instead of polling first.
+_TIMEOUT_SLACK = 0.005
+# Bytes asked of each recv: a buffer this size stays on the heap (a far larger one is an
+# mmap, munmap pair per read).
+_RECV_BYTES = 65536
+
+
+def _wait_readable(conn: _Connection, timeout: float | None) -> bool:
+    sock = conn.sock
+    if conn.tls and sock.pending():
         return True  # decrypted bytes already buffered: the fd may never become readable for them
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
+        poller = conn.poller
+        if poller is not None:
             return bool(poller.poll(None if timeout is None else timeout * 1000))
         return bool(select.select([sock], [], [], timeout)[0])
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):
         return True  # closed under us: the recv that follows reports it
 
 
@@ -149,11 +157,29 @@ class _Slot:
 class _Connection:
     """One socket and the calls pending on it. State changes happen under the client's lock."""
 
-    __slots__ = ("sock", "reader", "pending", "waiting", "reading", "broken")
+    __slots__ = (
+        "sock",
+        "reader",
+        "pending",
+        "waiting",
+        "reading",
+        "broken",
+        "tls",
+        "poller",
+        "sock_timeout",
+    )
 
     def __init__(self, sock: socket.socket, reader: MessageReader) -> None:
         self.sock = sock
         self.reader = reader
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        # One poll object for the connection's life (only its reader polls), not one per wait.
+        self.poller: Any = None
+        if hasattr(select, "poll"):
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN)
+        # What bounds each recv and sendall; a reader waits longer than this by polling first.
+        self.sock_timeout: float | None = sock.gettimeout()
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
         self.waiting: dict[_Slot, None] = {}
@@ -401,7 +427,7 @@ class Client:
                 return False
             conn.reading = True
         try:
-            if _wait_readable(conn.sock, 0):
+            if _wait_readable(conn, 0):
                 self._read(conn)
         finally:
             with self._lock:
@@ -485,12 +511,20 @@ class Client:
                     self._wake_next_reader(conn)
                 return True
         try:
+            bound = conn.sock_timeout
             while not slot.ready() and not conn.broken:
                 remaining = _remaining(deadline)
-                if _wait_readable(conn.sock, remaining):
-                    self._read(conn)
-                elif remaining is not None and _remaining(deadline) == 0:
+                if remaining is not None and (bound is None or remaining + _TIMEOUT_SLACK < bound):
+                    # The socket's timeout would overshoot the deadline (or a socket without
+                    # one would wait for ever): wait for bytes here first.
+                    if not _wait_readable(conn, remaining):
+                        if remaining is not None and _remaining(deadline) == 0:
+                            return False
+                        continue
+                elif remaining == 0:
                     return False
+                # Straight to recv: it waits (for the socket's timeout at most) itself.
+                self._read(conn)
             return True
         finally:
             with self._lock:
@@ -509,9 +543,9 @@ class Client:
         """Read once (the socket is readable) and hand out every complete frame."""
         sock = conn.sock
         try:
-            data = sock.recv(262144)
-        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
-            return
+            data = sock.recv(_RECV_BYTES)
+        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError):
+            return  # nothing yet (a recv bounded by the socket's timeout): the caller waits on
         except OSError as exc:
             self._lose(conn, os_reason(exc))
             return
