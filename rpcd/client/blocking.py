@@ -86,9 +86,12 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
         raise ConnectFailed(endpoint.text, os_reason(exc)) from exc
 
 
-# How far past its deadline a wait may end when the socket's own timeout bounds it: within
-# this, a reader calls recv straight away (one poll, inside recv) instead of polling first.
-_TIMEOUT_SLACK = 0.005
+# How far past its deadline a wait may end when the socket's own timeout bounds it (5 ms
+# and 1 % of that timeout): within this, a reader calls recv straight away (one poll,
+# inside recv) instead of polling first. The part relative to the timeout keeps a caller
+# delayed for a few ms (a busy machine) on the one-poll path.
+_SLACK_SECONDS = 0.005
+_SLACK_FRACTION = 0.01
 # Bytes asked of each recv: a buffer this size stays on the heap (a far larger one is an
 # mmap, munmap pair per read).
 _RECV_BYTES = 65536
@@ -570,9 +573,11 @@ class Client:
                 return True
         try:
             bound = conn.sock_timeout
+            # recv's own wait ends by `bound`: early enough if remaining + slack >= bound.
+            within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
             while not slot.ready() and not conn.broken:
                 remaining = _remaining(deadline)
-                if remaining is not None and (bound is None or remaining + _TIMEOUT_SLACK < bound):
+                if remaining is not None and (within is None or remaining < within):
                     # The socket's timeout would overshoot the deadline (or a socket without
                     # one would wait for ever): wait for bytes here first.
                     if not _wait_readable(conn, remaining):
