@@ -3,6 +3,7 @@ against a scripted peer on a socketpair-like UNIX socket (out-of-order replies, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -171,3 +172,84 @@ def test_a_peer_that_closes_mid_call(tmp_path):
     ScriptedPeer(tmp_path / "s", lambda recv, send: recv())
     with pytest.raises(ConnectionLost, match="closed by the server"):
         Client(f"unix:{tmp_path}/s", timeout=5).call("ping")
+
+
+class _HeldSends:
+    """Wraps a client's socket: the first sendall waits for `release` (or fails with `error`)."""
+
+    def __init__(self, sock, error=None):
+        self._sock = sock
+        self.error = error
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.sends: list[bytes] = []
+
+    def sendall(self, data):
+        if not self.sends:
+            self.entered.set()
+            assert self.release.wait(5)
+        self.sends.append(data)
+        if self.error is not None:
+            raise self.error
+        self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _hold_sends(c: Client, error=None) -> _HeldSends:
+    conn = c._connection()
+    conn.sock = held = _HeldSends(conn.sock, error)
+    return held
+
+
+def _calls_behind_a_held_send(c: Client, held: _HeldSends, methods: list[str]) -> dict:
+    results: dict = {}
+
+    def call(method):
+        try:
+            results[method] = c.call(method)
+        except Exception as exc:
+            results[method] = exc
+
+    threads = [threading.Thread(target=call, args=(m,)) for m in methods]
+    threads[0].start()
+    assert held.entered.wait(5)  # the first caller is sending (and holds the send)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(c._conn.pending) < len(methods):  # every later call is queued, not sent
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    held.release.set()
+    for t in threads:
+        t.join(5)
+    return results
+
+
+def test_calls_queued_behind_a_send_go_out_in_the_next_one(tmp_path):
+    def script(recv, send):
+        requests = [recv() for _ in range(3)]
+        for request in reversed(requests):
+            send({"jsonrpc": "2.0", "result": request["method"], "id": request["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    held = _hold_sends(c)
+    results = _calls_behind_a_held_send(c, held, ["one", "two", "three"])
+    assert results == {"one": "one", "two": "two", "three": "three"}
+    assert len(held.sends) == 2  # the first frame, then the two queued ones together
+
+
+def test_a_failed_send_fails_the_calls_queued_behind_it(tmp_path):
+    def script(recv, send):
+        with contextlib.suppress(EOFError):  # the client closes its end: nothing reaches us
+            recv()
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    held = _hold_sends(c, BrokenPipeError(32, "Broken pipe"))
+    results = _calls_behind_a_held_send(c, held, ["one", "two", "three"])
+    assert sorted(results) == ["one", "three", "two"]
+    for error in results.values():
+        assert isinstance(error, ConnectionLost) and "lost" in str(error), results

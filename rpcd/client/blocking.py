@@ -86,16 +86,27 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
         raise ConnectFailed(endpoint.text, os_reason(exc)) from exc
 
 
-def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+# How far past its deadline a wait may end when the socket's own timeout bounds it (5 ms
+# and 1 % of that timeout): within this, a reader calls recv straight away (one poll,
+# inside recv) instead of polling first. The part relative to the timeout keeps a caller
+# delayed for a few ms (a busy machine) on the one-poll path.
+_SLACK_SECONDS = 0.005
+_SLACK_FRACTION = 0.01
+# Bytes asked of each recv: a buffer this size stays on the heap (a far larger one is an
+# mmap, munmap pair per read).
+_RECV_BYTES = 65536
+
+
+def _wait_readable(conn: _Connection, timeout: float | None) -> bool:
+    sock = conn.sock
+    if conn.tls and sock.pending():
         return True  # decrypted bytes already buffered: the fd may never become readable for them
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
+        poller = conn.poller
+        if poller is not None:
             return bool(poller.poll(None if timeout is None else timeout * 1000))
         return bool(select.select([sock], [], [], timeout)[0])
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):
         return True  # closed under us: the recv that follows reports it
 
 
@@ -105,11 +116,12 @@ def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
 class _Slot:
     """A call waiting for its reply (and, for a stream, its items)."""
 
-    __slots__ = ("id", "cond", "done", "result", "error", "items", "conn")
+    __slots__ = ("id", "waiter", "done", "result", "error", "items", "conn")
 
     def __init__(self, call_id: int) -> None:
         self.id = call_id
-        self.cond: threading.Condition | None = None  # made when its caller first has to wait
+        # While its caller is parked: a lock it blocks on, held until `wake` releases it.
+        self.waiter: Any = None
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -120,8 +132,10 @@ class _Slot:
         return self.done or bool(self.items)
 
     def wake(self) -> None:
-        if self.cond is not None:
-            self.cond.notify()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None  # woken once: a second wake before it runs is a no-op
+            waiter.release()
 
     def value(self) -> Any:
         if self.error is not None:
@@ -149,11 +163,34 @@ class _Slot:
 class _Connection:
     """One socket and the calls pending on it. State changes happen under the client's lock."""
 
-    __slots__ = ("sock", "reader", "pending", "waiting", "reading", "broken")
+    __slots__ = (
+        "sock",
+        "reader",
+        "pending",
+        "waiting",
+        "reading",
+        "broken",
+        "tls",
+        "poller",
+        "sock_timeout",
+        "outbox",
+        "flushing",
+    )
 
     def __init__(self, sock: socket.socket, reader: MessageReader) -> None:
         self.sock = sock
         self.reader = reader
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        # One poll object for the connection's life (only its reader polls), not one per wait.
+        self.poller: Any = None
+        if hasattr(select, "poll"):
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN)
+        # What bounds each recv and sendall; a reader waits longer than this by polling first.
+        self.sock_timeout: float | None = sock.gettimeout()
+        # Frames of calls queued while another caller is sending: it sends them with its own.
+        self.outbox: list[bytes] = []
+        self.flushing = False
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
         self.waiting: dict[_Slot, None] = {}
@@ -401,7 +438,7 @@ class Client:
                 return False
             conn.reading = True
         try:
-            if _wait_readable(conn.sock, 0):
+            if _wait_readable(conn, 0):
                 self._read(conn)
         finally:
             with self._lock:
@@ -410,6 +447,12 @@ class Client:
         return conn.broken
 
     def _send(self, slots: list[_Slot], body: bytes) -> None:
+        """Send a request; with `slots` (a call) it may ride in another caller's send.
+
+        A call's frame queued behind a caller already sending goes out in that caller's next
+        `sendall`, so concurrent callers pipeline on the socket in few system calls; if that
+        send fails, the connection breaks and the call's wait raises ConnectionLost.
+        """
         frame = encode_frame(body, self.byteorder)
         while True:
             conn = self._connection()
@@ -420,15 +463,54 @@ class Client:
                 for slot in slots:
                     slot.conn = conn
                     conn.pending[slot.id] = slot
+                if slots:
+                    if conn.flushing:
+                        conn.outbox.append(frame)
+                        return
+                    conn.flushing = True
+                    # Other calls in flight: their callers may be about to send too.
+                    contended = len(conn.pending) > len(slots)
                 break
+        if slots:
+            self._flush(conn, frame, contended)
+            return
         try:
             with self._send_lock:
                 conn.sock.sendall(frame)
         except OSError as exc:
-            lost = ConnectionLost(f"connection to {self.endpoint.text} lost: {os_reason(exc)}")
-            with self._lock:
-                self._break(conn, lost)
-            raise lost from exc
+            raise self._send_failed(conn, exc) from exc
+
+    def _flush(self, conn: _Connection, frame: bytes, contended: bool) -> None:
+        """Send `frame`, then what other callers queued meanwhile, until the outbox is empty."""
+        try:
+            with self._send_lock:
+                if contended:
+                    # Let the callers that are ready queue their frames first: one send for all.
+                    time.sleep(0)
+                while True:
+                    with self._lock:
+                        queued = conn.outbox
+                        if queued:
+                            conn.outbox = []
+                        elif frame is None:
+                            conn.flushing = False
+                            return
+                    if queued:
+                        frame = b"".join([frame, *queued] if frame is not None else queued)
+                    conn.sock.sendall(frame)
+                    frame = None
+        except OSError as exc:
+            raise self._send_failed(conn, exc) from exc
+        except BaseException:
+            # Interrupted mid-frame (a greenlet killed, ^C): the stream cannot be trusted.
+            self._lose(conn, "a send was interrupted")
+            raise
+
+    def _send_failed(self, conn: _Connection, exc: OSError) -> ConnectionLost:
+        lost = ConnectionLost(f"connection to {self.endpoint.text} lost: {os_reason(exc)}")
+        with self._lock:
+            self._break(conn, lost)
+        return lost
 
     def _cancel(self, slot: _Slot, blocking: bool = True) -> None:
         """Forget `slot` and ask the server to stop its call (best effort: a notification).
@@ -473,24 +555,39 @@ class Client:
                     # We may have been woken to take over reading: pass that on.
                     self._wake_next_reader(conn)
                     return False
-                if slot.cond is None:
-                    slot.cond = threading.Condition(self._lock)
+                # Park on a lock of our own (looked up now: a gevent lock once patched).
+                waiter = threading.Lock()
+                waiter.acquire()
+                slot.waiter = waiter
                 conn.waiting[slot] = None
+                self._lock.release()
                 try:
-                    slot.cond.wait(remaining)
+                    waiter.acquire(True, -1 if remaining is None else remaining)
                 finally:
+                    self._lock.acquire()
+                    slot.waiter = None
                     del conn.waiting[slot]
             else:
                 if not conn.reading:
                     self._wake_next_reader(conn)
                 return True
         try:
+            bound = conn.sock_timeout
+            # recv's own wait ends by `bound`: early enough if remaining + slack >= bound.
+            within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
             while not slot.ready() and not conn.broken:
                 remaining = _remaining(deadline)
-                if _wait_readable(conn.sock, remaining):
-                    self._read(conn)
-                elif remaining is not None and _remaining(deadline) == 0:
+                if remaining is not None and (within is None or remaining < within):
+                    # The socket's timeout would overshoot the deadline (or a socket without
+                    # one would wait for ever): wait for bytes here first.
+                    if not _wait_readable(conn, remaining):
+                        if remaining is not None and _remaining(deadline) == 0:
+                            return False
+                        continue
+                elif remaining == 0:
                     return False
+                # Straight to recv: it waits (for the socket's timeout at most) itself.
+                self._read(conn)
             return True
         finally:
             with self._lock:
@@ -502,16 +599,16 @@ class Client:
         """Wake one caller still waiting for its reply to take over reading (lock held)."""
         for other in conn.waiting:
             if not other.ready():  # a ready one was woken already and will not read
-                other.cond.notify()
+                other.wake()
                 return
 
     def _read(self, conn: _Connection) -> None:
         """Read once (the socket is readable) and hand out every complete frame."""
         sock = conn.sock
         try:
-            data = sock.recv(262144)
-        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError):
-            return
+            data = sock.recv(_RECV_BYTES)
+        except (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError):
+            return  # nothing yet (a recv bounded by the socket's timeout): the caller waits on
         except OSError as exc:
             self._lose(conn, os_reason(exc))
             return
