@@ -9,7 +9,6 @@ call that does not fit is refused at once with -32000, never silently dropped.
 from __future__ import annotations
 
 import inspect
-import sys
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -160,22 +159,6 @@ class _CallTimer:
         self._expired_call(self, self.call)
 
 
-class _Worker(gevent.Greenlet):
-    """A worker greenlet, which the reactor may hand its calls straight to (see `_hand_off`)."""
-
-    # The greenlet to give control back to when this worker parks: the reactor's, while it has
-    # switched here itself; None when the hub woke the worker.
-    resume: Any = None
-
-    def switch_out(self) -> None:
-        # The hub calls this when the worker blocks in it (a sleep, a Deferred, a socket): the
-        # reactor that switched here gets control back at the hub's next callback turn.
-        resume = self.resume
-        if resume is not None:
-            self.resume = None
-            gevent.get_hub().loop.run_callback(resume.switch)
-
-
 class Dispatcher:
     """Runs calls in worker greenlets; the limits are attributes, as the settings give them."""
 
@@ -205,9 +188,6 @@ class Dispatcher:
         self._parked: list[gevent.Greenlet] = []
         self._wake_scheduled = False
         self._loop = gevent.get_hub().loop
-        # The gevent-hosted reactor's `after_io` (rpcd.reactor), if that is the one installed:
-        # calls queued by its reads are handed to parked workers from its own greenlet.
-        self._after_io = getattr(sys.modules.get("twisted.internet.reactor"), "after_io", None)
         self._workers = 0
         self._busy = 0
         self._active: set[Call] = set()
@@ -289,12 +269,10 @@ class Dispatcher:
         self._queue.append(call)
         if waiting >= len(self._parked) and self._workers < self.max_workers:
             self._workers += 1
-            _Worker.spawn(self._work)
+            gevent.spawn(self._work)
         elif not self._wake_scheduled and self._parked:
             self._wake_scheduled = True
-            after_io = self._after_io
-            if after_io is None or not after_io(self._hand_off):
-                self._loop.run_callback(self._wake_workers)
+            self._loop.run_callback(self._wake_workers)
         return call
 
     def _refuse(self, request: Request, sink: Sink, code: int, message: str) -> None:
@@ -308,9 +286,7 @@ class Dispatcher:
         """Have a parked worker take the queued calls (one hub callback per turn)."""
         if not self._wake_scheduled and self._parked:
             self._wake_scheduled = True
-            after_io = self._after_io
-            if after_io is None or not after_io(self._hand_off):
-                self._loop.run_callback(self._wake_workers)
+            self._loop.run_callback(self._wake_workers)
 
     def _wake_workers(self) -> None:
         # In the hub: each woken worker runs until it blocks or the queue is empty.
@@ -318,21 +294,6 @@ class Dispatcher:
         queue, parked = self._queue, self._parked
         while queue and parked:
             parked.pop().switch()
-
-    def _hand_off(self) -> None:
-        """From the reactor's greenlet after its I/O: switch straight to parked workers.
-
-        Each takes calls until the queue is empty and switches straight back when it parks
-        (or, if it blocks first, the hub switches back: `_Worker.switch_out`), so a call
-        costs two greenlet switches, not a round trip reactor -> hub -> worker -> hub -> reactor.
-        """
-        self._wake_scheduled = False
-        queue, parked = self._queue, self._parked
-        me = getcurrent()
-        while queue and parked:
-            worker = parked.pop()
-            worker.resume = me
-            worker.switch()
 
     def hold(self, flush: Callable[[], None]) -> None:
         """A sink holds output during a burst: `flush()` writes it when the burst ends, or at
@@ -421,12 +382,7 @@ class Dispatcher:
                     call = None  # parked, it keeps no answered call (nor its result)
                     parked.append(me)
                     try:
-                        resume = me.resume
-                        if resume is None:
-                            hub.switch()  # parked until a wake switches back here
-                        else:
-                            me.resume = None
-                            resume.switch()  # straight back to the reactor that switched here
+                        hub.switch()  # parked until _wake_workers switches back here
                     except BaseException:
                         if me in parked:  # killed while parked
                             parked.remove(me)
@@ -457,12 +413,6 @@ class Dispatcher:
                     return
         finally:
             timer.close()
-            resume = me.resume
-            if resume is not None:
-                # Exiting while the reactor waits on this worker: the hub (where an ended
-                # greenlet goes) switches back to it.
-                me.resume = None
-                self._loop.run_callback(resume.switch)
 
     def _run(self, call: Call, timer: _CallTimer) -> None:
         """Run `call` under the worker's call timer and deliver its response."""

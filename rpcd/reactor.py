@@ -138,10 +138,6 @@ class GeventReactor(_epollreactor.EPollReactor):
         self._waiter: Waiter | None = None  # set while the reactor is blocked in _wait
         self._wait_until: float | None = None
         self._hub_due = 0.0
-        # Run from the reactor's own greenlet once this iteration's I/O is done (see after_io).
-        self._after_io: list[Any] = []
-        self._in_io = False
-        self._greenlet = None  # the greenlet running the loop, known at its first doPoll
 
     def doPoll(self, timeout: float | None) -> None:
         poller = self._poller
@@ -172,34 +168,13 @@ class GeventReactor(_epollreactor.EPollReactor):
             events = poller.poll(0, len(self._selectables))
         drdw = self._doReadOrWrite
         selectables = self._selectables
-        self._greenlet = gevent.getcurrent()
-        self._in_io = True
-        try:
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is not None:
-                    # As EPollReactor does: the transport's logPrefix becomes the log `system`.
-                    callWithLogger(selectable, drdw, selectable, fd, event)
-        finally:
-            self._in_io = False
-        after = self._after_io
-        while after:
-            after.pop(0)()
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:
+                # As EPollReactor does: the transport's logPrefix becomes the log `system`.
+                callWithLogger(selectable, drdw, selectable, fd, event)
 
     doIteration = doPoll
-
-    def after_io(self, function: Any) -> bool:
-        """Have `function()` run from the reactor's greenlet once this iteration's I/O ends.
-
-        For the calls its reads queued: the reactor can switch straight to a parked worker
-        there, and the worker straight back, instead of a round trip through the hub. False
-        (and nothing scheduled) unless called by the reactor's greenlet during its I/O: the
-        caller then uses the hub as before.
-        """
-        if not self._in_io or gevent.getcurrent() is not self._greenlet:
-            return False
-        self._after_io.append(function)
-        return True
 
     def _initThreads(self) -> None:
         super()._initThreads()
