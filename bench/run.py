@@ -841,6 +841,9 @@ class Harness:
                     str(args.concurrent),
                     "--queue-size",
                     str(max(10000, args.concurrent)),
+                    # Every worker the burst needs, started before it (README: --workers-prestart).
+                    "--workers-prestart",
+                    str(args.concurrent),
                 )
                 fresh = self.fresh_baseline("c")
                 self.scenario_c(server, fresh)

@@ -246,6 +246,9 @@ class Settings:
     workers: int = _setting(
         1000, _integer(1), "maximum concurrent calls (worker greenlets, started on demand)"
     )
+    workers_prestart: int = _setting(
+        0, _integer(0), "worker greenlets started at start-up (at most workers); more on demand"
+    )
     max_streams: int = _setting(
         1000, _integer(1), "streams open at once (each outside the workers); more get -32000"
     )
@@ -369,6 +372,11 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name)))
+        if self.workers_prestart > self.workers:
+            raise ConfigError(
+                f"invalid value for workers_prestart: {self.workers_prestart} "
+                f"(allowed: at most workers, {self.workers})"
+            )
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}

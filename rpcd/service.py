@@ -91,6 +91,7 @@ class RPCService(MultiService):
             queue_size=settings.queue_size,
             call_timeout=settings.call_timeout,
             max_streams=settings.max_streams,
+            workers_prestart=settings.workers_prestart,
         )
         limits = ConnectionLimits(
             max_connections=settings.max_connections,

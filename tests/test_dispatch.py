@@ -146,6 +146,34 @@ def test_workers_start_on_demand_and_stay_warm(methods):
     assert dispatcher.workers == 0
 
 
+def test_prestarted_workers_park_at_once_and_take_the_first_calls(methods):
+    dispatcher, sink = dispatcher_for(methods, max_workers=50, workers_prestart=4), Sink()
+    assert dispatcher.workers == 4
+    gevent.idle()
+    assert len(dispatcher._parked) == 4 and dispatcher.busy == 0
+    for i in range(4):
+        dispatcher.submit(req("hold", "first", id=i), sink)
+    gevent.idle()
+    # The first burst started no worker of its own: the prestarted ones took it.
+    assert methods.running == 4 and dispatcher.workers == 4
+    methods.gate("first").set()
+    for i in range(4):
+        assert sink.wait(i).result == "first"
+    dispatcher.stop_workers()
+    gevent.idle()
+    assert dispatcher.workers == 0
+
+
+def test_workers_prestart_is_at_most_max_workers(methods):
+    dispatcher = dispatcher_for(methods, max_workers=3, workers_prestart=10)
+    assert dispatcher.workers == 3
+    gevent.idle()
+    assert len(dispatcher._parked) == 3
+    dispatcher.stop_workers()
+    gevent.idle()
+    assert dispatcher.workers == 0
+
+
 def test_queue_full_is_refused_at_once(methods):
     dispatcher, sink = dispatcher_for(methods, max_workers=5, queue_size=10), Sink()
     accepted, refused = [], []
