@@ -146,3 +146,8 @@ def test_settings_are_checked_when_built_directly():
     with pytest.raises(ConfigError):
         Settings(queue_size=-1)
     assert Settings(queue_size="0").queue_size == 0
+
+
+def test_workers_prestart_above_workers_is_refused():
+    with pytest.raises(config.ConfigError, match="at most workers"):
+        config.build(None, {"workers": 5, "workers_prestart": 6})
