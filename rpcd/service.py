@@ -17,7 +17,7 @@ from rpcd import adopt, auth, logs, supervisor
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
-from rpcd.health import Health, quiet
+from rpcd.health import CHECK_METHODS, Health, quiet
 from rpcd.methods import Registry
 from rpcd.process import BlockingMonitor, raise_fd_limit
 from rpcd.protocol import ConnectionLimits, RPCFactory
@@ -91,6 +91,7 @@ class RPCService(MultiService):
             queue_size=settings.queue_size,
             call_timeout=settings.call_timeout,
             max_streams=settings.max_streams,
+            while_draining=CHECK_METHODS,  # a balancer hears NOT_SERVING, not -32005
         )
         limits = ConnectionLimits(
             max_connections=settings.max_connections,
