@@ -57,3 +57,26 @@ def test_health_answers_on_open_connections_while_draining(start_daemon):
     assert refused["code"] == -32005
     assert busy.recv()["id"] == busy_id
     assert daemon.proc.wait(30) == 0
+
+
+def test_check_connections_are_not_lined_at_info(start_daemon):
+    daemon = start_daemon()
+    checks = []
+    for _ in range(3):  # a balancer's checks: connect, rpc.health, close
+        checker = daemon.client()
+        checks.append(f"127.0.0.1:{checker.sock.getsockname()[1]}")
+        assert checker.call("rpc.health")["result"] == {"status": "SERVING"}
+        checker.close()
+    client = daemon.client()
+    peer = f"127.0.0.1:{client.sock.getsockname()[1]}"
+    assert client.call("rpc.health")["result"] == {"status": "SERVING"}
+    assert client.call("ping")["result"] == "pong"
+    client.close()
+    stats = daemon.client()
+    assert stats.call("rpc.stats")["result"]["health_checks"] == 4  # counted, not lined
+    stats.close()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0
+    log = (daemon.workdir / "rpcd.log").read_text()
+    assert not any(f"connection from {check}" in log for check in checks)
+    assert f"connection from {peer} opened" in log and f"connection from {peer} closed" in log
