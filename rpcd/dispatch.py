@@ -173,6 +173,7 @@ class Dispatcher:
         on_complete: Callable[[Call, Response, float], None] | None = None,
         on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
         workers_prestart: int = 0,
+        while_draining: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
         self.max_workers = max_workers
@@ -181,6 +182,9 @@ class Dispatcher:
         self.call_timeout = call_timeout
         self.on_complete = on_complete
         self.on_refused = on_refused  # a request refused at submit, never a Call
+        # Methods still accepted once a drain starts: the health checks, so a balancer hears
+        # NOT_SERVING on a connection it keeps open rather than an error.
+        self.while_draining = while_draining
         self._waiting = 0  # queued calls not cancelled: the ones that hold a queue slot
         # The task queue: calls (None tells a worker to exit) and the workers parked in the hub
         # waiting for one. A leaner hand-off than gevent.queue.Queue: one hub callback wakes
@@ -248,7 +252,7 @@ class Dispatcher:
 
     def submit(self, request: Request, sink: Sink) -> Call:
         """Queue `request`; raise RPCError if it names no method or cannot be held."""
-        if self._draining:
+        if self._draining and request.method not in self.while_draining:
             message = "shutting down: the server accepts no new calls"
             self._refuse(request, sink, SHUTTING_DOWN, message)
         try:

@@ -3,13 +3,13 @@
 The empty name is the whole server; each methods module the settings load is a named
 service. Everything turns NOT_SERVING the moment a drain starts (`shutdown`), before the
 listeners close, so a balancer's check stops sending new connections first. Health checks
-are counted, not written to the access log (`quiet`): a balancer checks every second.
+are counted, not written to the access log (`AccessLog.quiet`): a balancer checks every
+second. They still answer once a drain has started (`Dispatcher.while_draining`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 from gevent.event import Event
 
@@ -84,15 +84,4 @@ class Health:
         return {"status": self._status[service]}
 
 
-def quiet(log_call: Callable[..., Any]) -> Callable[..., Any]:
-    """An access-log hook (dispatcher.on_complete) that writes no line for a health check
-    (rpc.stats counts them)."""
-
-    def on_complete(call: Any, response: Any, duration: float) -> None:
-        if call.request.method not in CHECK_METHODS:
-            log_call(call, response, duration)
-
-    return on_complete
-
-
-__all__ = ["CHECK_METHODS", "NOT_SERVING", "SERVING", "Health", "quiet"]
+__all__ = ["CHECK_METHODS", "NOT_SERVING", "SERVING", "Health"]

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from rpcd import auth, wire
 from rpcd.dispatch import Call, Dispatcher
+from rpcd.proxy import ProxyProtocol
 from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
 from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
@@ -124,6 +125,11 @@ class RPCProtocol(Protocol):
         self._idle_call: Any = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
+        # The "opened" line waits for the first request that is not a health check, so a
+        # balancer's checks (a connection a second) log at debug level only.
+        self.opened_at = 0.0
+        self.announced = False
+        self.unnamed = False  # its PROXY header named no client (LOCAL: the balancer's check)
         # Why reading is paused ("inflight", "outbuf", "closing", "refused", "penalty"): one
         # reason lifting must not resume what another holds. Reading is paused iff non-empty.
         self._pauses: set[str] = set()
@@ -167,6 +173,7 @@ class RPCProtocol(Protocol):
             max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
             handshake=handshake,
             on_frame_error=self._frame_error,
+            on_first_call=self._announce,
         )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
@@ -188,6 +195,15 @@ class RPCProtocol(Protocol):
         if limits.idle_timeout > 0:
             self._last_frame = factory.clock.seconds()
             self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
+
+    def _announce(self) -> None:
+        """The first request that is not a health check: the "opened" line, written now."""
+        self.announced = True
+        age = self.factory.clock.seconds() - self.opened_at
+        if age < 1.0:
+            log.info("connection from {peer} opened", peer=self.peer)
+        else:
+            log.info("connection from {peer} opened {age:.1f} s ago", peer=self.peer, age=age)
 
     def _watch_outbuf(self) -> None:
         transport = self.transport
@@ -465,6 +481,15 @@ class RPCProtocol(Protocol):
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
 
+def _names_no_client(transport: Any) -> bool:
+    """Whether the connection's PROXY header named no client: v2 LOCAL (the balancer's own
+    health check), or v1 UNKNOWN / an unspecified family, where the balancer's own address
+    stands (rpcd.proxy keeps the socket's peer then)."""
+    if not isinstance(transport, ProxyProtocol):
+        return False
+    return transport.getPeer() == transport.transport.getPeer()
+
+
 def _peer_text(protocol: RPCProtocol) -> str:
     peer = protocol.transport.getPeer()
     if isinstance(peer, (IPv4Address, IPv6Address)):
@@ -544,7 +569,8 @@ class RPCFactory(Factory):
             self._per_peer[key] += 1
         self.connections.add(protocol)
         self.accepted += 1
-        log.info("connection from {peer} opened", peer=protocol.peer)
+        protocol.opened_at = self.clock.seconds()  # its "opened" line waits for a call
+        protocol.unnamed = _names_no_client(protocol.transport)
         return None
 
     def _drop_oldest_unauthenticated(self, limit: str, value: int) -> None:
@@ -685,7 +711,26 @@ class RPCFactory(Factory):
             self._per_peer[key] -= 1
             if self._per_peer[key] <= 0:
                 del self._per_peer[key]
-        log.info("connection from {peer} closed", peer=protocol.peer)
+        if protocol.announced:
+            log.info("connection from {peer} closed", peer=protocol.peer)
+        else:
+            # Never opened in the log: one line now, at debug level for a balancer's check.
+            seconds = self.clock.seconds() - protocol.opened_at
+            session = protocol._session
+            checked = session is not None and session.checked
+            if checked or protocol.unnamed:
+                log.debug(
+                    "connection from {peer} opened and closed after {seconds:.3f} s: "
+                    "health checks only",
+                    peer=protocol.peer,
+                    seconds=seconds,
+                )
+            else:
+                log.info(
+                    "connection from {peer} opened and closed after {seconds:.3f} s: no calls",
+                    peer=protocol.peer,
+                    seconds=seconds,
+                )
         if not self.connections:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:

@@ -17,7 +17,7 @@ from rpcd import adopt, auth, logs, supervisor
 from rpcd.builtins import add_builtins
 from rpcd.config import Settings, public_address
 from rpcd.dispatch import Dispatcher
-from rpcd.health import Health, quiet
+from rpcd.health import CHECK_METHODS, Health
 from rpcd.methods import Registry
 from rpcd.process import BlockingMonitor, raise_fd_limit
 from rpcd.protocol import ConnectionLimits, RPCFactory
@@ -92,6 +92,7 @@ class RPCService(MultiService):
             call_timeout=settings.call_timeout,
             max_streams=settings.max_streams,
             workers_prestart=settings.workers_prestart,
+            while_draining=CHECK_METHODS,  # a balancer hears NOT_SERVING, not -32005
         )
         limits = ConnectionLimits(
             max_connections=settings.max_connections,
@@ -180,8 +181,8 @@ class RPCService(MultiService):
         # twistd drops its own observer (the terminal) after the reactor stops: echo before.
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
-            access = logs.AccessLog(self.log)
-            self.dispatcher.on_complete = quiet(access.access)  # [scale seam] no check lines
+            access = logs.AccessLog(self.log, quiet=CHECK_METHODS)  # checks: counted, no line
+            self.dispatcher.on_complete = access.access
             self.dispatcher.on_refused = access.refused
 
     def startService(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from rpcd import auth, wire
+from rpcd.health import CHECK_METHODS
 from rpcd.wire import (
     CANCELLED,
     FRAME_TOO_LARGE,
@@ -132,6 +133,8 @@ class Session:
         "_legacy_peer",
         "_read_closed",
         "_on_frame_error",
+        "_on_first_call",
+        "checked",
     )
 
     def __init__(
@@ -146,6 +149,7 @@ class Session:
         max_reply_bytes: int | None = None,
         handshake: Handshake | None = None,
         on_frame_error: Callable[[RPCError], None] | None = None,
+        on_first_call: Callable[[], None] | None = None,
     ) -> None:
         self.calls: set[Any] = set()  # submitted and not yet answered
         self.failure: str | None = None  # why the last CLOSE was decided, for the log
@@ -163,6 +167,10 @@ class Session:
         self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
         self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
+        # Called once, at the first request that is not a health check (the connection's
+        # "opened" line waits for it); None once called.
+        self._on_first_call = on_first_call
+        self.checked = False  # a health check came before any other request
 
     # -- state the glue reads ---------------------------------------------------------------
 
@@ -189,6 +197,8 @@ class Session:
         except RPCError as error:
             self._refuse_frame(error)
             return None
+        if self._on_first_call is not None:
+            self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
         if type(message) is Request:
@@ -267,6 +277,17 @@ class Session:
             cancel(call)
 
     # -- calls ------------------------------------------------------------------------------
+
+    def _first_calls(self, message: Request | Batch) -> None:
+        """Until a request that is not a health check arrives: note checks, call the hook."""
+        items = (message,) if type(message) is Request else message.items
+        for item in items:
+            if type(item) is Request and item.method in CHECK_METHODS:
+                self.checked = True
+            else:
+                first, self._on_first_call = self._on_first_call, None
+                first()
+                return
 
     def _accept_batch(self, batch: Batch) -> None:
         route = _Batch(self._send, len(batch.items), self._max_reply_bytes)

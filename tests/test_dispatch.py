@@ -654,3 +654,14 @@ def test_an_idle_worker_keeps_no_answered_call_nor_its_result():
     gc.collect()
     assert dispatcher.workers == 1 and dispatcher.busy == 0
     assert sink.result() is None  # the call answered, nothing holds its result any more
+
+
+def test_drain_still_takes_the_methods_named_while_draining(methods):
+    dispatcher, sink = dispatcher_for(methods), Sink()
+    dispatcher.while_draining = frozenset({"add"})  # as the service names the health checks
+    dispatcher.drain(10, Clock())
+    dispatcher.submit(req("add", 1, 2, id="check"), sink)
+    assert sink.wait("check").result == 3
+    with pytest.raises(RPCError) as raised:
+        dispatcher.submit(req("echo", 1, id="new"), sink)
+    assert raised.value.code == SHUTTING_DOWN

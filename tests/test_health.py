@@ -6,9 +6,9 @@ import gevent
 import pytest
 
 from rpcd.builtins import add_builtins
-from rpcd.health import NOT_SERVING, SERVING, Health, quiet
+from rpcd.health import NOT_SERVING, SERVING, Health
 from rpcd.methods import Registry
-from rpcd.wire import Request, RPCError
+from rpcd.wire import RPCError
 
 
 def test_whole_server_and_named_services():
@@ -58,19 +58,6 @@ def test_watch_streams_changes_and_ends_on_drain():
     watcher.join(timeout=5)
     assert watcher.dead
     assert seen[-1] == ("final", {"status": NOT_SERVING})
-
-
-class _Call:
-    def __init__(self, method: str) -> None:
-        self.request = Request(method, (), 1)
-
-
-def test_quiet_keeps_checks_out_of_the_access_log():
-    lined: list = []
-    hook = quiet(lambda call, response, duration: lined.append(call.request.method))
-    for method in ("rpc.health", "ping", "rpc.health.watch", "add"):
-        hook(_Call(method), None, 0.0)
-    assert lined == ["ping", "add"]
 
 
 def test_builtins_answer_and_count():

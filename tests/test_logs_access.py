@@ -54,3 +54,33 @@ def test_access_lines_text_and_json(tmp_path):
     ]
     batches = [e for e in echoed if e.get("log_namespace") == "rpcd.access"]
     assert len(batches) == 2 and batches[0]["calls"].count("\n") == 2  # one event per flush
+
+
+def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
+    from rpcd.logs import access
+
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out)
+    lines = []
+    for i in range(access.MAX_CACHED + 50):
+        name = f"m{i}"
+        lines.append(log.line((1.0, "p", Request(name, (), 1), 0.0, None)))
+    unknown = Request("no such\nthing", (), 2)
+    missing = log.line((1.0, "p", unknown, 0.0, RPCError(-32601, "method not found")))
+    assert len(log._methods) == access.MAX_CACHED and "no such\nthing" not in log._methods
+    assert lines[-1].endswith(f" p m{access.MAX_CACHED + 49} id=1 0.000 ms ok\n")
+    assert missing.endswith(' p "no such\\nthing" id=2 0.000 ms -32601\n')
+    again = log.line((1.0, "p", Request("m3", (), 3), 0.0, None))  # from the kept text
+    assert again.endswith(" p m3 id=3 0.000 ms ok\n")
+
+
+def test_health_checks_get_no_access_line(tmp_path):
+    out = LogFile(str(tmp_path / "q.log"))
+    log = AccessLog(out, quiet=frozenset({"rpc.health"}))
+    check, call = Request("rpc.health", (), 1), Request("ping", (), 2)
+    log.access(_Call(check), Response(check, {"status": "SERVING"}), 0.001)
+    log.access(_Call(call), Response(call, "pong"), 0.001)
+    out.flush()
+    out.close()
+    text = (tmp_path / "q.log").read_text()
+    assert "rpc.health" not in text and " ping id=2 " in text
