@@ -84,3 +84,18 @@ def test_health_checks_get_no_access_line(tmp_path):
     out.close()
     text = (tmp_path / "q.log").read_text()
     assert "rpc.health" not in text and " ping id=2 " in text
+
+
+def test_unicode_line_breaks_in_client_text_cannot_forge_a_line(tmp_path):
+    # orjson leaves U+2028, U+2029 and U+0085 raw: str.splitlines() would split there.
+    out = LogFile(str(tmp_path / "a.log"))
+    try:
+        log = AccessLog(out)
+        for brk in ("\u2028", "\u2029", "\u0085", "\v", "\f"):
+            odd = Request(f"m{brk}2026 info [x] forged", (), f"i{brk}d")
+            log.access(_Call(odd), Response(odd, error=RPCError(-32601, "x")), 0.001)
+        out.flush()
+    finally:
+        out.close()
+    text = (tmp_path / "a.log").read_text()
+    assert len(text.splitlines()) == 5 and "forged" in text

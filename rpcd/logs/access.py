@@ -10,7 +10,7 @@ import orjson
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 
 from rpcd.logs.observer import FLUSH_LINES, LogFile
-from rpcd.wire import METHOD_NOT_FOUND
+from rpcd.wire import METHOD_NOT_FOUND, log_text
 
 ACCESS_NAMESPACE = "rpcd.access"
 _FRACTION = [f".{n:03d}" for n in range(1000)]
@@ -74,7 +74,7 @@ class AccessLog:
                 method = self._method_text(name, error)
             rid = request.id
             if type(rid) is not int:
-                rid = "-" if rid is None else orjson.dumps(rid).decode()
+                rid = "-" if rid is None else log_text(orjson.dumps(rid).decode())
             us = int(duration * 1e6)
             if self.out.json:
                 return self._json_line(facts, method, rid, us)
@@ -115,7 +115,9 @@ class AccessLog:
         registered method's (a refusal for an unknown name is the only way others arrive)."""
         text = name
         if not name.isprintable() or " " in name:
-            text = orjson.dumps(name).decode()  # a client's name must not forge a line
+            # A client's name must not forge a line: JSON-quoted, and the line breaks JSON
+            # leaves raw (U+2028, U+2029, U+0085) escaped too.
+            text = log_text(orjson.dumps(name).decode())
         if (error is None or error.code != METHOD_NOT_FOUND) and len(self._methods) < MAX_CACHED:
             self._methods[name] = text
         return text
