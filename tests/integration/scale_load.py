@@ -5,9 +5,18 @@ from __future__ import annotations
 import threading
 import time
 
+from tests.conftest import wait_for
 from tests.rawclient import RawClient
 
 SHUTTING_DOWN = -32005
+
+
+def wait_value(predicate, timeout: float, what: str):
+    """Poll `predicate()` until it gives a true value, and return that value; fail at the
+    deadline saying `what` was awaited."""
+    seen: list = []
+    wait_for(lambda: seen.append(predicate()) or seen[-1], timeout, 0.05, f"waiting for {what}")
+    return seen[-1]
 
 
 class Load:

@@ -21,24 +21,14 @@ from rpcd.client import (
     NotAuthenticated,
     RemoteError,
 )
-from tests.integration.conftest import KEY, Daemon, free_port
+from tests.integration.conftest import KEY, free_port, launch
 
 METHODS = "tests.integration.methods"
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    port = free_port()
-    args = [
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--methods",
-        METHODS,
-        "--call-timeout",
-        "2",
-    ]
-    d = Daemon(tmp_path_factory.mktemp("rpcd"), args, port)
-    d.wait_ready()
+    d = launch(tmp_path_factory.mktemp("rpcd"), "--call-timeout", "2", methods=METHODS)
     yield d
     d.terminate()
 

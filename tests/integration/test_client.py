@@ -26,7 +26,7 @@ from rpcd.client import (
     TooManyConnections,
 )
 from tests.conftest import free_port, wait_for
-from tests.integration.conftest import ROOT, Daemon
+from tests.integration.conftest import ROOT, launch
 
 METHODS = "tests.integration.methods"
 
@@ -34,17 +34,7 @@ METHODS = "tests.integration.methods"
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     """One daemon for the tests that do not need their own settings."""
-    port = free_port()
-    args = [
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--methods",
-        METHODS,
-        "--call-timeout",
-        "1",
-    ]
-    d = Daemon(tmp_path_factory.mktemp("rpcd"), args, port)
-    d.wait_ready()
+    d = launch(tmp_path_factory.mktemp("rpcd"), "--call-timeout", "1", methods=METHODS)
     yield d
     d.terminate()
 

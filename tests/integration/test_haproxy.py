@@ -13,24 +13,13 @@ import warnings
 import pytest
 
 from tests.integration.conftest import ROOT, free_port
-from tests.integration.scale_load import Load
+from tests.integration.scale_load import Load, wait_value
 from tests.rawclient import RawClient
 
 HAPROXY = shutil.which("haproxy")
 REASON = "haproxy is not installed (apt-get install haproxy; .ci/run does)"
 if HAPROXY is None:  # pytest -q lists no skip reason: a warning is always shown
     warnings.warn(f"{__name__} skipped: {REASON}", stacklevel=1)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class HAProxy:
@@ -110,7 +99,7 @@ def cluster(start_daemon, tmp_path):
         daemons.append(daemon)
     proxy = HAProxy(tmp_path, ports)
     try:
-        wait_for(lambda: proxy.states() == {"rpcd1": 2, "rpcd2": 2}, 20, "both servers UP")
+        wait_value(lambda: proxy.states() == {"rpcd1": 2, "rpcd2": 2}, 20, "both servers UP")
         yield proxy, daemons
     finally:
         proxy.stop()
@@ -139,7 +128,7 @@ def test_calls_spread_and_each_daemon_logs_the_real_client(cluster):
         text = "".join(d.log_path.read_text() for d in daemons)
         return all(f"127.0.0.1:{p} echo" in text for p in ports)
 
-    wait_for(logged, 10, "access lines naming each client's own address")
+    wait_value(logged, 10, "access lines naming each client's own address")
     # HAProxy checked each server every second: counted, never lined.
     time.sleep(2.5)
     for daemon in daemons:
@@ -156,7 +145,7 @@ def test_runtime_api_drain_sends_new_connections_elsewhere(cluster):
     assert proxy.command("set server rpcd/rpcd1 state drain").strip() == ""
     assert set(pids_through(proxy, 10)) == {daemons[1].proc.pid}
     proxy.command("set server rpcd/rpcd1 state ready")
-    wait_for(lambda: len(set(pids_through(proxy, 10))) == 2, 10, "rpcd1 back in")
+    wait_value(lambda: len(set(pids_through(proxy, 10))) == 2, 10, "rpcd1 back in")
 
 
 def test_health_check_cannot_match_not_serving():
@@ -172,13 +161,13 @@ def test_health_check_cannot_match_not_serving():
 def test_sigterm_drain_under_load_fails_no_call(cluster):
     proxy, (first, second) = cluster
     with Load(proxy.port, clients=6) as load:
-        wait_for(lambda: len(load.peers) == 2, 20, "load on both daemons")
+        wait_value(lambda: len(load.peers) == 2, 20, "load on both daemons")
         time.sleep(0.5)
         first.proc.send_signal(signal.SIGTERM)
         assert first.proc.wait(30) == 0
-        wait_for(lambda: proxy.states().get("rpcd1") == 0, 10, "rpcd1 marked DOWN")
+        wait_value(lambda: proxy.states().get("rpcd1") == 0, 10, "rpcd1 marked DOWN")
         served = load.peers.get(second.proc.pid, 0)
-        wait_for(lambda: load.peers.get(second.proc.pid, 0) > served + 100, 20, "calls after")
+        wait_value(lambda: load.peers.get(second.proc.pid, 0) > served + 100, 20, "calls after")
     print("SIGTERM behind HAProxy:", load.summary())
     assert load.failed == 0, load.errors[:5]
     assert load.refused == 0, load.errors[:5]
@@ -188,12 +177,12 @@ def test_sigkill_fails_only_the_calls_in_flight(cluster):
     proxy, (first, second) = cluster
     clients = 6
     with Load(proxy.port, clients=clients) as load:
-        wait_for(lambda: len(load.peers) == 2, 20, "load on both daemons")
+        wait_value(lambda: len(load.peers) == 2, 20, "load on both daemons")
         time.sleep(0.5)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
         served = load.peers.get(second.proc.pid, 0)
-        wait_for(lambda: load.peers.get(second.proc.pid, 0) > served + 200, 20, "calls after")
+        wait_value(lambda: load.peers.get(second.proc.pid, 0) > served + 200, 20, "calls after")
     print("SIGKILL behind HAProxy:", load.summary())
     # Each client has one call in flight at a time: only those on rpcd1 can be lost.
     assert load.lost <= clients

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.integration.conftest import Daemon, free_port
-from tests.integration.scale_load import Load
+from tests.integration.scale_load import Load, wait_value
 from tests.rawclient import RawClient
 
 
@@ -28,17 +28,6 @@ def running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -60,7 +49,7 @@ def supervised(tmp_path):
         started.append(daemon)
         daemon.wait_ready()
         n = os.cpu_count() if processes == "auto" else int(processes)
-        wait_for(lambda: len(workers(daemon)) == n, 30, f"{n} workers answering")
+        wait_value(lambda: len(workers(daemon)) == n, 30, f"{n} workers answering")
         return daemon
 
     yield start
@@ -103,13 +92,13 @@ def test_crashed_worker_is_restarted(supervised):
     before = children(daemon.proc.pid)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    after = wait_for(
+    after = wait_value(
         lambda: (c := children(daemon.proc.pid)) and len(c) == 2 and victim not in c and c,
         20,
         "a new worker",
     )
     assert len(after - before) == 1
-    wait_for(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
+    wait_value(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
     assert "exited (signal 9); restarting in 0.1 s" in daemon.log()
 
 
@@ -121,8 +110,8 @@ def test_worker_whose_hub_stops_beating_is_replaced(supervised):
     client.request("spin", 20)  # blocks that worker's loop: no beat from its hub
     with pytest.raises(ConnectionError):
         client.recv()  # killed long before the 20 s are up
-    wait_for(lambda: pid not in children(daemon.proc.pid), 10, "the silent worker reaped")
-    wait_for(lambda: len(children(daemon.proc.pid) - before) == 1, 20, "a replacement")
+    wait_value(lambda: pid not in children(daemon.proc.pid), 10, "the silent worker reaped")
+    wait_value(lambda: len(children(daemon.proc.pid) - before) == 1, 20, "a replacement")
     assert "has not beaten for" in daemon.log()
 
 
@@ -145,8 +134,8 @@ def test_sighup_replaces_workers_without_a_refused_connection_or_failed_call(sup
     with Load(daemon.port) as load:
         time.sleep(1.0)
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "every worker replaced" in daemon.log(), 60, "the rolling restart")
-        wait_for(lambda: not (children(daemon.proc.pid) & before), 30, "the old workers gone")
+        wait_value(lambda: "every worker replaced" in daemon.log(), 60, "the rolling restart")
+        wait_value(lambda: not (children(daemon.proc.pid) & before), 30, "the old workers gone")
         ok_before = load.ok
         time.sleep(1.0)
     assert load.ok > ok_before  # still served afterwards
@@ -178,7 +167,7 @@ def test_one_service_log_read_whole_on_every_worker(supervised):
             for lines in readers.values()
         )
 
-    wait_for(every_worker_sees_all, 20, "every worker's getlog to hold every line")
+    wait_value(every_worker_sees_all, 20, "every worker's getlog to hold every line")
     text = (daemon.workdir / "rpcd.log").read_text()
     for line in text.splitlines():
         assert line[:4].isdigit() or line.startswith(("\t", " ")), repr(line)  # no torn line
@@ -233,7 +222,7 @@ def test_workers_stop_when_the_supervisor_dies(supervised):
     daemon.proc.kill()
     daemon.proc.wait(10)
 
-    wait_for(lambda: not any(running(p) for p in pids), 20, "the orphaned workers to stop")
+    wait_value(lambda: not any(running(p) for p in pids), 20, "the orphaned workers to stop")
     assert "its supervisor is gone" in (daemon.workdir / "rpcd.log").read_text()
 
 
@@ -251,7 +240,7 @@ def test_follow_on_one_worker_sees_lines_written_by_another(supervised):
         client.close()
         return pid != follow_pid
 
-    wait_for(shout_from_the_other, 20, "a connection to the other worker")
+    wait_value(shout_from_the_other, 20, "a connection to the other worker")
     item = follower.recv()
     assert item["method"] == "rpc.stream" and item["params"]["id"] == rid
     assert "followed-elsewhere" in str(item["params"]["item"])
@@ -327,12 +316,12 @@ def test_a_restarted_worker_keeps_the_service_counters_monotonic(supervised):
     assert scrape(metrics_port)[key] == 20
     victim = min(children(daemon.proc.pid))
     os.kill(victim, signal.SIGKILL)
-    wait_for(
+    wait_value(
         lambda: (c := children(daemon.proc.pid)) and len(c) == 2 and victim not in c,
         20,
         "a new worker",
     )
-    wait_for(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
+    wait_value(lambda: len(workers(daemon)) == 2, 20, "both slots answering")
     assert scrape(metrics_port)[key] == 20  # the dead worker's calls still counted
 
 
