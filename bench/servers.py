@@ -45,6 +45,21 @@ def _answer(body: bytes, methods: dict, loads, dumps) -> bytes | None:
     return _PREFIX.pack(len(out)) + out
 
 
+def _answer_all(buffer: bytes, methods: dict, loads, dumps) -> tuple[bytes, bytes]:
+    """Answer every whole frame in `buffer`: the replies as one write, and what is left."""
+    unpack = _PREFIX.unpack_from
+    replies, pos, end = [], 0, len(buffer)
+    while end - pos >= 4:
+        size = unpack(buffer, pos)[0]
+        if end - pos - 4 < size:
+            break
+        reply = _answer(buffer[pos + 4 : pos + 4 + size], methods, loads, dumps)
+        if reply is not None:
+            replies.append(reply)
+        pos += 4 + size
+    return b"".join(replies), buffer[pos:]
+
+
 def twisted_ceiling(port: int) -> None:
     import orjson
     from twisted.internet import reactor
@@ -90,7 +105,6 @@ def gevent_server(port: int) -> None:
 
     loads, dumps = orjson.loads, orjson.dumps
     methods = _inline_methods()
-    unpack = _PREFIX.unpack_from
 
     def serve(sock, _address) -> None:
         buffer = b""
@@ -99,19 +113,11 @@ def gevent_server(port: int) -> None:
             chunk = recv(262144)
             if not chunk:
                 return
-            buffer = buffer + chunk if buffer else chunk
-            replies, pos, end = [], 0, len(buffer)
-            while end - pos >= 4:
-                size = unpack(buffer, pos)[0]
-                if end - pos - 4 < size:
-                    break
-                reply = _answer(buffer[pos + 4 : pos + 4 + size], methods, loads, dumps)
-                if reply is not None:
-                    replies.append(reply)
-                pos += 4 + size
-            buffer = buffer[pos:]
+            replies, buffer = _answer_all(
+                buffer + chunk if buffer else chunk, methods, loads, dumps
+            )
             if replies:
-                sendall(b"".join(replies))
+                sendall(replies)
 
     StreamServer(("127.0.0.1", port), serve, backlog=1024).serve_forever()
 
@@ -124,7 +130,6 @@ def uvloop_server(port: int) -> None:
 
     loads, dumps = orjson.loads, orjson.dumps
     methods = _inline_methods()
-    unpack = _PREFIX.unpack_from
 
     class Inline(asyncio.Protocol):
         def connection_made(self, transport) -> None:
@@ -133,18 +138,9 @@ def uvloop_server(port: int) -> None:
 
         def data_received(self, data: bytes) -> None:
             buffer = self.buffer + data if self.buffer else data
-            replies, pos, end = [], 0, len(buffer)
-            while end - pos >= 4:
-                size = unpack(buffer, pos)[0]
-                if end - pos - 4 < size:
-                    break
-                reply = _answer(buffer[pos + 4 : pos + 4 + size], methods, loads, dumps)
-                if reply is not None:
-                    replies.append(reply)
-                pos += 4 + size
-            self.buffer = buffer[pos:]
+            replies, self.buffer = _answer_all(buffer, methods, loads, dumps)
             if replies:
-                self.transport.write(b"".join(replies))
+                self.transport.write(replies)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
