@@ -143,9 +143,7 @@ def test_metrics_are_off_by_default_and_only_at_metrics(start_daemon):
 
 
 def test_a_metrics_port_in_use_stops_start_up(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         listen = f"tcp:{free_port()}:interface=127.0.0.1"
         metrics = f"tcp:{port}:interface=127.0.0.1"

@@ -249,9 +249,7 @@ def test_follow_on_one_worker_sees_lines_written_by_another(supervised):
 def test_port_in_use_is_one_line_before_daemonizing(tmp_path):
     import socket
 
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
+    with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
         listen = f"tcp:{port}:interface=127.0.0.1"
         result = _twistd(tmp_path, "--processes", "2", "--listen", listen)
@@ -353,9 +351,7 @@ def test_a_worker_that_does_not_answer_is_counted_not_waited_for(supervised):
 def test_a_metrics_port_in_use_is_one_line_before_daemonizing(tmp_path):
     import socket
 
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
+    with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
         metrics = f"tcp:{port}:interface=127.0.0.1"
         listen = f"tcp:{free_port()}:interface=127.0.0.1"
