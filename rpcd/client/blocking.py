@@ -747,7 +747,7 @@ class Stream:
         self._client = client
         self._slot = slot
         self._method = method
-        self._timeout = timeout
+        self.timeout = timeout  # the wait for each next item; None: no limit
         self._finished = False
         self.result: Any = None
 
@@ -763,9 +763,9 @@ class Stream:
         slot = self._slot
         if self._finished:
             raise StopIteration
-        if not slot.ready() and not self._client._wait(slot, _deadline(self._timeout)):
+        if not slot.ready() and not self._client._wait(slot, _deadline(self.timeout)):
             self.close()
-            raise TimeoutError(f"nothing from {self._method} within {self._timeout:g} s")
+            raise TimeoutError(f"nothing from {self._method} within {self.timeout:g} s")
         if slot.items:
             return slot.items.popleft()
         self._finished = True

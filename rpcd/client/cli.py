@@ -298,7 +298,7 @@ def _call(
     try:
         for item in stream:
             # It streams: from now on each wait is for the next item.
-            stream._timeout = item_timeout  # noqa: SLF001 (no public setter on Stream)
+            stream.timeout = item_timeout
             out.item(item)
     except KeyboardInterrupt:
         stream.close()  # cancels the call on the server
