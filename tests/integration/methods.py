@@ -18,6 +18,12 @@ def echo(value):
 
 
 @method
+def filler(size):
+    """A reply of `size` bytes' worth of text, from a small request."""
+    return "x" * size
+
+
+@method
 def sleep(seconds):
     time.sleep(seconds)
     return seconds

@@ -2,6 +2,7 @@
 
 (The call timeout against a method that catches the exception: test_faults.py.)"""
 
+import socket
 import time
 
 from tests.integration.conftest import SERVING
@@ -88,3 +89,21 @@ def test_thread_pool_and_resolver_work_under_monkey_patching(shared_daemon):
     log = d.log()
     assert "Warning" not in log[: log.index(SERVING)]
     assert "Warning" not in log[since:] and "Traceback" not in log[since:]
+
+
+def test_replies_larger_than_the_socket_buffers_arrive_whole_and_in_step(shared_daemon):
+    # Replies are sent straight to the socket when nothing is queued before them: what the
+    # kernel does not take must go out after, whole, before any later reply's bytes.
+    c = shared_daemon.client()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    # Small requests, big replies, nothing read until all are sent: the replies overfill both
+    # sockets' buffers, and the server's own (max_outbuf) pauses its reading for a while.
+    sizes = [900_000, 5, 700_000, 17, 400_000] * 4
+    expected = {c.request("filler", size): size for size in sizes}
+    replies = {}
+    for _ in expected:
+        reply = c.recv()
+        replies[reply["id"]] = reply["result"]
+    assert {rid: len(text) for rid, text in replies.items()} == expected
+    assert set("".join(replies.values())) == {"x"}
+    assert c.call("ping")["result"] == "pong"  # the connection is still in step
