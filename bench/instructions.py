@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import build_loadgen, free_port  # noqa: E402
 
 
-def server_command(name: str, port: int, root: Path, workdir: Path) -> list[str]:
+def server_command(name: str, port: int, workdir: Path, extra: list[str]) -> list[str]:
     python = sys.executable
     if name.startswith("rpcd"):
         twistd = str(Path(python).with_name("twistd"))
@@ -51,7 +51,7 @@ def server_command(name: str, port: int, root: Path, workdir: Path) -> list[str]
         ]
         if name == "rpcd":
             args.append("--no-access-log")
-        return args
+        return args + extra
     return [python, str(BENCH / "servers.py"), name, str(port)]
 
 
@@ -81,7 +81,7 @@ def measure(name: str, args: argparse.Namespace, loadgen: Path) -> dict:
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--callgrind-out-file={out}",
-        *server_command(name, port, args.rpcd_root, workdir),
+        *server_command(name, port, workdir, args.rpcd_args.split()),
     ]
     proc = subprocess.Popen(
         command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -129,6 +129,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rpcd-args", default="", help="more rpcd options, e.g. '--workers 10'")
     parser.add_argument("--rpcd-root", type=Path, default=ROOT, help="checkout rpcd runs from")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
