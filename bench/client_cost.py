@@ -81,8 +81,13 @@ def start_rpcd(port: int) -> subprocess.Popen:
     argv = [twistd, "-n", "--pidfile=", "rpcd", "--listen", f"tcp:{port}:interface=127.0.0.1"]
     argv += ["--methods", "bench.methods", "--no-access-log"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(argv, cwd=tempfile.mkdtemp(prefix="rpcd-cc-"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        cwd=tempfile.mkdtemp(prefix="rpcd-cc-"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     from bench.instructions import wait_listening
 
     wait_listening(port, proc, 60)
@@ -97,25 +102,39 @@ def run_child(kind: str, port: int, args: argparse.Namespace, valgrind: bool) ->
     workdir = Path(tempfile.mkdtemp(prefix=f"rpcd-cc-{kind}-"))
     if valgrind:
         out = workdir / "callgrind.out"
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                f"--callgrind-out-file={out}", *argv]
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            *argv,
+        ]
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdin is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{kind} client did not start")
         if valgrind:
-            subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)],
-                           capture_output=True, check=True)
+            subprocess.run(
+                ["callgrind_control", "--instr=on", str(proc.pid)], capture_output=True, check=True
+            )
         proc.stdin.write("\n")
         proc.stdin.flush()
         result = json.loads(proc.stdout.readline())
         if valgrind:
-            subprocess.run(["callgrind_control", "--instr=off", str(proc.pid)],
-                           capture_output=True, check=True)
-            subprocess.run(["callgrind_control", "--dump", str(proc.pid)],
-                           capture_output=True, check=True)
+            subprocess.run(
+                ["callgrind_control", "--instr=off", str(proc.pid)], capture_output=True, check=True
+            )
+            subprocess.run(
+                ["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True
+            )
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(120)
@@ -141,7 +160,9 @@ def main() -> int:
     parser.add_argument("--cpu-calls", type=int, default=20000, help="calls timed for CPU")
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rpcd-root", type=Path, default=ROOT, help="checkout the client runs from")
+    parser.add_argument(
+        "--rpcd-root", type=Path, default=ROOT, help="checkout the client runs from"
+    )
     parser.add_argument("--no-valgrind", action="store_true")
     args = parser.parse_args()
     if args.child:
@@ -159,8 +180,11 @@ def main() -> int:
     try:
         rows = {}
         for kind in ("raw", "client"):
-            row = {"cpu_us": min(run_child(kind, port, args, False)["cpu_us"]
-                                 for _ in range(args.rounds))}
+            row = {
+                "cpu_us": min(
+                    run_child(kind, port, args, False)["cpu_us"] for _ in range(args.rounds)
+                )
+            }
             if valgrind:
                 row.update(run_child(kind, port, args, True))
             rows[kind] = row

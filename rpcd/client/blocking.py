@@ -48,7 +48,7 @@ from rpcd.client.routing import (
     make_params,
     route,
 )
-from rpcd.wire import encode_frame
+from rpcd.wire import frame_prefix
 
 
 def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
@@ -92,8 +92,7 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
 # delayed for a few ms (a busy machine) on the one-poll path.
 _SLACK_SECONDS = 0.005
 _SLACK_FRACTION = 0.01
-# Bytes asked of each recv: a buffer this size stays on the heap (a far larger one is an
-# mmap, munmap pair per read).
+# Bytes asked of each recv, the size of a connection's receive buffer.
 _RECV_BYTES = 65536
 
 
@@ -173,13 +172,18 @@ class _Connection:
         "tls",
         "poller",
         "sock_timeout",
+        "recv_within",
         "outbox",
         "flushing",
+        "buffer",
     )
 
     def __init__(self, sock: socket.socket, reader: MessageReader) -> None:
         self.sock = sock
         self.reader = reader
+        # Every recv lands here (only the reader reads), and a reply that fills one whole frame
+        # is decoded where it lies: no buffer allocated, shrunk and freed per read.
+        self.buffer = memoryview(bytearray(_RECV_BYTES))
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One poll object for the connection's life (only its reader polls), not one per wait.
         self.poller: Any = None
@@ -188,6 +192,10 @@ class _Connection:
             self.poller.register(sock, select.POLLIN)
         # What bounds each recv and sendall; a reader waits longer than this by polling first.
         self.sock_timeout: float | None = sock.gettimeout()
+        # recv's own wait ends by sock_timeout: early enough for a deadline at least this far
+        # off (None: a socket without a timeout, which a deadline must always poll before).
+        bound = self.sock_timeout
+        self.recv_within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
         # Frames of calls queued while another caller is sending: it sends them with its own.
         self.outbox: list[bytes] = []
         self.flushing = False
@@ -262,6 +270,7 @@ class Client:
         self._connect_lock = threading.Lock()
         self._conn: _Connection | None = None
         self._ids = itertools.count(1)
+        self._pack_prefix = frame_prefix(byteorder).pack
 
     def __repr__(self) -> str:
         return f"<rpcd.Client {self.endpoint.text}>"
@@ -282,14 +291,21 @@ class Client:
     def call(self, method: str, /, *args: Any, _timeout: Any = _DEFAULT, **kwargs: Any) -> Any:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
-        slot = self._new_slot()
-        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
-        self._wait_done(slot, _deadline(timeout), method, timeout)
-        return slot.value()
+        slot = _Slot(next(self._ids))
+        # make_params without the call when there are no named arguments (a tuple encodes
+        # as the list it would make).
+        body = encode_call(method, make_params(args, kwargs) if kwargs else args or None, slot.id)
+        frame = self._pack_prefix(len(body)) + body
+        if not self._call_alone(slot, frame, method, timeout):
+            self._send([slot], frame)
+            self._wait_done(slot, _deadline(timeout), method, timeout)
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs it and sends no reply."""
-        self._send([], encode_call(method, make_params(args, kwargs)))
+        self._send([], self._frame(encode_call(method, make_params(args, kwargs))))
 
     def batch(self, timeout: Any = _DEFAULT) -> Batch:
         """A context manager collecting calls and notifications, sent as one batch on exit."""
@@ -305,7 +321,7 @@ class Client:
         """
         slot = self._new_slot()
         slot.items = collections.deque()
-        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
+        self._send([slot], self._frame(encode_call(method, make_params(args, kwargs), slot.id)))
         return Stream(self, slot, method, _timeout)
 
     def close(self) -> None:
@@ -320,6 +336,9 @@ class Client:
 
     def _new_slot(self) -> _Slot:
         return _Slot(next(self._ids))
+
+    def _frame(self, body: bytes) -> bytes:
+        return self._pack_prefix(len(body)) + body
 
     def _connection(self) -> _Connection:
         conn = self._conn
@@ -370,7 +389,7 @@ class Client:
             raise AuthenticationFailed(f"{self.endpoint.text}: {exc}") from None
         call_id = next(self._ids)
         try:
-            sock.sendall(encode_frame(encode_call(auth.METHOD, params, call_id), self.byteorder))
+            sock.sendall(self._frame(encode_call(auth.METHOD, params, call_id)))
         except OSError as exc:
             raise self._handshake_lost(os_reason(exc)) from exc
         while True:
@@ -446,14 +465,68 @@ class Client:
                 self._wake_next_reader(conn)
         return conn.broken
 
-    def _send(self, slots: list[_Slot], body: bytes) -> None:
-        """Send a request; with `slots` (a call) it may ride in another caller's send.
+    def _call_alone(self, slot: _Slot, frame: bytes, method: str, timeout: float | None) -> bool:
+        """Make the call of `slot` on an idle connection, as its only caller; False (nothing
+        done) if another call is in flight or the connection is not open and quiet.
+
+        The serial caller's path: one lock round trip claims both the send and the reading,
+        then it sends, reads its own reply and gives both back, with no outbox, no parking
+        and no connection check beyond one poll. Anyone arriving meanwhile takes the general
+        path (`_send`, `_wait`) and finds what it expects: a flusher that sends the outbox
+        before it reads, a reader that wakes the next one when its reply is in.
+        """
+        conn = self._conn
+        if conn is None or conn.broken or conn.poller is None:
+            return False
+        try:
+            # Bytes on an idle connection (the server closed it, or a late reply): the
+            # general path reads them first (`_closed_while_idle`).
+            if conn.poller.poll(0) or (conn.tls and conn.sock.pending()):
+                return False
+        except (OSError, ValueError, RuntimeError):
+            return False
+        lock = self._lock
+        with lock:
+            if conn.pending or conn.reading or conn.flushing or conn.broken:
+                return False
+            conn.pending[slot.id] = slot
+            slot.conn = conn
+            conn.reading = conn.flushing = True
+        answered = True
+        try:
+            try:
+                with self._send_lock:
+                    conn.sock.sendall(frame)
+            except OSError as exc:
+                raise self._send_failed(conn, exc) from exc
+            except BaseException:
+                self._lose(conn, "a send was interrupted")
+                raise
+            with lock:
+                queued = bool(conn.outbox)
+                if not queued:
+                    conn.flushing = False
+            if queued:  # calls that came while we sent: send them before we wait
+                self._flush(conn, None, False)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            answered = self._read_until(conn, slot, deadline)
+        finally:
+            with lock:
+                conn.reading = False
+                if conn.waiting:
+                    self._wake_next_reader(conn)
+        if not answered:
+            self._cancel(slot)
+            raise TimeoutError(f"no reply to {method} within {timeout:g} s")
+        return True
+
+    def _send(self, slots: list[_Slot], frame: bytes) -> None:
+        """Send a request's frame; with `slots` (a call) it may ride in another caller's send.
 
         A call's frame queued behind a caller already sending goes out in that caller's next
         `sendall`, so concurrent callers pipeline on the socket in few system calls; if that
         send fails, the connection breaks and the call's wait raises ConnectionLost.
         """
-        frame = encode_frame(body, self.byteorder)
         while True:
             conn = self._connection()
             with self._lock:
@@ -480,7 +553,7 @@ class Client:
         except OSError as exc:
             raise self._send_failed(conn, exc) from exc
 
-    def _flush(self, conn: _Connection, frame: bytes, contended: bool) -> None:
+    def _flush(self, conn: _Connection, frame: bytes | None, contended: bool) -> None:
         """Send `frame`, then what other callers queued meanwhile, until the outbox is empty."""
         try:
             with self._send_lock:
@@ -528,7 +601,7 @@ class Client:
         if not was_pending or conn.broken or not self._send_lock.acquire(blocking):
             return
         try:
-            conn.sock.sendall(encode_frame(encode_cancel(slot.id), self.byteorder))
+            conn.sock.sendall(self._frame(encode_cancel(slot.id)))
         except OSError:
             pass  # the connection is going anyway; whoever reads next finds it broken
         finally:
@@ -572,27 +645,33 @@ class Client:
                     self._wake_next_reader(conn)
                 return True
         try:
-            bound = conn.sock_timeout
-            # recv's own wait ends by `bound`: early enough if remaining + slack >= bound.
-            within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
-            while not slot.ready() and not conn.broken:
-                remaining = _remaining(deadline)
-                if remaining is not None and (within is None or remaining < within):
-                    # The socket's timeout would overshoot the deadline (or a socket without
-                    # one would wait for ever): wait for bytes here first.
-                    if not _wait_readable(conn, remaining):
-                        if remaining is not None and _remaining(deadline) == 0:
-                            return False
-                        continue
-                elif remaining == 0:
-                    return False
-                # Straight to recv: it waits (for the socket's timeout at most) itself.
-                self._read(conn)
-            return True
+            return self._read_until(conn, slot, deadline)
         finally:
             with self._lock:
                 conn.reading = False
                 self._wake_next_reader(conn)
+
+    def _read_until(self, conn: _Connection, slot: _Slot, deadline: float | None) -> bool:
+        """As the reader, read for everyone until `slot` is ready. False on timeout."""
+        within = conn.recv_within
+        monotonic = time.monotonic
+        while not (slot.done or slot.items) and not conn.broken:
+            if deadline is not None:
+                remaining = deadline - monotonic()
+                if remaining < 0.0:
+                    remaining = 0.0
+                if within is None or remaining < within:
+                    # The socket's timeout would overshoot the deadline (or a socket without
+                    # one would wait for ever): wait for bytes here first.
+                    if not _wait_readable(conn, remaining):
+                        if deadline - monotonic() <= 0.0:
+                            return False
+                        continue
+                elif remaining == 0.0:
+                    return False
+            # Straight to recv: it waits (for the socket's timeout at most) itself.
+            self._read(conn)
+        return True
 
     @staticmethod
     def _wake_next_reader(conn: _Connection) -> None:
@@ -604,19 +683,19 @@ class Client:
 
     def _read(self, conn: _Connection) -> None:
         """Read once (the socket is readable) and hand out every complete frame."""
-        sock = conn.sock
+        buffer = conn.buffer
         try:
-            data = sock.recv(_RECV_BYTES)
+            size = conn.sock.recv_into(buffer)
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError):
             return  # nothing yet (a recv bounded by the socket's timeout): the caller waits on
         except OSError as exc:
             self._lose(conn, os_reason(exc))
             return
-        if not data:
+        if not size:
             self._lose(conn, "closed by the server")
             return
         try:
-            messages = conn.reader.feed(data)
+            messages = conn.reader.feed_from(buffer, size)
         except BadReply as exc:
             self._lose(conn, str(exc))
             return
@@ -729,7 +808,7 @@ class Batch:
         client = self._client
         requests, self._requests = self._requests, []
         slots = [entry._slot for entry in self._calls]
-        client._send(slots, b"[" + b",".join(requests) + b"]")
+        client._send(slots, client._frame(b"[" + b",".join(requests) + b"]"))
         deadline = _deadline(self._timeout)
         try:
             for slot in slots:
