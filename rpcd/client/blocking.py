@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from rpcd import auth
 from rpcd.client.endpoint import DEFAULT_ENDPOINT, Endpoint, os_reason, ssl_context
 from rpcd.client.errors import (
@@ -146,17 +148,20 @@ class _Slot:
     def on_item(self, item: Any) -> None:
         if self.items is not None:
             self.items.append(item)
-            self.wake()
+            if self.waiter is not None:
+                self.wake()
 
     def on_result(self, result: Any) -> None:
         self.result = result
         self.done = True
-        self.wake()
+        if self.waiter is not None:  # parked (not the reader itself)
+            self.wake()
 
     def on_error(self, error: RemoteError) -> None:
         self.error = error
         self.done = True
-        self.wake()
+        if self.waiter is not None:
+            self.wake()
 
 
 class _Connection:
@@ -171,6 +176,7 @@ class _Connection:
         "broken",
         "tls",
         "poller",
+        "idle_poller",
         "sock_timeout",
         "recv_within",
         "outbox",
@@ -186,10 +192,15 @@ class _Connection:
         self.buffer = memoryview(bytearray(_RECV_BYTES))
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One poll object for the connection's life (only its reader polls), not one per wait.
+        # A serial caller's look before it claims the connection uses another: a poll object
+        # refuses a poll from a second thread while one is under way (RuntimeError).
         self.poller: Any = None
+        self.idle_poller: Any = None
         if hasattr(select, "poll"):
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
+            self.idle_poller = select.poll()
+            self.idle_poller.register(sock, select.POLLIN)
         # What bounds each recv and sendall; a reader waits longer than this by polling first.
         self.sock_timeout: float | None = sock.gettimeout()
         # recv's own wait ends by sock_timeout: early enough for a deadline at least this far
@@ -291,10 +302,16 @@ class Client:
     def call(self, method: str, /, *args: Any, _timeout: Any = _DEFAULT, **kwargs: Any) -> Any:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
-        slot = _Slot(next(self._ids))
-        # make_params without the call when there are no named arguments (a tuple encodes
-        # as the list it would make).
-        body = encode_call(method, make_params(args, kwargs) if kwargs else args or None, slot.id)
+        call_id = next(self._ids)
+        slot = _Slot(call_id)
+        # routing.encode_call's bytes, built here: it is every call's encoder. Positional
+        # params go as the tuple (it encodes as the list make_params would make).
+        params = make_params(args, kwargs) if kwargs else args
+        if params:
+            request = {"jsonrpc": "2.0", "method": method, "params": params, "id": call_id}
+        else:
+            request = {"jsonrpc": "2.0", "method": method, "id": call_id}
+        body = orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS)
         frame = self._pack_prefix(len(body)) + body
         if not self._call_alone(slot, frame, method, timeout):
             self._send([slot], frame)
@@ -476,45 +493,64 @@ class Client:
         before it reads, a reader that wakes the next one when its reply is in.
         """
         conn = self._conn
-        if conn is None or conn.broken or conn.poller is None:
+        if conn is None or conn.broken or conn.idle_poller is None:
             return False
         try:
             # Bytes on an idle connection (the server closed it, or a late reply): the
-            # general path reads them first (`_closed_while_idle`).
-            if conn.poller.poll(0) or (conn.tls and conn.sock.pending()):
+            # general path reads them first (`_closed_while_idle`). Not idle (another caller
+            # reads, or polls here at the same time: RuntimeError): the general path too.
+            if conn.idle_poller.poll(0) or (conn.tls and conn.sock.pending()):
                 return False
         except (OSError, ValueError, RuntimeError):
             return False
+        # Plain acquire and release, not `with`: this runs on every call, and a `with` costs
+        # a special-method lookup and a bound method for each of enter and exit.
         lock = self._lock
-        with lock:
-            if conn.pending or conn.reading or conn.flushing or conn.broken:
-                return False
-            conn.pending[slot.id] = slot
-            slot.conn = conn
-            conn.reading = conn.flushing = True
+        lock.acquire()
+        if conn.pending or conn.reading or conn.flushing or conn.broken:
+            lock.release()
+            return False
+        conn.pending[slot.id] = slot
+        slot.conn = conn
+        conn.reading = slot
+        conn.flushing = True
+        lock.release()
+        handed_on = False  # the reading passed on with our reply, by _read
         answered = True
         try:
+            send_lock = self._send_lock
+            send_lock.acquire()
             try:
-                with self._send_lock:
-                    conn.sock.sendall(frame)
+                conn.sock.sendall(frame)
             except OSError as exc:
                 raise self._send_failed(conn, exc) from exc
             except BaseException:
                 self._lose(conn, "a send was interrupted")
                 raise
-            with lock:
-                queued = bool(conn.outbox)
-                if not queued:
-                    conn.flushing = False
+            finally:
+                send_lock.release()
+            lock.acquire()
+            queued = bool(conn.outbox)
+            if not queued:
+                conn.flushing = False
+            lock.release()
             if queued:  # calls that came while we sent: send them before we wait
                 self._flush(conn, None, False)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            answered = self._read_until(conn, slot, deadline)
+            within = conn.recv_within
+            if timeout is None or (within is not None and timeout >= within):
+                # The socket's timeout ends recv's wait before our deadline: read at once.
+                handed_on = self._read(conn, slot)
+            if not handed_on:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                answered = self._read_until(conn, slot, deadline)
         finally:
-            with lock:
-                conn.reading = False
-                if conn.waiting:
-                    self._wake_next_reader(conn)
+            if not handed_on:
+                lock.acquire()
+                if conn.reading is slot:
+                    conn.reading = False
+                    if conn.waiting:
+                        self._wake_next_reader(conn)
+                lock.release()
         if not answered:
             self._cancel(slot)
             raise TimeoutError(f"no reply to {method} within {timeout:g} s")
@@ -621,7 +657,7 @@ class Client:
         with self._lock:
             while not slot.ready():
                 if not conn.reading:
-                    conn.reading = True
+                    conn.reading = slot
                     break
                 remaining = _remaining(deadline)
                 if remaining == 0:
@@ -681,33 +717,48 @@ class Client:
                 other.wake()
                 return
 
-    def _read(self, conn: _Connection) -> None:
-        """Read once (the socket is readable) and hand out every complete frame."""
+    def _read(self, conn: _Connection, owner: _Slot | None = None) -> bool:
+        """Read once (the socket is readable) and hand out every complete frame.
+
+        With `owner` (the reading caller's own call): True if its reply has come, and then
+        the reading is passed on in the same critical section that routed the reply.
+        """
         buffer = conn.buffer
         try:
             size = conn.sock.recv_into(buffer)
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError):
-            return  # nothing yet (a recv bounded by the socket's timeout): the caller waits on
+            return False  # nothing yet (a recv bounded by the socket's timeout): wait on
         except OSError as exc:
             self._lose(conn, os_reason(exc))
-            return
+            return False
         if not size:
             self._lose(conn, "closed by the server")
-            return
+            return False
         try:
             messages = conn.reader.feed_from(buffer, size)
         except BadReply as exc:
             self._lose(conn, str(exc))
-            return
-        if messages:
-            with self._lock:
-                pending = conn.pending
-                for message in messages:
-                    error = route(pending, message)
-                    if error is not None:
-                        # An error that answers no call (connection refused, frame too large):
-                        # it concerns every call on this connection, and the server closes it.
-                        self._break(conn, error)
+            return False
+        if not messages:
+            return False
+        lock = self._lock
+        lock.acquire()
+        try:
+            pending = conn.pending
+            for message in messages:
+                error = route(pending, message)
+                if error is not None:
+                    # An error that answers no call (connection refused, frame too large):
+                    # it concerns every call on this connection, and the server closes it.
+                    self._break(conn, error)
+            if owner is None or not owner.done or conn.reading is not owner:
+                return False
+            conn.reading = False
+            if conn.waiting:
+                self._wake_next_reader(conn)
+            return True
+        finally:
+            lock.release()
 
     def _lose(self, conn: _Connection, reason: str) -> None:
         with self._lock:

@@ -81,14 +81,16 @@ def encode_cancel(call_id: int) -> bytes:
 class MessageReader:
     """One connection's incoming side: frames (`rpcd.wire.FrameDecoder`) decoded as JSON."""
 
-    __slots__ = ("decoder", "byteorder", "_unpack_from")
+    __slots__ = ("decoder", "byteorder", "_unpack_from", "_drained")
 
     def __init__(self, max_frame_bytes: int = MAX_REPLY_BYTES, byteorder: str = "big") -> None:
         self.decoder = wire.FrameDecoder(max_frame_bytes, byteorder)
         self.byteorder = byteorder
         self._unpack_from = wire.frame_prefix(byteorder).unpack_from
+        self._drained = True  # the decoder holds nothing (False: it may hold part of a frame)
 
     def receive(self, data: bytes) -> None:
+        self._drained = False
         self.decoder.receive(data)
 
     def next_message(self) -> Any:
@@ -108,10 +110,12 @@ class MessageReader:
 
     def feed(self, data: bytes) -> list[Any]:
         """Buffer `data` and return every message it completes."""
+        self._drained = False
         self.decoder.receive(data)
         messages = []
         while (message := self.next_message()) is not NOTHING:
             messages.append(message)
+        self._drained = not self.decoder.buffered()
         return messages
 
     def feed_from(self, buffer: memoryview, size: int) -> list[Any]:
@@ -120,10 +124,9 @@ class MessageReader:
         A chunk that is exactly one whole frame with nothing buffered before it, as a reply to
         a serial caller is, is decoded where it lies: no copy, no trip through the decoder.
         """
-        decoder = self.decoder
-        if size >= 4 and not decoder.buffered():
+        if self._drained and size >= 4:
             (length,) = self._unpack_from(buffer, 0)
-            if length + 4 == size and length <= decoder.max_frame_bytes:
+            if length + 4 == size and length <= self.decoder.max_frame_bytes:
                 try:
                     return [orjson.loads(buffer[4:size])]
                 except orjson.JSONDecodeError:
