@@ -118,20 +118,21 @@ class MessageReader:
         self._drained = not self.decoder.buffered()
         return messages
 
-    def feed_from(self, buffer: memoryview, size: int) -> list[Any]:
+    def feed_from(self, buffer: bytearray, size: int) -> list[Any]:
         """`feed` of the first `size` bytes of `buffer` (a receive buffer used again and again).
 
         A chunk that is exactly one whole frame with nothing buffered before it, as a reply to
-        a serial caller is, is decoded where it lies: no copy, no trip through the decoder.
+        a serial caller is, is decoded straight from the buffer, without the decoder.
         """
         if self._drained and size >= 4:
             (length,) = self._unpack_from(buffer, 0)
             if length + 4 == size and length <= self.decoder.max_frame_bytes:
                 try:
+                    # A bytearray slice: orjson reads it twice as fast as a memoryview's.
                     return [orjson.loads(buffer[4:size])]
                 except orjson.JSONDecodeError:
                     raise BadReply("the server sent a frame that is not JSON") from None
-        return self.feed(buffer[:size].tobytes())
+        return self.feed(memoryview(buffer)[:size].tobytes())
 
     def _cause(self, exc: wire.FrameTooLarge) -> str:
         foreign = wire.foreign_prefix(exc.prefix)
