@@ -225,13 +225,17 @@ class _Connection:
         self.buffer = bytearray(_RECV_BYTES)
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One poll object for the connection's life (only its reader polls), not one per wait.
-        # A serial caller's look before it claims the connection uses another: a poll object
-        # refuses a poll from a second thread while one is under way (RuntimeError).
         self.poller: Any = None
-        self.idle_poller: Any = None
         if hasattr(select, "poll"):
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
+        # For `Client._call_alone`, the serial caller's path, on a socket of the standard
+        # library's (gevent's go the general way: there the idle check's poll yields to the
+        # hub, which lets the callers it woke queue their calls first, so they share a send
+        # and their replies a read). Its look before it claims the connection has a poll
+        # object of its own: one refuses a poll from a second thread while one is under way.
+        self.idle_poller: Any = None
+        if hasattr(select, "poll") and isinstance(sock, _socket.socket):
             self.idle_poller = select.poll()
             self.idle_poller.register(sock, select.POLLIN)
         # What bounds each recv and sendall (`_bound_waits`); a reader waits longer than this
@@ -527,7 +531,11 @@ class Client:
         before it reads, a reader that wakes the next one when its reply is in.
         """
         conn = self._conn
-        if conn is None or conn.broken or conn.idle_poller is None:
+        # A first look without the lock (the look under it decides): with other calls in
+        # flight, as under many greenlets, go straight to the general path, without the poll.
+        if conn is None or conn.pending or conn.reading or conn.flushing or conn.broken:
+            return False
+        if conn.idle_poller is None:
             return False
         try:
             # Bytes on an idle connection (the server closed it, or a late reply): the
