@@ -215,6 +215,7 @@ class _Connection:
         "outbox",
         "flushing",
         "buffer",
+        "spare",
     )
 
     def __init__(self, sock: socket.socket, reader: MessageReader, bound: float | None) -> None:
@@ -250,8 +251,10 @@ class _Connection:
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
         self.waiting: dict[_Slot, None] = {}
-        self.reading = False
+        self.reading: Any = False  # False, or what reads: the reading caller's slot, or True
         self.broken = False
+        # The slot of the last serial call, given back by its caller once it has its answer.
+        self.spare: _Slot | None = None
 
 
 _DEFAULT: Any = object()
@@ -339,7 +342,6 @@ class Client:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
         call_id = next(self._ids)
-        slot = _Slot(call_id)
         # routing.encode_call's bytes, built here: it is every call's encoder. Positional
         # params go as the tuple (it encodes as the list make_params would make).
         params = make_params(args, kwargs) if kwargs else args
@@ -352,9 +354,17 @@ class Client:
         except TypeError:
             body = encode_call(method, params, call_id)  # dict keys that are not strings
         frame = self._pack_prefix(len(body)) + body
-        if not self._call_alone(slot, frame, method, timeout):
+        slot = self._call_alone(call_id, frame, method, timeout)
+        if slot is None:
+            slot = _Slot(call_id)
             self._send([slot], frame)
             self._wait_done(slot, _deadline(timeout), method, timeout)
+        else:
+            error, result = slot.error, slot.result
+            slot.conn.spare = slot  # answered, and no longer ours: the next serial call's
+            if error is not None:
+                raise error
+            return result
         if slot.error is not None:
             raise slot.error
         return slot.result
@@ -520,9 +530,12 @@ class Client:
                 self._wake_next_reader(conn)
         return conn.broken
 
-    def _call_alone(self, slot: _Slot, frame: bytes, method: str, timeout: float | None) -> bool:
-        """Make the call of `slot` on an idle connection, as its only caller; False (nothing
-        done) if another call is in flight or the connection is not open and quiet.
+    def _call_alone(
+        self, call_id: int, frame: bytes, method: str, timeout: float | None
+    ) -> _Slot | None:
+        """Make the call `call_id` (sending `frame`) on an idle connection, as its only caller,
+        and return its answered slot; None (nothing done) if another call is in flight or the
+        connection is not open and quiet.
 
         The serial caller's path: one lock round trip claims both the send and the reading,
         then it sends, reads its own reply and gives both back, with no outbox, no parking
@@ -534,26 +547,36 @@ class Client:
         # A first look without the lock (the look under it decides): with other calls in
         # flight, as under many greenlets, go straight to the general path, without the poll.
         if conn is None or conn.pending or conn.reading or conn.flushing or conn.broken:
-            return False
+            return None
         if conn.idle_poller is None:
-            return False
+            return None
         try:
             # Bytes on an idle connection (the server closed it, or a late reply): the
             # general path reads them first (`_closed_while_idle`). Not idle (another caller
             # reads, or polls here at the same time: RuntimeError): the general path too.
             if conn.idle_poller.poll(0) or (conn.tls and conn.sock.pending()):
-                return False
+                return None
         except (OSError, ValueError, RuntimeError):
-            return False
+            return None
         # Plain acquire and release, not `with`: this runs on every call, and a `with` costs
         # a special-method lookup and a bound method for each of enter and exit.
         lock = self._lock
         lock.acquire()
         if conn.pending or conn.reading or conn.flushing or conn.broken:
             lock.release()
-            return False
-        conn.pending[slot.id] = slot
-        slot.conn = conn
+            return None
+        # The slot the last serial call gave back, if it did (a slot made per call costs more
+        # than the rest of this critical section): nobody else holds it.
+        slot = conn.spare
+        if slot is None:
+            slot = _Slot(call_id)
+            slot.conn = conn
+        else:
+            conn.spare = None
+            slot.id = call_id
+            slot.done = False
+            slot.result = slot.error = None
+        conn.pending[call_id] = slot
         conn.reading = slot
         conn.flushing = True
         lock.release()
@@ -592,7 +615,7 @@ class Client:
         if not answered:
             self._cancel(slot)
             raise TimeoutError(f"no reply to {method} within {timeout:g} s")
-        return True
+        return slot
 
     def _send(self, slots: list[_Slot], frame: bytes) -> None:
         """Send a request's frame (for the calls of `slots`, or a notification); it may ride
