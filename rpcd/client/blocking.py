@@ -92,9 +92,9 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
 
 
 # How far past its deadline a wait may end when the socket's own timeout bounds it (5 ms
-# and 1 % of that timeout): within this, a reader calls recv straight away (one poll,
-# inside recv) instead of polling first. The part relative to the timeout keeps a caller
-# delayed for a few ms (a busy machine) on the one-poll path.
+# and 1 % of that timeout): within this, a reader calls recv straight away (bounded by the
+# socket's timeout) instead of polling first. The part relative to the timeout keeps a
+# caller delayed for a few ms (a busy machine) on the straight path.
 _SLACK_SECONDS = 0.005
 _SLACK_FRACTION = 0.01
 # Bytes asked of each recv, the size of a connection's receive buffer.
@@ -111,9 +111,10 @@ def _bound_waits(sock: socket.socket, timeout: float | None) -> float | None:
 
     A plain socket stays blocking and the kernel ends a wait past `timeout` (EAGAIN:
     BlockingIOError): a recv or send is one system call, where a socket with a Python timeout
-    polls before each. A socket that needs its Python timeout keeps it: TLS (the ssl module
-    reads a blocking socket's EAGAIN as a broken handshake), and gevent's sockets (their
-    waits are the hub's, the descriptor is non-blocking).
+    polls before each. Others keep their Python timeout: TLS (the ssl module's records sit
+    between our sends and the kernel's, and a write cut short by the kernel is not one it
+    can resume), and gevent's sockets (their waits are the hub's, their descriptors are
+    non-blocking).
     """
     if (
         _KERNEL_TIMEOUTS
@@ -221,8 +222,8 @@ class _Connection:
     def __init__(self, sock: socket.socket, reader: MessageReader, bound: float | None) -> None:
         self.sock = sock
         self.reader = reader
-        # Every recv lands here (only the reader reads), and a reply that fills one whole frame
-        # is decoded where it lies: no buffer allocated, shrunk and freed per read.
+        # Every recv lands here (only the reader reads): no buffer allocated, shrunk and freed
+        # per read, and a chunk that is one whole frame is decoded straight from it.
         self.buffer = bytearray(_RECV_BYTES)
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One poll object for the connection's life (only its reader polls), not one per wait.
