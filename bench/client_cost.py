@@ -12,13 +12,23 @@ counts what the client process itself spends per serial call against a running r
 - CPU per call: `time.process_time()` (user + system) over `--cpu-calls` calls, best of
   `--rounds`, the client run without valgrind.
 
-Both clients make the g scenario's call (`echo` of 16 bytes) with the loop bodies of
-bench/clients.py: `raw-serial` (send a frame, recv, orjson.loads) and `Client.call`. The
-server is rpcd `--no-access-log` from this checkout (its own cost is not counted);
-`--rpcd-root` runs the client from another checkout, for a before figure.
+Each makes the g scenario's call (`echo` of 16 bytes) with the loop bodies of
+bench/clients.py: `raw` (`raw-serial`: send a frame, recv, orjson.loads), `client`
+(`Client.call`, one caller) and `greenlets` (100 greenlets sharing one Client under gevent,
+the calls counted in all; under valgrind the client is the slow side, so its batches are
+fuller than in a real run). The server is rpcd `--no-access-log` from this checkout (its own
+cost is not counted); `--rpcd-root` runs the client from another checkout, for a before
+figure.
 """
 
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__" and sys.argv[1:3] == ["--child", "greenlets"]:
+    from gevent import monkey
+
+    monkey.patch_all()  # before anything imports socket: the greenlets share the client
 
 import argparse
 import json
@@ -26,7 +36,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +65,7 @@ def child(kind: str, port: int, warmup: int, calls: int, cpu: bool) -> None:
                 if loads(buffer[4:])["result"] != expected:
                     raise RuntimeError("unexpected reply")
 
-    else:
+    elif kind == "client":
         from rpcd.client import Client
 
         client = Client(f"tcp:127.0.0.1:{port}")
@@ -66,6 +75,23 @@ def child(kind: str, port: int, warmup: int, calls: int, cpu: bool) -> None:
             for _ in range(n):
                 call("echo", payload)
 
+    else:
+        import gevent
+
+        from rpcd.client import Client
+
+        client = Client(f"tcp:127.0.0.1:{port}")
+        call, payload = client.call, clients.PAYLOAD
+
+        def caller(n: int) -> None:
+            for _ in range(n):
+                call("echo", payload)
+
+        def run(n: int) -> None:  # n calls in all, from GREENLETS greenlets
+            share, extra = divmod(n, GREENLETS)
+            counts = [share + (i < extra) for i in range(GREENLETS)]
+            gevent.joinall([gevent.spawn(caller, k) for k in counts], raise_error=True)
+
     run(warmup)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -74,6 +100,9 @@ def child(kind: str, port: int, warmup: int, calls: int, cpu: bool) -> None:
     used = time.process_time() - start
     print(json.dumps({"cpu": used}), flush=True)
     sys.stdin.readline()
+
+
+GREENLETS = 100  # the greenlets sharing one Client in the `greenlets` figure, as in scenario g
 
 
 def start_rpcd(port: int) -> subprocess.Popen:
@@ -154,7 +183,7 @@ def run_child(kind: str, port: int, args: argparse.Namespace, valgrind: bool) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", choices=("raw", "client"))
+    parser.add_argument("--child", choices=("raw", "client", "greenlets"))
     parser.add_argument("--port", type=int)
     parser.add_argument("--calls", type=int, default=2000, help="calls counted under callgrind")
     parser.add_argument("--cpu-calls", type=int, default=20000, help="calls timed for CPU")
@@ -179,7 +208,7 @@ def main() -> int:
     server = start_rpcd(port)
     try:
         rows = {}
-        for kind in ("raw", "client"):
+        for kind in ("raw", "client", "greenlets"):
             row = {
                 "cpu_us": min(
                     run_child(kind, port, args, False)["cpu_us"] for _ in range(args.rounds)
