@@ -253,3 +253,64 @@ def test_a_failed_send_fails_the_calls_queued_behind_it(tmp_path):
     assert sorted(results) == ["one", "three", "two"]
     for error in results.values():
         assert isinstance(error, ConnectionLost) and "lost" in str(error), results
+
+
+def test_serial_calls_each_get_their_own_answer(tmp_path):
+    def script(recv, send):
+        first = recv()
+        send({"jsonrpc": "2.0", "error": {"code": -32602, "message": "bad"}, "id": first["id"]})
+        second = recv()
+        send({"jsonrpc": "2.0", "result": "two", "id": second["id"]})
+        third = recv()
+        send({"jsonrpc": "2.0", "result": "stray", "id": 999})  # answers no call: dropped
+        send({"jsonrpc": "2.0", "result": ["three"], "id": third["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    with pytest.raises(InvalidParams, match="bad"):
+        c.call("one")
+    assert c.call("two") == "two"
+    assert c.call("three") == ["three"]
+
+
+def test_a_call_past_its_timeout_is_cancelled_and_its_late_reply_dropped(tmp_path):
+    seen = []
+
+    def script(recv, send):
+        first = recv()  # not answered in time
+        seen.append((first["id"], recv()))  # the cancel
+        send({"jsonrpc": "2.0", "result": "late", "id": first["id"]})
+        second = recv()
+        send({"jsonrpc": "2.0", "result": "second", "id": second["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=0.2)
+    with pytest.raises(TimeoutError, match="no reply to slow"):
+        c.call("slow")
+    assert c.call("fast") == "second"
+    [(first_id, cancel)] = seen
+    assert (cancel["method"], cancel["params"], "id" in cancel) == (
+        "rpc.cancel",
+        {"id": first_id},
+        False,
+    )
+
+
+def test_params_are_sent_as_the_wire_encoder_writes_them(tmp_path):
+    requests = []
+
+    def script(recv, send):
+        for _ in range(3):
+            requests.append(recv())
+            send({"jsonrpc": "2.0", "result": None, "id": requests[-1]["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    c.call("keys", {1: "a"})  # a key that is not a string, as rpcd.wire writes it
+    c.call("named", a=1)
+    c.call("none")
+    assert [(r["method"], r.get("params", "absent")) for r in requests] == [
+        ("keys", [{"1": "a"}]),
+        ("named", {"a": 1}),
+        ("none", "absent"),
+    ]

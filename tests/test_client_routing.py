@@ -65,6 +65,35 @@ def test_the_reader_decodes_frames_in_pieces():
     assert reader.feed(data[5:]) == [{"id": 1}, [1, 2]]
 
 
+def _received(buffer: bytearray, data: bytes) -> int:
+    """`data` as a recv_into would leave it in `buffer` (its start), and its size."""
+    buffer[: len(data)] = data
+    return len(data)
+
+
+def test_the_reader_decodes_chunks_from_a_reused_buffer():
+    reader = routing.MessageReader(1024)
+    buffer = bytearray(64)
+    one, two = wire.encode_frame(b'{"id": 1}'), wire.encode_frame(b"[1, 2]")
+    assert reader.feed_from(buffer, _received(buffer, one)) == [{"id": 1}]  # one whole frame
+    assert reader.feed_from(buffer, _received(buffer, one + two)) == [{"id": 1}, [1, 2]]
+    # A frame cut short waits for its rest, though the next chunk looks like a whole frame.
+    assert reader.feed_from(buffer, _received(buffer, two[:3])) == []
+    assert reader.feed_from(buffer, _received(buffer, two[3:] + one)) == [[1, 2], {"id": 1}]
+    assert reader.feed_from(buffer, _received(buffer, two)) == [[1, 2]]
+    reader.receive(one[:6])  # bytes handed over before (the auth handshake's leftovers)
+    assert reader.feed_from(buffer, _received(buffer, one[6:])) == [{"id": 1}]
+
+
+def test_the_reader_refuses_a_reused_buffer_frame_that_is_not_json_or_too_large():
+    buffer = bytearray(64)
+    with pytest.raises(routing.BadReply, match="not JSON"):
+        routing.MessageReader(1024).feed_from(buffer, _received(buffer, wire.encode_frame(b"x")))
+    with pytest.raises(routing.ReplyTooLarge):
+        frame = wire.encode_frame(b"[" + b"1," * 20 + b"1]")
+        routing.MessageReader(16).feed_from(buffer, _received(buffer, frame))
+
+
 def test_the_reader_refuses_what_is_not_json():
     reader = routing.MessageReader(1024)
     with pytest.raises(routing.BadReply, match="not JSON"):
@@ -73,5 +102,9 @@ def test_the_reader_refuses_what_is_not_json():
 
 def test_encode_call_is_the_wire_request_encoder():
     assert routing.encode_call("m", [1], 3) == wire.encode_request("m", (1,), 3)
+    assert routing.encode_call("m", (1,), 3) == wire.encode_request("m", (1,), 3)
+    assert routing.encode_call("m", None, 3) == wire.encode_request("m", None, 3)
+    assert routing.encode_call("m", {1: "a"}, 3) == wire.encode_request("m", {1: "a"}, 3)
+    assert routing.encode_call("m", {"a": 1}) == wire.encode_request("m", {"a": 1})
     assert wire.decode(routing.encode_call("m", None)).notification
     assert wire.decode(routing.encode_cancel(7)).params == {"id": 7}

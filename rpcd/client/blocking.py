@@ -18,16 +18,21 @@ encoder and the reply routing are the ones every client shares (`rpcd.client.rou
 
 from __future__ import annotations
 
+import _socket
 import collections
 import copy
 import itertools
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 from rpcd import auth
 from rpcd.client.endpoint import DEFAULT_ENDPOINT, Endpoint, os_reason, ssl_context
@@ -48,7 +53,7 @@ from rpcd.client.routing import (
     make_params,
     route,
 )
-from rpcd.wire import encode_frame
+from rpcd.wire import frame_prefix
 
 
 def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
@@ -87,14 +92,44 @@ def _open_socket(endpoint: Endpoint, timeout: float | None) -> socket.socket:
 
 
 # How far past its deadline a wait may end when the socket's own timeout bounds it (5 ms
-# and 1 % of that timeout): within this, a reader calls recv straight away (one poll,
-# inside recv) instead of polling first. The part relative to the timeout keeps a caller
-# delayed for a few ms (a busy machine) on the one-poll path.
+# and 1 % of that timeout): within this, a reader calls recv straight away (bounded by the
+# socket's timeout) instead of polling first. The part relative to the timeout keeps a
+# caller delayed for a few ms (a busy machine) on the straight path.
 _SLACK_SECONDS = 0.005
 _SLACK_FRACTION = 0.01
-# Bytes asked of each recv: a buffer this size stays on the heap (a far larger one is an
-# mmap, munmap pair per read).
+# Bytes asked of each recv, the size of a connection's receive buffer.
 _RECV_BYTES = 65536
+
+
+# Where the kernel can bound a blocking socket's waits (SO_RCVTIMEO, SO_SNDTIMEO as a struct
+# timeval of two longs).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _bound_waits(sock: socket.socket, timeout: float | None) -> float | None:
+    """Bound each recv and send on `sock` by `timeout`; return that bound.
+
+    A plain socket stays blocking and the kernel ends a wait past `timeout` (EAGAIN:
+    BlockingIOError): a recv or send is one system call, where a socket with a Python timeout
+    polls before each. Others keep their Python timeout: TLS (the ssl module's records sit
+    between our sends and the kernel's, and a write cut short by the kernel is not one it
+    can resume), and gevent's sockets (their waits are the hub's, their descriptors are
+    non-blocking).
+    """
+    if (
+        _KERNEL_TIMEOUTS
+        and timeout
+        and isinstance(sock, _socket.socket)
+        and not isinstance(sock, ssl.SSLSocket)
+    ):
+        seconds = int(timeout)
+        timeval = struct.pack("@ll", seconds, int((timeout - seconds) * 1e6))
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        return timeout
+    sock.settimeout(timeout)
+    return sock.gettimeout()
 
 
 def _wait_readable(conn: _Connection, timeout: float | None) -> bool:
@@ -147,17 +182,20 @@ class _Slot:
     def on_item(self, item: Any) -> None:
         if self.items is not None:
             self.items.append(item)
-            self.wake()
+            if self.waiter is not None:
+                self.wake()
 
     def on_result(self, result: Any) -> None:
         self.result = result
         self.done = True
-        self.wake()
+        if self.waiter is not None:  # parked (not the reader itself)
+            self.wake()
 
     def on_error(self, error: RemoteError) -> None:
         self.error = error
         self.done = True
-        self.wake()
+        if self.waiter is not None:
+            self.wake()
 
 
 class _Connection:
@@ -172,30 +210,52 @@ class _Connection:
         "broken",
         "tls",
         "poller",
+        "idle_poller",
         "sock_timeout",
+        "recv_within",
         "outbox",
         "flushing",
+        "buffer",
+        "spare",
     )
 
-    def __init__(self, sock: socket.socket, reader: MessageReader) -> None:
+    def __init__(self, sock: socket.socket, reader: MessageReader, bound: float | None) -> None:
         self.sock = sock
         self.reader = reader
+        # Every recv lands here (only the reader reads): no buffer allocated, shrunk and freed
+        # per read, and a chunk that is one whole frame is decoded straight from it.
+        self.buffer = bytearray(_RECV_BYTES)
         self.tls = isinstance(sock, ssl.SSLSocket)
         # One poll object for the connection's life (only its reader polls), not one per wait.
         self.poller: Any = None
         if hasattr(select, "poll"):
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
-        # What bounds each recv and sendall; a reader waits longer than this by polling first.
-        self.sock_timeout: float | None = sock.gettimeout()
+        # For `Client._call_alone`, the serial caller's path, on a socket of the standard
+        # library's (gevent's go the general way: there the idle check's poll yields to the
+        # hub, which lets the callers it woke queue their calls first, so they share a send
+        # and their replies a read). Its look before it claims the connection has a poll
+        # object of its own: one refuses a poll from a second thread while one is under way.
+        self.idle_poller: Any = None
+        if hasattr(select, "poll") and isinstance(sock, _socket.socket):
+            self.idle_poller = select.poll()
+            self.idle_poller.register(sock, select.POLLIN)
+        # What bounds each recv and sendall (`_bound_waits`); a reader waits longer than this
+        # by polling first.
+        self.sock_timeout = bound
+        # recv's own wait ends by sock_timeout: early enough for a deadline at least this far
+        # off (None: a socket without a timeout, which a deadline must always poll before).
+        self.recv_within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
         # Frames of calls queued while another caller is sending: it sends them with its own.
         self.outbox: list[bytes] = []
         self.flushing = False
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
         self.waiting: dict[_Slot, None] = {}
-        self.reading = False
+        self.reading: Any = False  # False, or what reads: the reading caller's slot, or True
         self.broken = False
+        # The slot of the last serial call, given back by its caller once it has its answer.
+        self.spare: _Slot | None = None
 
 
 _DEFAULT: Any = object()
@@ -258,10 +318,10 @@ class Client:
         )
         self.byteorder = byteorder
         self._lock = threading.Lock()  # guards connection and slot state
-        self._send_lock = threading.Lock()  # keeps each frame's bytes together on the socket
         self._connect_lock = threading.Lock()
         self._conn: _Connection | None = None
         self._ids = itertools.count(1)
+        self._pack_prefix = frame_prefix(byteorder).pack
 
     def __repr__(self) -> str:
         return f"<rpcd.Client {self.endpoint.text}>"
@@ -282,14 +342,37 @@ class Client:
     def call(self, method: str, /, *args: Any, _timeout: Any = _DEFAULT, **kwargs: Any) -> Any:
         """Call `method` with positional or named arguments and return its result."""
         timeout = self.timeout if _timeout is _DEFAULT else _timeout
-        slot = self._new_slot()
-        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
-        self._wait_done(slot, _deadline(timeout), method, timeout)
-        return slot.value()
+        call_id = next(self._ids)
+        # routing.encode_call's bytes, built here: it is every call's encoder. Positional
+        # params go as the tuple (it encodes as the list make_params would make).
+        params = make_params(args, kwargs) if kwargs else args
+        if params:
+            request = {"jsonrpc": "2.0", "method": method, "params": params, "id": call_id}
+        else:
+            request = {"jsonrpc": "2.0", "method": method, "id": call_id}
+        try:
+            body = orjson.dumps(request)  # a third faster than with an option to parse
+        except TypeError:
+            body = encode_call(method, params, call_id)  # dict keys that are not strings
+        frame = self._pack_prefix(len(body)) + body
+        slot = self._call_alone(call_id, frame, method, timeout)
+        if slot is None:
+            slot = _Slot(call_id)
+            self._send([slot], frame)
+            self._wait_done(slot, _deadline(timeout), method, timeout)
+        else:
+            error, result = slot.error, slot.result
+            slot.conn.spare = slot  # answered, and no longer ours: the next serial call's
+            if error is not None:
+                raise error
+            return result
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs it and sends no reply."""
-        self._send([], encode_call(method, make_params(args, kwargs)))
+        self._send([], self._frame(encode_call(method, make_params(args, kwargs))))
 
     def batch(self, timeout: Any = _DEFAULT) -> Batch:
         """A context manager collecting calls and notifications, sent as one batch on exit."""
@@ -305,7 +388,7 @@ class Client:
         """
         slot = self._new_slot()
         slot.items = collections.deque()
-        self._send([slot], encode_call(method, make_params(args, kwargs), slot.id))
+        self._send([slot], self._frame(encode_call(method, make_params(args, kwargs), slot.id)))
         return Stream(self, slot, method, _timeout)
 
     def close(self) -> None:
@@ -320,6 +403,9 @@ class Client:
 
     def _new_slot(self) -> _Slot:
         return _Slot(next(self._ids))
+
+    def _frame(self, body: bytes) -> bytes:
+        return self._pack_prefix(len(body)) + body
 
     def _connection(self) -> _Connection:
         conn = self._conn
@@ -336,8 +422,7 @@ class Client:
                     except BaseException:
                         sock.close()
                         raise
-                sock.settimeout(self.timeout)
-                conn = _Connection(sock, reader)
+                conn = _Connection(sock, reader, _bound_waits(sock, self.timeout))
                 self._conn = conn
             return conn
 
@@ -370,7 +455,7 @@ class Client:
             raise AuthenticationFailed(f"{self.endpoint.text}: {exc}") from None
         call_id = next(self._ids)
         try:
-            sock.sendall(encode_frame(encode_call(auth.METHOD, params, call_id), self.byteorder))
+            sock.sendall(self._frame(encode_call(auth.METHOD, params, call_id)))
         except OSError as exc:
             raise self._handshake_lost(os_reason(exc)) from exc
         while True:
@@ -446,14 +531,102 @@ class Client:
                 self._wake_next_reader(conn)
         return conn.broken
 
-    def _send(self, slots: list[_Slot], body: bytes) -> None:
-        """Send a request; with `slots` (a call) it may ride in another caller's send.
+    def _call_alone(
+        self, call_id: int, frame: bytes, method: str, timeout: float | None
+    ) -> _Slot | None:
+        """Make the call `call_id` (sending `frame`) on an idle connection, as its only caller,
+        and return its answered slot; None (nothing done) if another call is in flight or the
+        connection is not open and quiet.
 
-        A call's frame queued behind a caller already sending goes out in that caller's next
-        `sendall`, so concurrent callers pipeline on the socket in few system calls; if that
-        send fails, the connection breaks and the call's wait raises ConnectionLost.
+        The serial caller's path: one lock round trip claims both the send and the reading,
+        then it sends, reads its own reply and gives both back, with no outbox, no parking
+        and no connection check beyond one poll. Anyone arriving meanwhile takes the general
+        path (`_send`, `_wait`) and finds what it expects: a flusher that sends the outbox
+        before it reads, a reader that wakes the next one when its reply is in.
         """
-        frame = encode_frame(body, self.byteorder)
+        conn = self._conn
+        # A first look without the lock (the look under it decides): with other calls in
+        # flight, as under many greenlets, go straight to the general path, without the poll.
+        if conn is None or conn.pending or conn.reading or conn.flushing or conn.broken:
+            return None
+        if conn.idle_poller is None:
+            return None
+        try:
+            # Bytes on an idle connection (the server closed it, or a late reply): the
+            # general path reads them first (`_closed_while_idle`). Not idle (another caller
+            # reads, or polls here at the same time: RuntimeError): the general path too.
+            if conn.idle_poller.poll(0) or (conn.tls and conn.sock.pending()):
+                return None
+        except (OSError, ValueError, RuntimeError):
+            return None
+        # Plain acquire and release, not `with`: this runs on every call, and a `with` costs
+        # a special-method lookup and a bound method for each of enter and exit.
+        lock = self._lock
+        lock.acquire()
+        if conn.pending or conn.reading or conn.flushing or conn.broken:
+            lock.release()
+            return None
+        # The slot the last serial call gave back, if it did (a slot made per call costs more
+        # than the rest of this critical section): nobody else holds it.
+        slot = conn.spare
+        if slot is None:
+            slot = _Slot(call_id)
+            slot.conn = conn
+        else:
+            conn.spare = None
+            slot.id = call_id
+            slot.done = False
+            slot.result = slot.error = None
+        conn.pending[call_id] = slot
+        conn.reading = slot
+        conn.flushing = True
+        lock.release()
+        handed_on = False  # the reading passed on with our reply, by _read
+        answered = True
+        try:
+            try:
+                conn.sock.sendall(frame)
+            except OSError as exc:
+                raise self._send_failed(conn, exc) from exc
+            except BaseException:
+                self._lose(conn, "a send was interrupted")
+                raise
+            lock.acquire()
+            queued = bool(conn.outbox)
+            if not queued:
+                conn.flushing = False
+            lock.release()
+            if queued:  # calls that came while we sent: send them before we wait
+                self._flush(conn, None, False)
+            within = conn.recv_within
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if timeout is None or (within is not None and timeout >= within):
+                # The socket's timeout ends recv's wait before our deadline: read at once.
+                handed_on = self._read(conn, slot)
+            if not handed_on:
+                answered = self._read_until(conn, slot, deadline)
+        finally:
+            if not handed_on:
+                lock.acquire()
+                if conn.reading is slot:
+                    conn.reading = False
+                    if conn.waiting:
+                        self._wake_next_reader(conn)
+                lock.release()
+        if not answered:
+            self._cancel(slot)
+            raise TimeoutError(f"no reply to {method} within {timeout:g} s")
+        return slot
+
+    def _send(self, slots: list[_Slot], frame: bytes) -> None:
+        """Send a request's frame (for the calls of `slots`, or a notification); it may ride
+        in another caller's send.
+
+        One caller sends at a time (`flushing`: the send is its until the outbox is empty). A
+        frame queued behind it goes out in its next `sendall`, so concurrent callers pipeline
+        on the socket in few system calls; if that send fails, the connection breaks and a
+        call's wait raises ConnectionLost (a notification queued so is lost with it).
+        """
         while True:
             conn = self._connection()
             with self._lock:
@@ -463,42 +636,33 @@ class Client:
                 for slot in slots:
                     slot.conn = conn
                     conn.pending[slot.id] = slot
-                if slots:
-                    if conn.flushing:
-                        conn.outbox.append(frame)
-                        return
-                    conn.flushing = True
-                    # Other calls in flight: their callers may be about to send too.
-                    contended = len(conn.pending) > len(slots)
+                if conn.flushing:
+                    conn.outbox.append(frame)
+                    return
+                conn.flushing = True
+                # Other calls in flight: their callers may be about to send too.
+                contended = len(conn.pending) > len(slots)
                 break
-        if slots:
-            self._flush(conn, frame, contended)
-            return
-        try:
-            with self._send_lock:
-                conn.sock.sendall(frame)
-        except OSError as exc:
-            raise self._send_failed(conn, exc) from exc
+        self._flush(conn, frame, contended)
 
-    def _flush(self, conn: _Connection, frame: bytes, contended: bool) -> None:
+    def _flush(self, conn: _Connection, frame: bytes | None, contended: bool) -> None:
         """Send `frame`, then what other callers queued meanwhile, until the outbox is empty."""
         try:
-            with self._send_lock:
-                if contended:
-                    # Let the callers that are ready queue their frames first: one send for all.
-                    time.sleep(0)
-                while True:
-                    with self._lock:
-                        queued = conn.outbox
-                        if queued:
-                            conn.outbox = []
-                        elif frame is None:
-                            conn.flushing = False
-                            return
+            if contended:
+                # Let the callers that are ready queue their frames first: one send for all.
+                time.sleep(0)
+            while True:
+                with self._lock:
+                    queued = conn.outbox
                     if queued:
-                        frame = b"".join([frame, *queued] if frame is not None else queued)
-                    conn.sock.sendall(frame)
-                    frame = None
+                        conn.outbox = []
+                    elif frame is None:
+                        conn.flushing = False
+                        return
+                if queued:
+                    frame = b"".join([frame, *queued] if frame is not None else queued)
+                conn.sock.sendall(frame)
+                frame = None
         except OSError as exc:
             raise self._send_failed(conn, exc) from exc
         except BaseException:
@@ -522,17 +686,19 @@ class Client:
         if not self._lock.acquire(blocking):
             return
         try:
-            was_pending = conn.pending.pop(slot.id, None) is not None
+            if conn.pending.pop(slot.id, None) is None or conn.broken:
+                return
+            frame = self._frame(encode_cancel(slot.id))
+            if conn.flushing:
+                conn.outbox.append(frame)  # whoever is sending sends it next
+                return
+            conn.flushing = True
         finally:
             self._lock.release()
-        if not was_pending or conn.broken or not self._send_lock.acquire(blocking):
-            return
         try:
-            conn.sock.sendall(encode_frame(encode_cancel(slot.id), self.byteorder))
-        except OSError:
+            self._flush(conn, frame, False)
+        except ConnectionLost:
             pass  # the connection is going anyway; whoever reads next finds it broken
-        finally:
-            self._send_lock.release()
 
     # -- waiting and reading -----------------------------------------------------------------
 
@@ -548,7 +714,7 @@ class Client:
         with self._lock:
             while not slot.ready():
                 if not conn.reading:
-                    conn.reading = True
+                    conn.reading = slot
                     break
                 remaining = _remaining(deadline)
                 if remaining == 0:
@@ -572,27 +738,33 @@ class Client:
                     self._wake_next_reader(conn)
                 return True
         try:
-            bound = conn.sock_timeout
-            # recv's own wait ends by `bound`: early enough if remaining + slack >= bound.
-            within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
-            while not slot.ready() and not conn.broken:
-                remaining = _remaining(deadline)
-                if remaining is not None and (within is None or remaining < within):
-                    # The socket's timeout would overshoot the deadline (or a socket without
-                    # one would wait for ever): wait for bytes here first.
-                    if not _wait_readable(conn, remaining):
-                        if remaining is not None and _remaining(deadline) == 0:
-                            return False
-                        continue
-                elif remaining == 0:
-                    return False
-                # Straight to recv: it waits (for the socket's timeout at most) itself.
-                self._read(conn)
-            return True
+            return self._read_until(conn, slot, deadline)
         finally:
             with self._lock:
                 conn.reading = False
                 self._wake_next_reader(conn)
+
+    def _read_until(self, conn: _Connection, slot: _Slot, deadline: float | None) -> bool:
+        """As the reader, read for everyone until `slot` is ready. False on timeout."""
+        within = conn.recv_within
+        monotonic = time.monotonic
+        while not (slot.done or slot.items) and not conn.broken:
+            if deadline is not None:
+                remaining = deadline - monotonic()
+                if remaining < 0.0:
+                    remaining = 0.0
+                if within is None or remaining < within:
+                    # The socket's timeout would overshoot the deadline (or a socket without
+                    # one would wait for ever): wait for bytes here first.
+                    if not _wait_readable(conn, remaining):
+                        if deadline - monotonic() <= 0.0:
+                            return False
+                        continue
+                elif remaining == 0.0:
+                    return False
+            # Straight to recv: it waits (for the socket's timeout at most) itself.
+            self._read(conn)
+        return True
 
     @staticmethod
     def _wake_next_reader(conn: _Connection) -> None:
@@ -602,33 +774,48 @@ class Client:
                 other.wake()
                 return
 
-    def _read(self, conn: _Connection) -> None:
-        """Read once (the socket is readable) and hand out every complete frame."""
-        sock = conn.sock
+    def _read(self, conn: _Connection, owner: _Slot | None = None) -> bool:
+        """Read once (the socket is readable) and hand out every complete frame.
+
+        With `owner` (the reading caller's own call): True if its reply has come, and then
+        the reading is passed on in the same critical section that routed the reply.
+        """
+        buffer = conn.buffer
         try:
-            data = sock.recv(_RECV_BYTES)
+            size = conn.sock.recv_into(buffer)
         except (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError):
-            return  # nothing yet (a recv bounded by the socket's timeout): the caller waits on
+            return False  # nothing yet (a recv bounded by the socket's timeout): wait on
         except OSError as exc:
             self._lose(conn, os_reason(exc))
-            return
-        if not data:
+            return False
+        if not size:
             self._lose(conn, "closed by the server")
-            return
+            return False
         try:
-            messages = conn.reader.feed(data)
+            messages = conn.reader.feed_from(buffer, size)
         except BadReply as exc:
             self._lose(conn, str(exc))
-            return
-        if messages:
-            with self._lock:
-                pending = conn.pending
-                for message in messages:
-                    error = route(pending, message)
-                    if error is not None:
-                        # An error that answers no call (connection refused, frame too large):
-                        # it concerns every call on this connection, and the server closes it.
-                        self._break(conn, error)
+            return False
+        if not messages:
+            return False
+        lock = self._lock
+        lock.acquire()
+        try:
+            pending = conn.pending
+            for message in messages:
+                error = route(pending, message)
+                if error is not None:
+                    # An error that answers no call (connection refused, frame too large):
+                    # it concerns every call on this connection, and the server closes it.
+                    self._break(conn, error)
+            if owner is None or not owner.done or conn.reading is not owner:
+                return False
+            conn.reading = False
+            if conn.waiting:
+                self._wake_next_reader(conn)
+            return True
+        finally:
+            lock.release()
 
     def _lose(self, conn: _Connection, reason: str) -> None:
         with self._lock:
@@ -729,7 +916,7 @@ class Batch:
         client = self._client
         requests, self._requests = self._requests, []
         slots = [entry._slot for entry in self._calls]
-        client._send(slots, b"[" + b",".join(requests) + b"]")
+        client._send(slots, client._frame(b"[" + b",".join(requests) + b"]"))
         deadline = _deadline(self._timeout)
         try:
             for slot in slots:

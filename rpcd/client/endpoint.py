@@ -109,7 +109,8 @@ def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
 
 def os_reason(exc: OSError) -> str:
     """An OSError in a few lower-case words ("connection refused", "timed out")."""
-    if isinstance(exc, socket.timeout):
+    # BlockingIOError: a blocking socket's wait ended by its SO_SNDTIMEO or SO_RCVTIMEO.
+    if isinstance(exc, (socket.timeout, BlockingIOError)):
         return "timed out"
     if exc.errno:
         return os.strerror(exc.errno).lower()
