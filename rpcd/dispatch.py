@@ -33,6 +33,7 @@ from rpcd.wire import (
     Request,
     Response,
     RPCError,
+    _new,
 )
 
 log = Logger()
@@ -80,6 +81,7 @@ class Call(Response):
         self.done = False
         self.accepted_at = perf_counter()
         self.route: Any = None  # where the sink puts the reply (rpcd.session routes)
+        # Dispatcher.submit builds its calls without this __init__: keep the two alike.
 
 
 # Results that are plainly values: no Deferred, coroutine or generator checks needed.
@@ -272,7 +274,17 @@ class Dispatcher:
                 SERVER_BUSY,
                 f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
             )
-        call = Call(request, method, sink)
+        # Call(request, method, sink) without its __init__ (see rpcd.wire._new): once per call.
+        call = _new(Call)
+        call.request = request
+        call.result = None
+        call.error = None
+        call.method = method
+        call.sink = sink
+        call.worker = None
+        call.done = False
+        call.accepted_at = perf_counter()
+        call.route = None
         self._active.add(call)
         self.calls_total += 1
         self._waiting = waiting + 1

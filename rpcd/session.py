@@ -233,7 +233,12 @@ class Session:
         cap = self._max_inflight
         full = len(calls) >= cap
         calls.discard(call)
-        call.route.reply(response)
+        route = call.route
+        if route is self._direct:  # _Direct.reply, in line for the usual call
+            if not response.request.notification:
+                self._send(wire.encode(response, self._max_reply_bytes))
+        else:
+            route.reply(response)
         held = self._held
         while held and len(calls) < cap:
             self._submit(*held.popleft())
