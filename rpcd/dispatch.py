@@ -9,6 +9,7 @@ call that does not fit is refused at once with -32000, never silently dropped.
 from __future__ import annotations
 
 import inspect
+import math
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -91,23 +92,23 @@ _PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes}
 class _CallTimer:
     """A worker's per-call timeout, cheap to restart for every call.
 
-    Starting it for a call takes the clock reading the call's start made anyway; the libev
-    timer behind it is started only when none is running, and when it fires before the
+    A call starts it by setting `call` and `deadline` (a `perf_counter` reading; None stops
+    it) and, only when that deadline comes before `fires_at`, arming the libev timer behind
+    it (`arm`): the timer is started only when none is running, and when it fires before the
     current call's deadline (it was started for an earlier call) it is re-armed for the
-    remainder. So a call is stopped at its own deadline,
-    exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
+    remainder. So a call is stopped at its own deadline, exactly as with a `gevent.Timeout`
+    per call, without a timer start and stop per call.
     """
 
     __slots__ = (
         "worker",
         "call",
         "deadline",
+        "fires_at",
         "fired",
         "_expired_call",
-        "_seconds",
         "_loop",
         "_timer",
-        "_fires_at",
     )
 
     def __init__(
@@ -116,48 +117,39 @@ class _CallTimer:
         self.worker = worker
         self.call: Call | None = None  # the call the deadline is for
         self.deadline: float | None = None  # None: no call is running under this timer
+        self.fires_at = math.inf  # when the libev timer fires (inf: none is running)
         self.fired: Timeout | None = None  # the exception thrown by the last expiry
         self._expired_call = expired  # answers the call and stops the worker, in the hub
-        self._seconds = 0.0
         self._loop = gevent.get_hub().loop
         self._timer: Any = None
-        self._fires_at = 0.0
-
-    def start(self, seconds: float, call: Call, now: float) -> None:
-        """Time `call` from `now` (a `perf_counter` reading); `deadline = None` stops it."""
-        self._seconds = seconds
-        self.call = call
-        deadline = self.deadline = now + seconds
-        if self._timer is None or deadline < self._fires_at:
-            self._arm(seconds, deadline)
 
     def close(self) -> None:
         self.deadline = None
+        self.fires_at = math.inf
         if self._timer is not None:
             self._timer.close()
             self._timer = None
 
-    def _arm(self, seconds: float, deadline: float) -> None:
+    def arm(self, seconds: float, deadline: float) -> None:
+        """Have the libev timer fire in `seconds`, at `deadline`."""
         if self._timer is not None:
             self._timer.close()
         self._timer = self._loop.timer(seconds)
-        self._fires_at = deadline
+        self.fires_at = deadline
         self._timer.start(self._expired)
 
     def _expired(self) -> None:
         self._timer.close()
         self._timer = None
+        self.fires_at = math.inf
         deadline = self.deadline
         if deadline is None:
             return  # idle: the next call starts it again
         remaining = deadline - perf_counter()
         if remaining > 0:
-            self._arm(remaining, deadline)
+            self.arm(remaining, deadline)
             return
         self.deadline = None
-        # A new instance each time, so a raised one never carries an old traceback along.
-        fired = self.fired = Timeout(self._seconds)
-        fired.close()
         self._expired_call(self, self.call)
 
 
@@ -369,7 +361,10 @@ class Dispatcher:
             CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
         )
         self._finish(call, Response(request, error=error), self.call_timeout)
-        self._interrupt(timer.worker, call, timer.fired)
+        # A new instance each time, so a raised one never carries an old traceback along.
+        fired = timer.fired = Timeout(self.call_timeout)
+        fired.close()
+        self._interrupt(timer.worker, call, fired)
 
     def _interrupt(self, worker: gevent.Greenlet, call: Call, exc: BaseException) -> None:
         """Throw `exc` into the worker running `call` (already answered); if the method eats
@@ -441,7 +436,10 @@ class Dispatcher:
         request = call.request
         call.worker = timer.worker
         started = perf_counter()
-        timer.start(self.call_timeout, call, started)
+        timer.call = call
+        deadline = timer.deadline = started + self.call_timeout
+        if deadline < timer.fires_at:
+            timer.arm(self.call_timeout, deadline)
         stream = None
         try:
             try:

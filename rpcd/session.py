@@ -30,6 +30,8 @@ from rpcd.wire import (
     Request,
     Response,
     RPCError,
+    decode,
+    encode,
 )
 
 CANCEL_METHOD = "rpc.cancel"
@@ -193,7 +195,7 @@ class Session:
     def receive(self, body: bytes) -> int | None:
         """One frame body from the peer."""
         try:
-            message = wire.decode(body, self._max_batch, self._max_method_bytes)
+            message = decode(body, self._max_batch, self._max_method_bytes)
         except RPCError as error:
             self._refuse_frame(error)
             return None
@@ -201,23 +203,26 @@ class Session:
             self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
+        calls = self.calls
+        inflight = len(calls)
+        cap = self._max_inflight
+        if (
+            type(message) is Request
+            and inflight < cap
+            and not message.legacy
+            and message.method != CANCEL_METHOD
+        ):
+            # The usual call, in line: what _accept and _submit would do for it.
+            self._legacy_peer = False
+            try:
+                call = self._dispatcher.submit(message, self._sink)
+            except RPCError as error:
+                self._direct.reply(Response(message, error=error))
+                return None
+            call.route = self._direct
+            calls.add(call)
+            return PAUSE if inflight >= cap - 1 else None  # the new call counted
         if type(message) is Request:
-            calls = self.calls
-            if (
-                not message.legacy
-                and len(calls) < self._max_inflight
-                and message.method != CANCEL_METHOD
-            ):
-                # The usual call, in line: what _accept and _submit would do for it.
-                self._legacy_peer = False
-                try:
-                    call = self._dispatcher.submit(message, self._sink)
-                except RPCError as error:
-                    self._direct.reply(Response(message, error=error))
-                    return None
-                call.route = self._direct
-                calls.add(call)
-                return PAUSE if len(calls) >= self._max_inflight else None
             self._legacy_peer = message.legacy
             self._accept(message, self._direct)
         else:
@@ -236,12 +241,15 @@ class Session:
         route = call.route
         if route is self._direct:  # _Direct.reply, in line for the usual call
             if not response.request.notification:
-                self._send(wire.encode(response, self._max_reply_bytes))
+                self._send(encode(response, self._max_reply_bytes))
         else:
             route.reply(response)
         held = self._held
-        while held and len(calls) < cap:
-            self._submit(*held.popleft())
+        if held:
+            while held and len(calls) < cap:
+                self._submit(*held.popleft())
+        elif not full and not self._read_closed:
+            return None  # the usual answer: nothing held, no slot awaited, still reading
         if self._read_closed and not calls and not held:
             return CLOSE
         if full and len(calls) < cap:

@@ -583,10 +583,15 @@ def encode(response: Response, max_bytes: int | None = None) -> bytes:
             body = _dumps(response_object(response))
         except TypeError as exc:
             return _dumps(response_object(_unencodable(response, exc)))
-    # orjson writes NaN and Infinity as null: look for them only where a null was written.
-    # (bytes.find, not `in`: `in` first tries its operand as an int, and the TypeError it
-    # raises and formats inside costs about as much as the dumps.)
-    if error is None and body.find(b"null") >= 0 and _non_finite(response.result):
+    # orjson writes NaN and Infinity as null: look for them only where a null was written,
+    # in a result that can hold a float. (bytes.find, not `in`: `in` first tries its operand
+    # as an int, and the TypeError it raises and formats inside costs as much as the dumps.)
+    if (
+        error is None
+        and type(response.result) not in _FLOAT_FREE
+        and body.find(b"null") >= 0
+        and _non_finite(response.result)
+    ):
         return _dumps(response_object(_non_finite_error(response)))
     if max_bytes is not None and len(body) > max_bytes:
         return _dumps(response_object(_too_large(response, len(body), max_bytes)))
@@ -612,6 +617,10 @@ def encode_batch(responses: list[Response], max_bytes: int | None = None) -> byt
             total -= len(bodies[i]) - len(smaller)
             bodies[i] = smaller
     return b"[" + b",".join(bodies) + b"]"
+
+
+# Results that cannot hold a NaN or an infinity (exact types: a subclass may be anything).
+_FLOAT_FREE = frozenset({str, int, bool, type(None)})
 
 
 def _non_finite(value: Any) -> bool:
