@@ -189,8 +189,11 @@ class Dispatcher:
         self._loop = gevent.get_hub().loop
         self._workers = 0
         self._busy = 0
-        self._active: set[Call] = set()
-        self._streaming: set[gevent.Greenlet] = set()  # the greenlets running streams
+        # Accepted calls not answered yet: a count, not a set (one add and one discard less
+        # per call); in_flight_calls() finds them where they are when they are asked for.
+        self._in_flight = 0
+        self._timers: set[_CallTimer] = set()  # each worker's, whose `call` is the one it runs
+        self._streaming: dict[gevent.Greenlet, Call] = {}  # the greenlets running streams
         self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
         self._draining = False
         self._drained: Deferred | None = None
@@ -213,7 +216,20 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._active)
+        return self._in_flight
+
+    def in_flight_calls(self) -> list[Call]:
+        """The calls accepted and not answered yet: queued, held for a lagging peer, running
+        in a worker or streaming (safe from another thread: each place is copied first)."""
+        calls = [call for call in list(self._queue) if call is not None and not call.done]
+        for waiting in list(self._lagging.values()):
+            calls.extend(w for w in list(waiting) if type(w) is Call and not w.done)
+        for timer in list(self._timers):
+            call = timer.call
+            if call is not None and not call.done:
+                calls.append(call)
+        calls.extend(call for call in list(self._streaming.values()) if not call.done)
+        return calls
 
     @property
     def queued(self) -> int:
@@ -277,7 +293,7 @@ class Dispatcher:
         call.done = False
         call.accepted_at = perf_counter()
         call.route = None
-        self._active.add(call)
+        self._in_flight += 1
         self.calls_total += 1
         self._waiting = waiting + 1
         self._queue.append(call)
@@ -340,7 +356,7 @@ class Dispatcher:
 
     def running_in(self, greenlet: Any) -> Call | None:
         """The call `greenlet` is running, if it is a worker on one (safe from another thread)."""
-        for call in list(self._active):
+        for call in self.in_flight_calls():
             if call.worker is greenlet:
                 return call
         return None
@@ -374,7 +390,7 @@ class Dispatcher:
         if call.worker is worker:
             self._abandoned.add(worker)
             if worker in self._streaming:
-                self._streaming.discard(worker)
+                del self._streaming[worker]
             else:
                 self._busy -= 1
                 self._workers -= 1
@@ -391,6 +407,7 @@ class Dispatcher:
         hub = gevent.get_hub()
         abandoned, lagging = self._abandoned, self._lagging
         timer = _CallTimer(me, self._timed_out)
+        self._timers.add(timer)
         try:
             while True:
                 if not queue:
@@ -429,6 +446,7 @@ class Dispatcher:
                 if left:
                     return
         finally:
+            self._timers.discard(timer)
             timer.close()
 
     def _run(self, call: Call, timer: _CallTimer) -> None:
@@ -489,7 +507,7 @@ class Dispatcher:
         if stream is not None:
             # The stream goes on in a greenlet of its own: its waits hold no worker.
             call.worker = greenlet = gevent.spawn(self._stream, call, stream)
-            self._streaming.add(greenlet)
+            self._streaming[greenlet] = call
         elif not call.done:  # else answered at its deadline or cancel; the method ran on
             ended = perf_counter()
             self._finish(call, response, ended - started, ended)
@@ -533,7 +551,7 @@ class Dispatcher:
             response = self._failed(call, exc)
         finally:
             call.worker = None
-            self._streaming.discard(me)
+            self._streaming.pop(me, None)
             self._abandoned.discard(me)
         if not call.done:
             ended = perf_counter()
@@ -590,7 +608,7 @@ class Dispatcher:
     ) -> None:
         """Answer `call`; `ended` is the `perf_counter` reading its end made (0: read it now)."""
         call.done = True
-        self._active.discard(call)
+        self._in_flight -= 1
         if response is None:
             error = CANCELLED
         else:
@@ -604,7 +622,7 @@ class Dispatcher:
             call.sink.deliver(call, response)
             if self.on_complete is not None:
                 self.on_complete(call, response, duration)
-        if self._drained is not None and not self._active:
+        if self._drained is not None and not self._in_flight:
             drained, self._drained = self._drained, None
             drained.callback(None)
 
@@ -615,11 +633,10 @@ class Dispatcher:
         seconds, when what remains is answered with -32005."""
         self._draining = True
         # A stream has no end of its own to wait for: each ends now with its final answer.
-        for call in list(self._active):
-            if call.worker in self._streaming:
-                error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
-                self.cancel(call, Response(call.request, error=error))
-        if not self._active:
+        for call in list(self._streaming.values()):
+            error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
+            self.cancel(call, Response(call.request, error=error))
+        if not self._in_flight:
             return succeed(None)
         drained = self._drained = Deferred()
         expiry = clock.callLater(grace, self._expire)
@@ -627,7 +644,7 @@ class Dispatcher:
         return drained
 
     def _expire(self) -> None:
-        for call in list(self._active):
+        for call in self.in_flight_calls():
             error = RPCError(
                 SHUTTING_DOWN, "shutting down: the call did not finish within the shutdown grace"
             )
