@@ -187,8 +187,9 @@ class Dispatcher:
         self._parked: list[gevent.Greenlet] = []
         self._wake_scheduled = False
         self._loop = gevent.get_hub().loop
-        self._workers = 0
-        self._busy = 0
+        self._workers = 0  # started and not exited nor abandoned
+        self._starting = 0  # of those, the ones that have not run yet
+        # A worker neither starting nor parked is busy: counted so, not once per call.
         # Accepted calls not answered yet: a count, not a set (one add and one discard less
         # per call); in_flight_calls() finds them where they are when they are asked for.
         self._in_flight = 0
@@ -200,7 +201,6 @@ class Dispatcher:
         # Sinks whose peer lags (unsent replies past the connection's bound) -> what waits for
         # it to read: streams (their Events) and calls not started yet (Calls).
         self._lagging: dict[Sink, list[Event | Call]] = {}
-        self.calls_total = 0
         self.stats = CallStats()
         # True while a worker runs a call that other queued calls follow: a sink may then hold
         # its output (`hold`) until the burst ends, to write the replies of many calls at once.
@@ -209,8 +209,7 @@ class Dispatcher:
         # Started now (they park at the hub's first turn), so a burst from a cold start does
         # not pay a worker start (about 40 µs) per call.
         for _ in range(min(max(workers_prestart, 0), max_workers)):
-            self._workers += 1
-            gevent.spawn(self._work)
+            self._start_worker()
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
 
@@ -241,7 +240,13 @@ class Dispatcher:
 
     @property
     def busy(self) -> int:
-        return self._busy
+        """Workers running a call (blocked in one included)."""
+        return self._workers - self._starting - len(self._parked)
+
+    @property
+    def calls_total(self) -> int:
+        """Calls accepted: each is answered once, and recorded in the stats then."""
+        return sum(h.count for h in self.stats.methods.values()) + self._in_flight
 
     @property
     def streams(self) -> int:
@@ -275,7 +280,7 @@ class Dispatcher:
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy.
         waiting = self._waiting
-        if waiting >= self.queue_size + self.max_workers - self._busy:
+        if waiting >= self.queue_size and waiting >= self.queue_size + self.max_workers - self.busy:
             self._refuse(
                 request,
                 sink,
@@ -294,16 +299,19 @@ class Dispatcher:
         call.accepted_at = perf_counter()
         call.route = None
         self._in_flight += 1
-        self.calls_total += 1
         self._waiting = waiting + 1
         self._queue.append(call)
         if waiting >= len(self._parked) and self._workers < self.max_workers:
-            self._workers += 1
-            gevent.spawn(self._work)
+            self._start_worker()
         elif not self._wake_scheduled and self._parked:
             self._wake_scheduled = True
             self._loop.run_callback(self._wake_workers)
         return call
+
+    def _start_worker(self) -> None:
+        self._workers += 1
+        self._starting += 1
+        gevent.spawn(self._work)
 
     def _refuse(self, request: Request, sink: Sink, code: int, message: str) -> None:
         self.stats.refused(code)
@@ -392,7 +400,6 @@ class Dispatcher:
             if worker in self._streaming:
                 del self._streaming[worker]
             else:
-                self._busy -= 1
                 self._workers -= 1
             log.warn(
                 "method {method} ran on after its call was stopped: its worker is abandoned",
@@ -402,6 +409,7 @@ class Dispatcher:
     # -- the workers -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        self._starting -= 1
         queue, parked = self._queue, self._parked
         me = getcurrent()
         hub = gevent.get_hub()
@@ -432,19 +440,18 @@ class Dispatcher:
                     lagging[call.sink].append(call)  # its peer lags: wait, still queued
                     continue
                 self._waiting -= 1
-                self._busy += 1
                 # More calls follow this one: their sinks may hold replies to write together.
                 self.bursting = bool(queue)
-                try:
-                    self._run(call, timer)
-                finally:
-                    left = abandoned and me in abandoned
-                    if left:
-                        abandoned.discard(me)  # already counted out
-                    else:
-                        self._busy -= 1
-                if left:
+                self._run(call, timer)
+                if abandoned and me in abandoned:
+                    abandoned.discard(me)  # already counted out
                     return
+        except BaseException:
+            if me in abandoned:
+                abandoned.discard(me)  # already counted out
+            else:
+                self._workers -= 1  # killed, or its sink raised: no longer a worker
+            raise
         finally:
             self._timers.discard(timer)
             timer.close()
@@ -508,7 +515,20 @@ class Dispatcher:
             # The stream goes on in a greenlet of its own: its waits hold no worker.
             call.worker = greenlet = gevent.spawn(self._stream, call, stream)
             self._streaming[greenlet] = call
-        elif not call.done:  # else answered at its deadline or cancel; the method ran on
+        elif call.done:
+            return  # answered at its deadline or cancel; the method ran on
+        elif response is call:
+            # What _finish does, in line for the usual end of a call: it returned a value.
+            ended = perf_counter()
+            call.done = True
+            self._in_flight -= 1
+            self.stats.record(call.method.name, ended - call.accepted_at, None)
+            call.sink.deliver(call, call)
+            if self.on_complete is not None:
+                self.on_complete(call, call, ended - started)
+            if self._drained is not None and not self._in_flight:
+                self._drained_now()
+        else:
             ended = perf_counter()
             self._finish(call, response, ended - started, ended)
 
@@ -623,8 +643,11 @@ class Dispatcher:
             if self.on_complete is not None:
                 self.on_complete(call, response, duration)
         if self._drained is not None and not self._in_flight:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
+            self._drained_now()
+
+    def _drained_now(self) -> None:
+        drained, self._drained = self._drained, None
+        drained.callback(None)
 
     # -- shutting down -----------------------------------------------------------------------
 
