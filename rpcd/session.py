@@ -235,8 +235,7 @@ class Session:
     def finished(self, call: Any, response: Response) -> int | None:
         """The dispatcher answered `call` (or cancelled it with this response)."""
         calls = self.calls
-        cap = self._max_inflight
-        full = len(calls) >= cap
+        was_full = len(calls) >= self._max_inflight
         calls.discard(call)
         route = call.route
         if route is self._direct:  # _Direct.reply, in line for the usual call
@@ -244,15 +243,18 @@ class Session:
                 self._send(encode(response, self._max_reply_bytes))
         else:
             route.reply(response)
-        held = self._held
-        if held:
-            while held and len(calls) < cap:
-                self._submit(*held.popleft())
-        elif not full and not self._read_closed:
-            return None  # the usual answer: nothing held, no slot awaited, still reading
+        if was_full or self._held or self._read_closed:
+            return self._slot_freed(was_full)
+        return None  # the usual answer: no slot awaited, nothing held, still reading
+
+    def _slot_freed(self, was_full: bool) -> int | None:
+        """After a reply: submit what the cap held, and say whether to resume or close."""
+        calls, held, cap = self.calls, self._held, self._max_inflight
+        while held and len(calls) < cap:
+            self._submit(*held.popleft())
         if self._read_closed and not calls and not held:
             return CLOSE
-        if full and len(calls) < cap:
+        if was_full and len(calls) < cap:
             return RESUME
         return None
 

@@ -209,12 +209,13 @@ class FrameDecoder:
         # The common case first, with nothing but locals: a whole frame already joined.
         buffer = self._buffer
         offset = self._offset
-        if len(buffer) - offset >= 4:
+        start = offset + 4  # where the body begins (the prefix is 4 bytes)
+        if start <= len(buffer):
             (length,) = self._unpack(buffer, offset)
-            end = offset + 4 + length
+            end = start + length
             if end <= len(buffer) and length <= self.max_frame_bytes:
                 self._offset = end
-                return buffer[offset + 4 : end]
+                return buffer[start:end]
         return self._next_frame_slow()
 
     def _next_frame_slow(self) -> bytes | None:
