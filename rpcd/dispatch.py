@@ -278,7 +278,8 @@ class Dispatcher:
                 self.on_refused(request, sink, error)
             raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
-        # against the queue: capacity is queue_size plus the workers not busy.
+        # against the queue: capacity is queue_size plus the workers not busy (so under
+        # queue_size there is nothing to count).
         waiting = self._waiting
         if waiting >= self.queue_size and waiting >= self.queue_size + self.max_workers - self.busy:
             self._refuse(

@@ -309,9 +309,9 @@ class Request:
         )
 
 
-# Builds a Request or Response without calling its __init__ (the per-call path sets the
-# slots itself): a class with a Python __init__ is called through type.__call__ and
-# slot_tp_init, which costs about three times the object.
+# Builds a Request (or a dispatcher's Call) without calling its __init__, the per-call path
+# setting the slots itself: a class with a Python __init__ is called through type.__call__
+# and slot_tp_init, which under callgrind cost about 1,500 instructions an object.
 _new = object.__new__
 
 
@@ -392,7 +392,7 @@ def decode(body: bytes, max_batch: int = 100, max_method_bytes: int = MAX_METHOD
             ):
                 kind = type(params)
                 if kind is list or kind is dict:
-                    # Request(...) without its __init__: a third of the cost, the same value.
+                    # Request(method, params, rid) without its __init__ (see _new).
                     request = _new(Request)
                     request.method = method
                     request.params = tuple(params) if kind is list else params
@@ -547,11 +547,11 @@ def _reply_name(request: Request) -> str:
     return "pong" if request.method == "ping" else request.method
 
 
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+
+
 def _dumps(obj: Any) -> bytes:
     return _orjson_dumps(obj, option=_NON_STR_KEYS)
-
-
-_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
 def response_object(response: Response) -> dict:
