@@ -9,6 +9,7 @@ call that does not fit is refused at once with -32000, never silently dropped.
 from __future__ import annotations
 
 import inspect
+import math
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -33,6 +34,7 @@ from rpcd.wire import (
     Request,
     Response,
     RPCError,
+    _new,
 )
 
 log = Logger()
@@ -80,6 +82,7 @@ class Call(Response):
         self.done = False
         self.accepted_at = perf_counter()
         self.route: Any = None  # where the sink puts the reply (rpcd.session routes)
+        # Dispatcher.submit builds its calls without this __init__: keep the two alike.
 
 
 # Results that are plainly values: no Deferred, coroutine or generator checks needed.
@@ -89,23 +92,23 @@ _PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes}
 class _CallTimer:
     """A worker's per-call timeout, cheap to restart for every call.
 
-    Starting it for a call takes the clock reading the call's start made anyway; the libev
-    timer behind it is started only when none is running, and when it fires before the
+    A call starts it by setting `call` and `deadline` (a `perf_counter` reading; None stops
+    it) and, only when that deadline comes before `fires_at`, arming the libev timer behind
+    it (`arm`): the timer is started only when none is running, and when it fires before the
     current call's deadline (it was started for an earlier call) it is re-armed for the
-    remainder. So a call is stopped at its own deadline,
-    exactly as with a `gevent.Timeout` per call, without a timer start and stop per call.
+    remainder. So a call is stopped at its own deadline, exactly as with a `gevent.Timeout`
+    per call, without a timer start and stop per call.
     """
 
     __slots__ = (
         "worker",
         "call",
         "deadline",
+        "fires_at",
         "fired",
         "_expired_call",
-        "_seconds",
         "_loop",
         "_timer",
-        "_fires_at",
     )
 
     def __init__(
@@ -114,48 +117,39 @@ class _CallTimer:
         self.worker = worker
         self.call: Call | None = None  # the call the deadline is for
         self.deadline: float | None = None  # None: no call is running under this timer
+        self.fires_at = math.inf  # when the libev timer fires (inf: none is running)
         self.fired: Timeout | None = None  # the exception thrown by the last expiry
         self._expired_call = expired  # answers the call and stops the worker, in the hub
-        self._seconds = 0.0
         self._loop = gevent.get_hub().loop
         self._timer: Any = None
-        self._fires_at = 0.0
-
-    def start(self, seconds: float, call: Call, now: float) -> None:
-        """Time `call` from `now` (a `perf_counter` reading); `deadline = None` stops it."""
-        self._seconds = seconds
-        self.call = call
-        deadline = self.deadline = now + seconds
-        if self._timer is None or deadline < self._fires_at:
-            self._arm(seconds, deadline)
 
     def close(self) -> None:
         self.deadline = None
+        self.fires_at = math.inf
         if self._timer is not None:
             self._timer.close()
             self._timer = None
 
-    def _arm(self, seconds: float, deadline: float) -> None:
+    def arm(self, seconds: float, deadline: float) -> None:
+        """Have the libev timer fire in `seconds`, at `deadline`."""
         if self._timer is not None:
             self._timer.close()
         self._timer = self._loop.timer(seconds)
-        self._fires_at = deadline
+        self.fires_at = deadline
         self._timer.start(self._expired)
 
     def _expired(self) -> None:
         self._timer.close()
         self._timer = None
+        self.fires_at = math.inf
         deadline = self.deadline
         if deadline is None:
             return  # idle: the next call starts it again
         remaining = deadline - perf_counter()
         if remaining > 0:
-            self._arm(remaining, deadline)
+            self.arm(remaining, deadline)
             return
         self.deadline = None
-        # A new instance each time, so a raised one never carries an old traceback along.
-        fired = self.fired = Timeout(self._seconds)
-        fired.close()
         self._expired_call(self, self.call)
 
 
@@ -193,17 +187,20 @@ class Dispatcher:
         self._parked: list[gevent.Greenlet] = []
         self._wake_scheduled = False
         self._loop = gevent.get_hub().loop
-        self._workers = 0
-        self._busy = 0
-        self._active: set[Call] = set()
-        self._streaming: set[gevent.Greenlet] = set()  # the greenlets running streams
+        self._workers = 0  # started and not exited nor abandoned
+        self._starting = 0  # of those, the ones that have not run yet
+        # A worker neither starting nor parked is busy: counted so, not once per call.
+        # Accepted calls not answered yet: a count, not a set (one add and one discard less
+        # per call); in_flight_calls() finds them where they are when they are asked for.
+        self._in_flight = 0
+        self._timers: set[_CallTimer] = set()  # each worker's, whose `call` is the one it runs
+        self._streaming: dict[gevent.Greenlet, Call] = {}  # the greenlets running streams
         self._abandoned: set[gevent.Greenlet] = set()  # workers left in a method that ran on
         self._draining = False
         self._drained: Deferred | None = None
         # Sinks whose peer lags (unsent replies past the connection's bound) -> what waits for
         # it to read: streams (their Events) and calls not started yet (Calls).
         self._lagging: dict[Sink, list[Event | Call]] = {}
-        self.calls_total = 0
         self.stats = CallStats()
         # True while a worker runs a call that other queued calls follow: a sink may then hold
         # its output (`hold`) until the burst ends, to write the replies of many calls at once.
@@ -212,14 +209,26 @@ class Dispatcher:
         # Started now (they park at the hub's first turn), so a burst from a cold start does
         # not pay a worker start (about 40 µs) per call.
         for _ in range(min(max(workers_prestart, 0), max_workers)):
-            self._workers += 1
-            gevent.spawn(self._work)
+            self._start_worker()
 
     # -- state an operator sees (rpc.stats) --------------------------------------------------
 
     @property
     def in_flight(self) -> int:
-        return len(self._active)
+        return self._in_flight
+
+    def in_flight_calls(self) -> list[Call]:
+        """The calls accepted and not answered yet: queued, held for a lagging peer, running
+        in a worker or streaming (safe from another thread: each place is copied first)."""
+        calls = [call for call in list(self._queue) if call is not None and not call.done]
+        for waiting in list(self._lagging.values()):
+            calls.extend(w for w in list(waiting) if type(w) is Call and not w.done)
+        for timer in list(self._timers):
+            call = timer.call
+            if call is not None and not call.done:
+                calls.append(call)
+        calls.extend(call for call in list(self._streaming.values()) if not call.done)
+        return calls
 
     @property
     def queued(self) -> int:
@@ -231,7 +240,13 @@ class Dispatcher:
 
     @property
     def busy(self) -> int:
-        return self._busy
+        """Workers running a call (blocked in one included)."""
+        return self._workers - self._starting - len(self._parked)
+
+    @property
+    def calls_total(self) -> int:
+        """Calls accepted: each is answered once, and recorded in the stats then."""
+        return sum(h.count for h in self.stats.methods.values()) + self._in_flight
 
     @property
     def streams(self) -> int:
@@ -263,27 +278,41 @@ class Dispatcher:
                 self.on_refused(request, sink, error)
             raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
-        # against the queue: capacity is queue_size plus the workers not busy.
+        # against the queue: capacity is queue_size plus the workers not busy (so under
+        # queue_size there is nothing to count).
         waiting = self._waiting
-        if waiting >= self.queue_size + self.max_workers - self._busy:
+        if waiting >= self.queue_size and waiting >= self.queue_size + self.max_workers - self.busy:
             self._refuse(
                 request,
                 sink,
                 SERVER_BUSY,
                 f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
             )
-        call = Call(request, method, sink)
-        self._active.add(call)
-        self.calls_total += 1
+        # Call(request, method, sink) without its __init__ (see rpcd.wire._new): once per call.
+        call = _new(Call)
+        call.request = request
+        call.result = None
+        call.error = None
+        call.method = method
+        call.sink = sink
+        call.worker = None
+        call.done = False
+        call.accepted_at = perf_counter()
+        call.route = None
+        self._in_flight += 1
         self._waiting = waiting + 1
         self._queue.append(call)
         if waiting >= len(self._parked) and self._workers < self.max_workers:
-            self._workers += 1
-            gevent.spawn(self._work)
+            self._start_worker()
         elif not self._wake_scheduled and self._parked:
             self._wake_scheduled = True
             self._loop.run_callback(self._wake_workers)
         return call
+
+    def _start_worker(self) -> None:
+        self._workers += 1
+        self._starting += 1
+        gevent.spawn(self._work)
 
     def _refuse(self, request: Request, sink: Sink, code: int, message: str) -> None:
         self.stats.refused(code)
@@ -336,7 +365,7 @@ class Dispatcher:
 
     def running_in(self, greenlet: Any) -> Call | None:
         """The call `greenlet` is running, if it is a worker on one (safe from another thread)."""
-        for call in list(self._active):
+        for call in self.in_flight_calls():
             if call.worker is greenlet:
                 return call
         return None
@@ -357,7 +386,10 @@ class Dispatcher:
             CALL_TIMEOUT, f"call timed out: {request.method} ran past {self.call_timeout:g} s"
         )
         self._finish(call, Response(request, error=error), self.call_timeout)
-        self._interrupt(timer.worker, call, timer.fired)
+        # A new instance each time, so a raised one never carries an old traceback along.
+        fired = timer.fired = Timeout(self.call_timeout)
+        fired.close()
+        self._interrupt(timer.worker, call, fired)
 
     def _interrupt(self, worker: gevent.Greenlet, call: Call, exc: BaseException) -> None:
         """Throw `exc` into the worker running `call` (already answered); if the method eats
@@ -367,9 +399,8 @@ class Dispatcher:
         if call.worker is worker:
             self._abandoned.add(worker)
             if worker in self._streaming:
-                self._streaming.discard(worker)
+                del self._streaming[worker]
             else:
-                self._busy -= 1
                 self._workers -= 1
             log.warn(
                 "method {method} ran on after its call was stopped: its worker is abandoned",
@@ -379,11 +410,13 @@ class Dispatcher:
     # -- the workers -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        self._starting -= 1
         queue, parked = self._queue, self._parked
         me = getcurrent()
         hub = gevent.get_hub()
         abandoned, lagging = self._abandoned, self._lagging
         timer = _CallTimer(me, self._timed_out)
+        self._timers.add(timer)
         try:
             while True:
                 if not queue:
@@ -408,20 +441,20 @@ class Dispatcher:
                     lagging[call.sink].append(call)  # its peer lags: wait, still queued
                     continue
                 self._waiting -= 1
-                self._busy += 1
                 # More calls follow this one: their sinks may hold replies to write together.
                 self.bursting = bool(queue)
-                try:
-                    self._run(call, timer)
-                finally:
-                    left = abandoned and me in abandoned
-                    if left:
-                        abandoned.discard(me)  # already counted out
-                    else:
-                        self._busy -= 1
-                if left:
+                self._run(call, timer)
+                if abandoned and me in abandoned:
+                    abandoned.discard(me)  # already counted out
                     return
+        except BaseException:
+            if me in abandoned:
+                abandoned.discard(me)  # already counted out
+            else:
+                self._workers -= 1  # killed, or its sink raised: no longer a worker
+            raise
         finally:
+            self._timers.discard(timer)
             timer.close()
 
     def _run(self, call: Call, timer: _CallTimer) -> None:
@@ -429,7 +462,10 @@ class Dispatcher:
         request = call.request
         call.worker = timer.worker
         started = perf_counter()
-        timer.start(self.call_timeout, call, started)
+        timer.call = call
+        deadline = timer.deadline = started + self.call_timeout
+        if deadline < timer.fires_at:
+            timer.arm(self.call_timeout, deadline)
         stream = None
         try:
             try:
@@ -479,8 +515,21 @@ class Dispatcher:
         if stream is not None:
             # The stream goes on in a greenlet of its own: its waits hold no worker.
             call.worker = greenlet = gevent.spawn(self._stream, call, stream)
-            self._streaming.add(greenlet)
-        elif not call.done:  # else answered at its deadline or cancel; the method ran on
+            self._streaming[greenlet] = call
+        elif call.done:
+            return  # answered at its deadline or cancel; the method ran on
+        elif response is call:
+            # What _finish does, in line for the usual end of a call: it returned a value.
+            ended = perf_counter()
+            call.done = True
+            self._in_flight -= 1
+            self.stats.record(call.method.name, ended - call.accepted_at, None)
+            call.sink.deliver(call, call)
+            if self.on_complete is not None:
+                self.on_complete(call, call, ended - started)
+            if self._drained is not None and not self._in_flight:
+                self._drained_now()
+        else:
             ended = perf_counter()
             self._finish(call, response, ended - started, ended)
 
@@ -523,7 +572,7 @@ class Dispatcher:
             response = self._failed(call, exc)
         finally:
             call.worker = None
-            self._streaming.discard(me)
+            self._streaming.pop(me, None)
             self._abandoned.discard(me)
         if not call.done:
             ended = perf_counter()
@@ -580,7 +629,7 @@ class Dispatcher:
     ) -> None:
         """Answer `call`; `ended` is the `perf_counter` reading its end made (0: read it now)."""
         call.done = True
-        self._active.discard(call)
+        self._in_flight -= 1
         if response is None:
             error = CANCELLED
         else:
@@ -594,9 +643,12 @@ class Dispatcher:
             call.sink.deliver(call, response)
             if self.on_complete is not None:
                 self.on_complete(call, response, duration)
-        if self._drained is not None and not self._active:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
+        if self._drained is not None and not self._in_flight:
+            self._drained_now()
+
+    def _drained_now(self) -> None:
+        drained, self._drained = self._drained, None
+        drained.callback(None)
 
     # -- shutting down -----------------------------------------------------------------------
 
@@ -605,11 +657,10 @@ class Dispatcher:
         seconds, when what remains is answered with -32005."""
         self._draining = True
         # A stream has no end of its own to wait for: each ends now with its final answer.
-        for call in list(self._active):
-            if call.worker in self._streaming:
-                error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
-                self.cancel(call, Response(call.request, error=error))
-        if not self._active:
+        for call in list(self._streaming.values()):
+            error = RPCError(SHUTTING_DOWN, "shutting down: the stream ends")
+            self.cancel(call, Response(call.request, error=error))
+        if not self._in_flight:
             return succeed(None)
         drained = self._drained = Deferred()
         expiry = clock.callLater(grace, self._expire)
@@ -617,7 +668,7 @@ class Dispatcher:
         return drained
 
     def _expire(self) -> None:
-        for call in list(self._active):
+        for call in self.in_flight_calls():
             error = RPCError(
                 SHUTTING_DOWN, "shutting down: the call did not finish within the shutdown grace"
             )

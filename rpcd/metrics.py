@@ -111,7 +111,7 @@ class RPCDCollector:
         dispatcher, factory = service.dispatcher, service.factory
         methods = dispatcher.stats.methods
 
-        in_flight: Counter = Counter(call.method.name for call in list(dispatcher._active))
+        in_flight: Counter = Counter(call.method.name for call in dispatcher.in_flight_calls())
         started = CounterMetricFamily(
             "rpcd_server_started_total",
             "Calls that reached the dispatcher, by method (refused ones included).",

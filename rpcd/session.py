@@ -30,6 +30,8 @@ from rpcd.wire import (
     Request,
     Response,
     RPCError,
+    decode,
+    encode,
 )
 
 CANCEL_METHOD = "rpc.cancel"
@@ -193,7 +195,7 @@ class Session:
     def receive(self, body: bytes) -> int | None:
         """One frame body from the peer."""
         try:
-            message = wire.decode(body, self._max_batch, self._max_method_bytes)
+            message = decode(body, self._max_batch, self._max_method_bytes)
         except RPCError as error:
             self._refuse_frame(error)
             return None
@@ -201,23 +203,26 @@ class Session:
             self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
+        calls = self.calls
+        inflight = len(calls)
+        cap = self._max_inflight
+        if (
+            type(message) is Request
+            and inflight < cap
+            and not message.legacy
+            and message.method != CANCEL_METHOD
+        ):
+            # The usual call, in line: what _accept and _submit would do for it.
+            self._legacy_peer = False
+            try:
+                call = self._dispatcher.submit(message, self._sink)
+            except RPCError as error:
+                self._direct.reply(Response(message, error=error))
+                return None
+            call.route = self._direct
+            calls.add(call)
+            return PAUSE if inflight >= cap - 1 else None  # the new call counted
         if type(message) is Request:
-            calls = self.calls
-            if (
-                not message.legacy
-                and len(calls) < self._max_inflight
-                and message.method != CANCEL_METHOD
-            ):
-                # The usual call, in line: what _accept and _submit would do for it.
-                self._legacy_peer = False
-                try:
-                    call = self._dispatcher.submit(message, self._sink)
-                except RPCError as error:
-                    self._direct.reply(Response(message, error=error))
-                    return None
-                call.route = self._direct
-                calls.add(call)
-                return PAUSE if len(calls) >= self._max_inflight else None
             self._legacy_peer = message.legacy
             self._accept(message, self._direct)
         else:
@@ -230,16 +235,26 @@ class Session:
     def finished(self, call: Any, response: Response) -> int | None:
         """The dispatcher answered `call` (or cancelled it with this response)."""
         calls = self.calls
-        cap = self._max_inflight
-        full = len(calls) >= cap
+        was_full = len(calls) >= self._max_inflight
         calls.discard(call)
-        call.route.reply(response)
-        held = self._held
+        route = call.route
+        if route is self._direct:  # _Direct.reply, in line for the usual call
+            if not response.request.notification:
+                self._send(encode(response, self._max_reply_bytes))
+        else:
+            route.reply(response)
+        if was_full or self._held or self._read_closed:
+            return self._slot_freed(was_full)
+        return None  # the usual answer: no slot awaited, nothing held, still reading
+
+    def _slot_freed(self, was_full: bool) -> int | None:
+        """After a reply: submit what the cap held, and say whether to resume or close."""
+        calls, held, cap = self.calls, self._held, self._max_inflight
         while held and len(calls) < cap:
             self._submit(*held.popleft())
         if self._read_closed and not calls and not held:
             return CLOSE
-        if full and len(calls) < cap:
+        if was_full and len(calls) < cap:
             return RESUME
         return None
 

@@ -12,6 +12,9 @@ import struct
 from typing import Any
 
 import orjson
+from orjson import JSONDecodeError
+from orjson import dumps as _orjson_dumps
+from orjson import loads as _loads
 
 # JSON-RPC 2.0 standard codes.
 PARSE_ERROR = -32700
@@ -206,12 +209,13 @@ class FrameDecoder:
         # The common case first, with nothing but locals: a whole frame already joined.
         buffer = self._buffer
         offset = self._offset
-        if len(buffer) - offset >= 4:
+        start = offset + 4  # where the body begins (the prefix is 4 bytes)
+        if start <= len(buffer):
             (length,) = self._unpack(buffer, offset)
-            end = offset + 4 + length
+            end = start + length
             if end <= len(buffer) and length <= self.max_frame_bytes:
                 self._offset = end
-                return buffer[offset + 4 : end]
+                return buffer[start:end]
         return self._next_frame_slow()
 
     def _next_frame_slow(self) -> bytes | None:
@@ -305,6 +309,12 @@ class Request:
         )
 
 
+# Builds a Request (or a dispatcher's Call) without calling its __init__, the per-call path
+# setting the slots itself: a class with a Python __init__ is called through type.__call__
+# and slot_tp_init, which under callgrind cost about 1,500 instructions an object.
+_new = object.__new__
+
+
 class Batch:
     """A JSON-RPC batch: each item a Request, or the RPCError that its entry decoded to."""
 
@@ -356,13 +366,40 @@ def decode(body: bytes, max_batch: int = 100, max_method_bytes: int = MAX_METHOD
     A method name over `max_method_bytes` (UTF-8) is refused -32600 with the name cut short.
     """
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        obj = _loads(body)
+    except JSONDecodeError as exc:
         # orjson refuses invalid UTF-8, unpaired surrogates, NaN/Infinity and nesting deeper
         # than 1024 here, so no RecursionError can escape. (Integers beyond 64 bits it reads
         # as floats, which JSON allows: RFC 8259 section 6.)
         raise RPCError(PARSE_ERROR, f"parse error: {exc}") from None
     if type(obj) is dict:  # orjson makes plain dicts and lists: no isinstance needed
+        if len(obj) == 4:
+            # The usual call has exactly these four members: read by subscript (cheaper than
+            # .get), checked in as few steps as it can be; anything else takes _request.
+            try:
+                rid = obj["id"]
+                method = obj["method"]
+                params = obj["params"]
+                version = obj["jsonrpc"]
+            except KeyError:
+                return _request(obj, max_method_bytes)
+            kind = type(rid)
+            if (
+                (kind is int or kind is str)  # a bool is neither; an int orjson read is in range
+                and version == "2.0"
+                and type(method) is str
+                and len(method) <= max_method_bytes >> 2  # a character is at most 4 bytes
+            ):
+                kind = type(params)
+                if kind is list or kind is dict:
+                    # Request(method, params, rid) without its __init__ (see _new).
+                    request = _new(Request)
+                    request.method = method
+                    request.params = tuple(params) if kind is list else params
+                    request.id = rid
+                    request.notification = False
+                    request.legacy = False
+                    return request
         return _request(obj, max_method_bytes)
     if type(obj) is list:
         if not obj:
@@ -387,8 +424,9 @@ def decode(body: bytes, max_batch: int = 100, max_method_bytes: int = MAX_METHOD
 
 
 def _request(obj: dict, max_method_bytes: int) -> Request:
-    # The usual request first, in as few steps as it can be checked; anything else takes
-    # the checks below, in the order that decides which error an odd request gets.
+    # A request without params or id, or with other members, first in as few steps as it can
+    # be checked; anything else takes the checks of _odd_request, in the order that decides
+    # which error an odd request gets.
     version = obj.get("jsonrpc")
     if version is None and "in" in obj and "jsonrpc" not in obj:
         return _legacy_request(obj, max_method_bytes)
@@ -509,8 +547,11 @@ def _reply_name(request: Request) -> str:
     return "pong" if request.method == "ping" else request.method
 
 
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+
+
 def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    return _orjson_dumps(obj, option=_NON_STR_KEYS)
 
 
 def response_object(response: Response) -> dict:
@@ -530,18 +571,28 @@ def encode(response: Response, max_bytes: int | None = None) -> bytes:
     serializable, NaN or Infinity, or (with `max_bytes`) a body over the reply limit."""
     request = response.request
     error = response.error
-    try:
-        if error is None and not request.legacy:  # the usual answer, its object built here
-            body = orjson.dumps(
-                {"jsonrpc": "2.0", "result": response.result, "id": request.id},
-                option=orjson.OPT_NON_STR_KEYS,
-            )
-        else:
+    body = None
+    if error is None and not request.legacy:  # the usual answer, its object built here
+        try:
+            # Without OPT_NON_STR_KEYS first: orjson writes dicts with only string keys
+            # faster so, and refuses any other key (TypeError), which the next try writes.
+            body = _orjson_dumps({"jsonrpc": "2.0", "result": response.result, "id": request.id})
+        except TypeError:
+            pass
+    if body is None:
+        try:
             body = _dumps(response_object(response))
-    except TypeError as exc:
-        return _dumps(response_object(_unencodable(response, exc)))
-    # orjson writes NaN and Infinity as null: look for them only where a null was written.
-    if b"null" in body and error is None and _non_finite(response.result):
+        except TypeError as exc:
+            return _dumps(response_object(_unencodable(response, exc)))
+    # orjson writes NaN and Infinity as null: look for them only where a null was written,
+    # in a result that can hold a float. (bytes.find, not `in`: `in` first tries its operand
+    # as an int, and the TypeError it raises and formats inside costs as much as the dumps.)
+    if (
+        error is None
+        and type(response.result) not in _FLOAT_FREE
+        and body.find(b"null") >= 0
+        and _non_finite(response.result)
+    ):
         return _dumps(response_object(_non_finite_error(response)))
     if max_bytes is not None and len(body) > max_bytes:
         return _dumps(response_object(_too_large(response, len(body), max_bytes)))
@@ -567,6 +618,10 @@ def encode_batch(responses: list[Response], max_bytes: int | None = None) -> byt
             total -= len(bodies[i]) - len(smaller)
             bodies[i] = smaller
     return b"[" + b",".join(bodies) + b"]"
+
+
+# Results that cannot hold a NaN or an infinity (exact types: a subclass may be anything).
+_FLOAT_FREE = frozenset({str, int, bool, type(None)})
 
 
 def _non_finite(value: Any) -> bool:

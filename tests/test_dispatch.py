@@ -665,3 +665,31 @@ def test_drain_still_takes_the_methods_named_while_draining(methods):
     with pytest.raises(RPCError) as raised:
         dispatcher.submit(req("echo", 1, id="new"), sink)
     assert raised.value.code == SHUTTING_DOWN
+
+
+def test_in_flight_calls_are_found_wherever_they_wait(methods):
+    # Counted, not kept in a set: rpc.stats, the metrics, the drain and the blocked-loop
+    # report find them in the queue, a lagging peer's hold, a worker, or a stream.
+    _endless(methods)
+    dispatcher, sink, lagging = dispatcher_for(methods, max_workers=2), Sink(), Sink()
+    running = dispatcher.submit(req("hold", "g", id="running"), sink)
+    stream = dispatcher.submit(req("endless", id="stream"), sink)
+    dispatcher.lagging(lagging)
+    held = dispatcher.submit(req("echo", 1, id="held"), lagging)
+    gevent.sleep(0.02)
+    queued = dispatcher.submit(req("echo", 2, id="queued"), sink)
+    cancelled = dispatcher.submit(req("echo", 3, id="cancelled"), sink)
+    dispatcher.cancel(cancelled)
+    found = dispatcher.in_flight_calls()
+    assert sorted(c.request.id for c in found) == ["held", "queued", "running", "stream"]
+    assert dispatcher.in_flight == 4
+    assert dispatcher.running_in(running.worker) is running
+    assert dispatcher.running_in(stream.worker) is stream
+    assert {held, queued}.isdisjoint(c for c in found if c.worker is not None)
+    methods.gate("g").set()
+    dispatcher.writable(lagging)
+    dispatcher.cancel(stream)
+    sink.wait("queued", timeout=1.0)
+    lagging.wait("held", timeout=1.0)
+    gevent.sleep(0.02)
+    assert dispatcher.in_flight_calls() == [] and dispatcher.in_flight == 0

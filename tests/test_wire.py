@@ -26,6 +26,24 @@ def test_request_named_params_and_string_id():
     assert message == Request("m", {"a": [1]}, "x")
 
 
+def test_the_usual_request_decodes_alike_whatever_its_member_order_or_extra_members():
+    # Four members (the usual call) take a shorter path than three or five: same values.
+    expected = Request("add", (1, 2), 7, False, False)
+    for body in (
+        b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":7}',
+        b'{"id":7,"params":[1,2],"method":"add","jsonrpc":"2.0"}',
+        b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":7,"extra":null}',
+    ):
+        message = wire.decode(body)
+        assert message == expected and repr(message) == repr(expected)
+    # Four members, one of them not a request's: a notification, as with any other count.
+    message = wire.decode(b'{"jsonrpc":"2.0","method":"log","params":["x"],"extra":1}')
+    assert message == Request("log", ("x",), None, True, False)
+    with pytest.raises(RPCError) as caught:
+        wire.decode(b'{"jsonrpc":"2.0","method":"add","params":[1],"id":true}')
+    assert caught.value.code == wire.INVALID_REQUEST
+
+
 def test_request_without_params_has_empty_tuple():
     assert wire.decode(b'{"jsonrpc":"2.0","method":"ping","id":1}').params == ()
 
@@ -269,6 +287,15 @@ def test_unencodable_result_is_an_internal_error(result, legacy):
     if not legacy:
         jsonrpc_spec.check_response(reply)
         assert reply["id"] == 4
+
+
+def test_a_result_with_integer_keys_is_written_with_string_keys():
+    # JSON object keys are strings: a dict keyed by numbers goes out as orjson writes it with
+    # OPT_NON_STR_KEYS, inside a result at any depth, as when it is the result itself.
+    for legacy in (False, True):
+        reply = json.loads(wire.encode(Response(_call("m", 1, legacy), {"a": {1: "x", 2.5: 3}})))
+        assert reply["result"] == {"a": {"1": "x", "2.5": 3}}
+    assert json.loads(wire.encode(Response(_call(rid=2), {7: None})))["result"] == {"7": None}
 
 
 def test_unencodable_error_data_is_an_internal_error():
