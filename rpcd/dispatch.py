@@ -270,13 +270,15 @@ class Dispatcher:
         if self._draining and request.method not in self.while_draining:
             message = "shutting down: the server accepts no new calls"
             self._refuse(request, sink, SHUTTING_DOWN, message)
-        try:
-            method = self.registry.get(request.method)
-        except RPCError as error:
-            self.stats.refused(error.code)
-            if self.on_refused is not None:
-                self.on_refused(request, sink, error)
-            raise
+        method = self.registry.methods.get(request.method)
+        if method is None:
+            try:
+                self.registry.get(request.method)  # raises the method-not-found error
+            except RPCError as error:
+                self.stats.refused(error.code)
+                if self.on_refused is not None:
+                    self.on_refused(request, sink, error)
+                raise
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy (so under
         # queue_size there is nothing to count).

@@ -6,8 +6,9 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from rpcd.wire import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RPCError
@@ -156,6 +157,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self._view = MappingProxyType(self._methods)
         self.add(CANCEL, cancel, builtin=True)
 
     def add(self, name: str, func: Callable, *, builtin: bool = False) -> None:
@@ -172,6 +174,11 @@ class Registry:
                 "libraries write a plain def (blocking calls yield under gevent)"
             )
         self._methods[name] = Method(name, func, _signature(func))
+
+    @property
+    def methods(self) -> Mapping[str, Method]:
+        """The methods by name (read-only; the dispatcher looks each call up here)."""
+        return self._view
 
     def get(self, name: str) -> Method:
         try:
