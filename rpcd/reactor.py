@@ -95,13 +95,23 @@ def _reactor_fromfd(fd: int, family: int, type: int, proto: int = 0) -> ReactorS
 
 class _ReactorSocketModule(types.ModuleType):
     """The `socket` module as Twisted's transports see it: the real (patched) module, except
-    that the sockets they create, adopt or accept are `ReactorSocket`s."""
+    that the sockets they create, adopt or accept are `ReactorSocket`s, and their address
+    conversions are the original functions.
+
+    Transports run in the hub, where nothing may wait. Twisted's tcp module calls getnameinfo
+    and getaddrinfo only with the numeric-only flags (an accepted IPv6 peer's scope id, a
+    literal IPv6 address): no lookup, yet gevent's versions hand every call to its resolver's
+    thread pool and wait for the answer, which in the hub raises BlockingSwitchOutError.
+    """
 
     def __init__(self, real: types.ModuleType) -> None:
         super().__init__(real.__name__, real.__doc__)
         self._real = real
         self.socket = ReactorSocket
         self.fromfd = _reactor_fromfd
+        self.getnameinfo, self.getaddrinfo = gevent.monkey.get_original(
+            "socket", ("getnameinfo", "getaddrinfo")
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
