@@ -40,6 +40,8 @@ _EV_READ, _EV_WRITE = 1, 2  # libev's event masks, as gevent's loop.io takes the
 # on a loop with nothing left that could wake it; this keeps one.
 _IDLE_WAIT = 3600.0
 
+_LOWEST_PRIORITY = -2  # libev's EV_MINPRI: its callbacks run after all others of a loop turn
+
 _loop_thread_ident = gevent.monkey.get_original("_thread", "get_ident")
 
 
@@ -241,6 +243,20 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
             self._timer.stop()
             self._timer = None
             self._timer_due = float("inf")
+
+    def iterate(self, delay: float = 0.0) -> None:
+        """Run the due calls, then one turn of the hub's loop: its poll waits at most `delay`.
+
+        As a poll reactor's iterate returns after the I/O one poll found: a check watcher runs
+        after the loop's poll, and at the lowest priority after the io callbacks it queued.
+        """
+        self.runUntilCurrent()
+        turn = self._loop.check(priority=_LOWEST_PRIORITY)
+        turn.start(self._resume)
+        try:
+            self.doIteration(delay)
+        finally:
+            turn.stop()
 
     def _arm(self, delay: float) -> None:
         if self._timer is not None:
