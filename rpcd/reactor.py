@@ -1,34 +1,48 @@
-"""The gevent-hosted reactor: Twisted's EPollReactor whose blocking wait yields to gevent's hub.
+"""The gevent-hosted reactor: Twisted's descriptors and timed calls as watchers in gevent's hub.
 
-One OS thread runs both loops. The reactor lives in the main greenlet; whenever it has
-nothing ready it waits on its epoll descriptor *through* the hub, so every greenlet that is
-ready (the method calls) runs meanwhile. Everything else is stock Twisted.
+One OS thread, one event loop: libev's, run by gevent's hub. Each descriptor Twisted reads
+or writes is a libev io watcher whose callback runs the transport's doRead or doWrite
+straight from the hub's loop, among the greenlets (the method calls) that loop also runs.
+Twisted's timed calls are one libev timer set to the earliest of them: the reactor's own
+greenlet (the main one, in `reactor.run()`) waits in the hub and wakes only for that timer
+and for wake-ups (a call due sooner, stop, callFromThread), to run the timed calls, which may
+block, outside the hub. Everything else is stock Twisted.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import socket
 import sys
 import threading
 import types
 import warnings
-from time import perf_counter
 from typing import Any
 
-import gevent
 import gevent.monkey
 from gevent import get_hub
 from gevent.hub import Waiter
 from twisted.internet._resolver import GAIResolver
+from twisted.internet._signals import _UnixWaker
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.posixbase import PosixReactorBase, _PollLikeMixin
 from twisted.python.log import callWithLogger
+from zope.interface import implementer
 
-_EPOLL_EVENTS = ("epoll", "EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
+# The flags Twisted's poll-event handling (_PollLikeMixin) reads. Aggressive patching removes
+# them from `select`; they are the kernel's numbers either way.
+EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = gevent.monkey.get_original(
+    "select", ("EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
+)
+_EV_READ, _EV_WRITE = 1, 2  # libev's event masks, as gevent's loop.io takes them
 
-# Longest the reactor runs I/O without letting the hub run its timers and watchers: under a
-# steady stream of I/O (a flood) a sleeping call would otherwise never wake.
-HUB_SLICE = 0.01
+# The timer of a wait with no timed call due. The hub raises LoopExit in a greenlet waiting
+# on a loop with nothing left that could wake it; this keeps one.
+_IDLE_WAIT = 3600.0
+
+_LOWEST_PRIORITY = -2  # libev's EV_MINPRI: its callbacks run after all others of a loop turn
+
+_loop_thread_ident = gevent.monkey.get_original("_thread", "get_ident")
 
 
 def monkey_patch() -> None:
@@ -55,24 +69,6 @@ def monkey_patch() -> None:
 
     AdoptedStreamServerEndpoint._close = staticmethod(gevent.monkey.get_original("os", "close"))
 
-
-def _import_epollreactor():
-    # Aggressive patching removes select.epoll; Twisted's epollreactor looks it up at import,
-    # so lend it the original for the import and take it back afterwards.
-    removed = {}
-    for name in _EPOLL_EVENTS:
-        if not hasattr(select, name):
-            removed[name] = gevent.monkey.get_original("select", name)
-            setattr(select, name, removed[name])
-    try:
-        from twisted.internet import epollreactor
-    finally:
-        for name in removed:
-            delattr(select, name)
-    return epollreactor
-
-
-_epollreactor = _import_epollreactor()
 
 # The standard library's socket class, as it was before any patching.
 _OriginalSocket = gevent.monkey.get_original("socket", "socket")
@@ -101,13 +97,23 @@ def _reactor_fromfd(fd: int, family: int, type: int, proto: int = 0) -> ReactorS
 
 class _ReactorSocketModule(types.ModuleType):
     """The `socket` module as Twisted's transports see it: the real (patched) module, except
-    that the sockets they create, adopt or accept are `ReactorSocket`s."""
+    that the sockets they create, adopt or accept are `ReactorSocket`s, and their address
+    conversions are the original functions.
+
+    Transports run in the hub, where nothing may wait. Twisted's tcp module calls getnameinfo
+    and getaddrinfo only with the numeric-only flags (an accepted IPv6 peer's scope id, a
+    literal IPv6 address): no lookup, yet gevent's versions hand every call to its resolver's
+    thread pool and wait for the answer, which in the hub raises BlockingSwitchOutError.
+    """
 
     def __init__(self, real: types.ModuleType) -> None:
         super().__init__(real.__name__, real.__doc__)
         self._real = real
         self.socket = ReactorSocket
         self.fromfd = _reactor_fromfd
+        self.getnameinfo, self.getaddrinfo = gevent.monkey.get_original(
+            "socket", ("getnameinfo", "getaddrinfo")
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -126,55 +132,194 @@ def _unpatch_reactor_sockets() -> None:
             module.socket = _ReactorSocketModule(module.socket)
 
 
-class GeventReactor(_epollreactor.EPollReactor):
-    """EPollReactor whose wait is a gevent wait, so greenlets run while the reactor idles."""
+class _HubWaker(_UnixWaker):
+    """Twisted's self-pipe waker (threads and signals write to it), which, once drained in
+    the hub, also wakes the reactor's greenlet: the calls they queued run there."""
+
+    def __init__(self, reactor: GeventReactor) -> None:
+        super().__init__()
+        self._reactor = reactor
+
+    def doRead(self) -> None:
+        super().doRead()
+        self._reactor._wake_soon()
+
+
+@implementer(IReactorFDSet)
+class GeventReactor(_PollLikeMixin, PosixReactorBase):
+    """A Twisted reactor whose descriptors and timed calls are watchers in gevent's hub loop."""
+
+    _POLL_DISCONNECTED = EPOLLHUP | EPOLLERR
+    _POLL_IN = EPOLLIN
+    _POLL_OUT = EPOLLOUT
 
     def __init__(self) -> None:
         _unpatch_reactor_sockets()
-        super().__init__()
-        self._hub = get_hub()
-        self._watcher = self._hub.loop.io(self._poller.fileno(), 1)
-        self._pending_callbacks = self._hub.loop._callbacks
-        self._waiter: Waiter | None = None  # set while the reactor is blocked in _wait
-        self._wait_until: float | None = None
-        self._hub_due = 0.0
+        hub = get_hub()
+        self._hub = hub
+        self._loop = hub.loop
+        self._loop_thread = hub.thread_ident
+        # fd -> its selectable, and the fds read and written -> their active watchers (libev
+        # makes one epoll registration of an fd's two; an active watcher's events are fixed).
+        self._selectables: dict[int, Any] = {}
+        self._reads: dict[int, Any] = {}
+        self._writes: dict[int, Any] = {}
+        self._waiter: Waiter | None = None  # set while the reactor's greenlet waits in the hub
+        self._timer: Any = None  # that wait's timer, due at `_timer_due` (reactor seconds)
+        self._timer_due = float("inf")
+        self._wake_scheduled = False
+        super().__init__()  # installs the waker: a reader, so after the tables above
 
-    def doPoll(self, timeout: float | None) -> None:
-        poller = self._poller
-        if self._newTimedCalls:
-            # Scheduled since the reactor computed `timeout` (by a greenlet that ran in the
-            # last hub turn): due sooner than that wait would last.
-            timeout = 0
-        # Poll first: under load events are already waiting and no hub round-trip is needed.
-        events = poller.poll(0, len(self._selectables))
-        if not events and timeout != 0 and self._pending_callbacks:
-            # Greenlets are ready (the calls the last reads handed to workers): let them run
-            # and look again. What they wrote is then ready to send, without the whole blocking
-            # wait (a Waiter, an io watcher and a timer, a hub loop iteration) to learn so.
-            gevent.sleep(0)
-            events = poller.poll(0, len(self._selectables))
-            if not events:
-                # Those greenlets may have scheduled a timed call, moved one sooner or stopped
-                # the reactor: what `timeout` was computed before does not know.
-                timeout = self.timeout() if self.running and not self._justStopped else 0
-        if events or timeout == 0:
-            if perf_counter() >= self._hub_due:
-                self._turn()
-            elif self._pending_callbacks:
-                gevent.sleep(0)  # greenlets are ready: let them run before more I/O
-        else:
-            self._wait(timeout)
-            self._hub_due = perf_counter() + HUB_SLICE
-            events = poller.poll(0, len(self._selectables))
-        drdw = self._doReadOrWrite
+    def _wakerFactory(self) -> _HubWaker:
+        return _HubWaker(self)
+
+    # -- descriptors: io watchers whose callbacks run in the hub ------------------------------
+
+    def addReader(self, reader: Any) -> None:
+        fd = reader.fileno()
+        if fd not in self._reads:
+            watcher = self._loop.io(fd, _EV_READ)
+            # As EPollReactor: the transport's logPrefix becomes the log `system`, and
+            # _doReadOrWrite turns what doRead returns or raises into a disconnection.
+            watcher.start(callWithLogger, reader, self._doReadOrWrite, reader, fd, EPOLLIN)
+            self._reads[fd] = watcher
+            self._selectables[fd] = reader
+
+    def addWriter(self, writer: Any) -> None:
+        fd = writer.fileno()
+        if fd not in self._writes:
+            watcher = self._loop.io(fd, _EV_WRITE)
+            watcher.start(callWithLogger, writer, self._doReadOrWrite, writer, fd, EPOLLOUT)
+            self._writes[fd] = watcher
+            self._selectables[fd] = writer
+
+    def removeReader(self, reader: Any) -> None:
+        self._remove(reader, self._reads, self._writes)
+
+    def removeWriter(self, writer: Any) -> None:
+        self._remove(writer, self._writes, self._reads)
+
+    def _remove(self, xer: Any, primary: dict[int, Any], other: dict[int, Any]) -> None:
+        fd = xer.fileno()
+        if fd == -1:
+            # Closed already: find the descriptor it had.
+            fd = next((fd for fd, known in self._selectables.items() if known is xer), None)
+            if fd is None:
+                return
+        watcher = primary.pop(fd, None)
+        if watcher is not None:
+            watcher.stop()
+            if fd not in other:
+                del self._selectables[fd]
+
+    def removeAll(self) -> list[Any]:
         selectables = self._selectables
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is not None:
-                # As EPollReactor does: the transport's logPrefix becomes the log `system`.
-                callWithLogger(selectable, drdw, selectable, fd, event)
+        return self._removeAll(
+            [selectables[fd] for fd in self._reads], [selectables[fd] for fd in self._writes]
+        )
 
-    doIteration = doPoll
+    def getReaders(self) -> list[Any]:
+        return [self._selectables[fd] for fd in self._reads]
+
+    def getWriters(self) -> list[Any]:
+        return [self._selectables[fd] for fd in self._writes]
+
+    # -- the reactor's greenlet: waits in the hub, runs the timed calls -----------------------
+
+    def doIteration(self, delay: float | None) -> None:
+        """Wait in the hub (its loop runs the I/O meanwhile) until the timer or a wake-up."""
+        if self.threadCallQueue or self._justStopped:
+            # Queued or stopped by the reactor's own greenlet since it ran them: no wake-up
+            # was needed (it was not waiting), so none comes.
+            delay = 0.0
+        elif delay is None:
+            delay = _IDLE_WAIT
+        waiter = self._waiter = Waiter(self._hub)
+        self._arm(delay)
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            self._timer.stop()
+            self._timer = None
+            self._timer_due = float("inf")
+
+    def iterate(self, delay: float = 0.0) -> None:
+        """Run the due calls, then one turn of the hub's loop: its poll waits at most `delay`.
+
+        As a poll reactor's iterate returns after the I/O one poll found: a check watcher runs
+        after the loop's poll, and at the lowest priority after the io callbacks it queued.
+        """
+        self.runUntilCurrent()
+        turn = self._loop.check(priority=_LOWEST_PRIORITY)
+        turn.start(self._resume)
+        try:
+            self.doIteration(delay)
+        finally:
+            turn.stop()
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = timer = self._loop.timer(delay)
+        # update: the loop's clock may lag (the reactor's greenlet ran since the hub's turn).
+        timer.start(self._resume, update=True)
+        self._timer_due = self.seconds() + delay
+
+    def _resume(self) -> None:
+        # In the hub: switch to the waiting reactor greenlet (it switches back when it waits).
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.switch(None)
+
+    def _wake_soon(self) -> None:
+        """Have the waiting reactor greenlet run at the hub's next callbacks (from any greenlet)."""
+        if self._waiter is not None and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        self._resume()
+
+    # What changes when the reactor's greenlet must next run, from the hub (a transport) or a
+    # greenlet (a method), while it waits: move its timer sooner, or wake it now.
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        call = super().callLater(delay, callable, *args, **kw)
+        if self._waiter is not None and call.time < self._timer_due:
+            if delay > 0:
+                self._arm(delay)
+            else:
+                self._wake_soon()
+        return call
+
+    def _moveCallLaterSooner(self, delayedCall: Any) -> None:
+        super()._moveCallLaterSooner(delayedCall)
+        if self._waiter is not None and delayedCall.time < self._timer_due:
+            delay = delayedCall.time - self.seconds()
+            if delay > 0:
+                self._arm(delay)
+            else:
+                self._wake_soon()
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake_soon()
+
+    def crash(self) -> None:
+        super().crash()
+        self._wake_soon()
+
+    def wakeUp(self) -> None:
+        # callFromThread: from another OS thread only through the waker's pipe; from this one
+        # (a greenlet, a signal handler) without the system calls.
+        if _loop_thread_ident() == self._loop_thread:
+            self._wake_soon()
+        else:
+            super().wakeUp()
+
+    # -- rpcd's policy on top of stock Twisted ------------------------------------------------
 
     def _initThreads(self) -> None:
         super()._initThreads()
@@ -206,67 +351,6 @@ class GeventReactor(_epollreactor.EPollReactor):
     def sigTerm(self, number: int, frame: object = None) -> None:
         super().sigTerm(number, frame)
         self._exitSignal = None
-
-    def _wake(self, waiter: Waiter) -> None:
-        # One switch per wait, whichever of the epoll watcher, timer or callLater comes first.
-        if self._waiter is waiter:
-            self._waiter = None
-            waiter.switch(None)
-
-    def _turn(self) -> None:
-        """Let the hub run one whole loop iteration: callbacks, then its timers and watchers.
-
-        `gevent.sleep(0)` only runs callbacks (the hub hands back before it polls), so a
-        reactor that never waits would starve every sleeping greenlet; a zero timer doesn't.
-        """
-        waiter = Waiter(self._hub)
-        timer = self._hub.loop.timer(0)
-        timer.start(waiter.switch, None)
-        try:
-            waiter.get()
-        finally:
-            timer.close()
-        self._hub_due = perf_counter() + HUB_SLICE
-
-    def _wait(self, timeout: float | None) -> None:
-        """Block in the hub until the epoll descriptor is readable or `timeout` passes."""
-        waiter = self._waiter = Waiter(self._hub)
-        watcher = self._watcher
-        timer = None
-        watcher.start(self._wake, waiter)
-        try:
-            if timeout is not None and timeout >= 0:
-                self._wait_until = self.seconds() + timeout
-                timer = self._hub.loop.timer(timeout)
-                timer.start(self._wake, waiter)
-            waiter.get()
-        finally:
-            self._waiter = self._wait_until = None
-            watcher.stop()
-            if timer is not None:
-                timer.close()
-
-    # A greenlet that schedules a timed call, moves one sooner or stops the reactor does so
-    # while the reactor waits in the hub with a timeout computed before: end that wait, or
-    # the call runs only at the next I/O event. (A method returning a Deferred fired by a
-    # timer would hang; TLS flushes a worker's reply with callLater(0): it would sit unsent.)
-    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
-        call = super().callLater(delay, callable, *args, **kw)
-        self._wake_for(call.getTime())
-        return call
-
-    def _moveCallLaterSooner(self, delayedCall: Any) -> None:
-        super()._moveCallLaterSooner(delayedCall)
-        self._wake_for(delayedCall.getTime())
-
-    def stop(self) -> None:
-        super().stop()
-        self._wake_for(0.0)
-
-    def _wake_for(self, due: float) -> None:
-        waiter = self._waiter
-        if waiter is not None and (self._wait_until is None or due < self._wait_until):
-            self._hub.loop.run_callback(self._wake, waiter)
 
 
 def install(patch: bool = True) -> GeventReactor:
