@@ -10,6 +10,7 @@ It never runs method code and never blocks.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +122,10 @@ class RPCProtocol(Protocol):
         self._session: Session | None = None  # None: refused at admission
         self._decoder: wire.FrameDecoder | None = None
         self._closed = False  # nothing more in or out
-        self._last_frame = 0.0
-        self._idle_call: Any = None
+        self._last_frame = 0.0  # when its last complete frame came, or its last call ended
+        # Its place in the factory's idle heap, by when it may be idle_timeout idle at the
+        # earliest; None: not in the heap (no idle timeout, refused, or taken out to close).
+        self._idle_due: float | None = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
         # The "opened" line waits for the first request that is not a health check, so a
@@ -132,7 +135,8 @@ class RPCProtocol(Protocol):
         self.unnamed = False  # its PROXY header named no client (LOCAL: the balancer's check)
         # Why reading is paused ("inflight", "outbuf", "closing", "refused", "penalty"): one
         # reason lifting must not resume what another holds. Reading is paused iff non-empty.
-        self._pauses: set[str] = set()
+        # A tuple, replaced on each change: the empty one is shared by every connection.
+        self._pauses: tuple[str, ...] = ()
         self._watching_outbuf = False
         self._write_timer: Any = None
         self._abort_timer: Any = None  # running once close() began: flush or abort
@@ -150,9 +154,8 @@ class RPCProtocol(Protocol):
         dispatcher = factory.dispatcher
         # A dispatcher that cannot hold output for a burst never has one.
         self._dispatcher = dispatcher if hasattr(dispatcher, "hold") else _NO_BURSTS
-        self._byteorder = limits.byteorder
-        self._pack = wire.frame_prefix(limits.byteorder).pack  # a frame's 4-byte length
-        self._hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
+        self._pack = factory.pack_prefix  # a frame's 4-byte length
+        self._hold_limit = factory.hold_limit
         decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
@@ -193,8 +196,7 @@ class RPCProtocol(Protocol):
             else:
                 self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if limits.idle_timeout > 0:
-            self._last_frame = factory.clock.seconds()
-            self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
+            factory.watch_idle(self)
 
     def _announce(self) -> None:
         """The first request that is not a health check: the "opened" line, written now."""
@@ -219,10 +221,10 @@ class RPCProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
-        for timer in (self._idle_call, self._write_timer, self._abort_timer, self._auth_call):
+        for timer in (self._write_timer, self._abort_timer, self._auth_call):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle_call = self._write_timer = self._abort_timer = self._auth_call = None
+        self._write_timer = self._abort_timer = self._auth_call = None
         session = self._session
         if session is None:
             return
@@ -262,20 +264,9 @@ class RPCProtocol(Protocol):
         self.sendString(wire.encode_error(error))
         self.close()
 
-    def _check_idle(self) -> None:
-        clock = self.factory.clock
-        timeout = self.factory.limits.idle_timeout
-        if self._session.calls:
-            # Waiting on our own calls (or streaming) is not idleness.
-            self._idle_call = clock.callLater(timeout, self._check_idle)
-            return
-        remaining = self._last_frame + timeout - clock.seconds()
-        if remaining > 0:
-            self._idle_call = clock.callLater(remaining, self._check_idle)
-            return
-        self._idle_call = None
-        log.info("closing {peer}: idle for {timeout:g} s", peer=self.peer, timeout=timeout)
-        self.close()
+    def __lt__(self, other: RPCProtocol) -> bool:
+        # The order of the factory's idle heap (heapq compares with < only).
+        return self._idle_due < other._idle_due
 
     def close(self) -> None:
         """Close once written replies are flushed; abort if the peer won't take them in time."""
@@ -299,15 +290,18 @@ class RPCProtocol(Protocol):
     # -- reading paused, for one reason or several -------------------------------------------
 
     def _pause(self, reason: str) -> None:
-        if not self._pauses:
+        pauses = self._pauses
+        if not pauses:
             self.transport.pauseProducing()
-        self._pauses.add(reason)
+        if reason not in pauses:
+            self._pauses = (*pauses, reason)
 
     def _resume(self, reason: str) -> None:
-        if reason not in self._pauses:
+        pauses = self._pauses
+        if reason not in pauses:
             return
-        self._pauses.discard(reason)
-        if not self._pauses and not self._closed:
+        self._pauses = pauses = tuple(held for held in pauses if held != reason)
+        if not pauses and not self._closed:
             self.transport.resumeProducing()
             self.dataReceived(b"")  # the frames already buffered first
 
@@ -349,11 +343,11 @@ class RPCProtocol(Protocol):
         if type(self).stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
-        next_frame, pauses, receive = decoder.next_frame, self._pauses, session.receive
+        next_frame, receive = decoder.next_frame, session.receive
         taken = False
         try:
             # stringReceived in line, the idle clock read once for the frames of this chunk.
-            while not pauses and not self._closed:
+            while not self._pauses and not self._closed:
                 body = next_frame()
                 if body is None:
                     break
@@ -363,13 +357,13 @@ class RPCProtocol(Protocol):
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
-        if taken and self._idle_call is not None:
+        if taken and self._idle_due is not None:
             self._last_frame = self.factory.clock.seconds()
 
     def _frames_to_string_received(self) -> None:
-        next_frame, pauses = self._decoder.next_frame, self._pauses
+        next_frame = self._decoder.next_frame
         try:
-            while not pauses:
+            while not self._pauses:
                 body = next_frame()
                 if body is None:
                     return
@@ -381,7 +375,7 @@ class RPCProtocol(Protocol):
         session = self._session
         if session is None or self._closed:
             return
-        if self._idle_call is not None:
+        if self._idle_due is not None:
             self._last_frame = self.factory.clock.seconds()
         decision = session.receive(body)
         if decision is not None:
@@ -395,7 +389,7 @@ class RPCProtocol(Protocol):
         if session is None or self._closed:
             return
         authenticating = session.authenticating
-        session.frame_too_large(error, error.likely_cause(self._byteorder))
+        session.frame_too_large(error, error.likely_cause(self.factory.limits.byteorder))
         self.factory.frame_error(self, error.code, session.failure)
         if authenticating:
             self._decided(CLOSE)
@@ -444,7 +438,7 @@ class RPCProtocol(Protocol):
             return
         session = self._session
         decision = session.finished(call, response)
-        if not session.calls and self._idle_call is not None:
+        if not session.calls and self._idle_due is not None:
             # Idleness starts when the last pending call is answered, not at its request.
             self._last_frame = self.factory.clock.seconds()
         if decision is not None:
@@ -532,6 +526,17 @@ class RPCFactory(Factory):
         self.refused: Counter = Counter()
         self.frame_errors: Counter = Counter()  # frames that decoded to no request, by code
         self._all_closed: list[defer.Deferred] = []
+        # What every connection shares, made once here rather than once per connection.
+        self.pack_prefix = wire.frame_prefix(limits.byteorder).pack
+        self.hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
+        # The idle timeout, one timer for all connections (not a DelayedCall each): a heap of
+        # connections by `_idle_due`, the earliest a connection can have been idle_timeout
+        # idle (its activity since only makes the true deadline later, found when it comes
+        # up); the timer fires at the first of them. A closed connection's entry stays until
+        # it comes up or the heap is compacted (`_idle_closed` counts them).
+        self._idle_heap: list[RPCProtocol] = []
+        self._idle_closed = 0
+        self._idle_timer: Any = None
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
@@ -572,6 +577,79 @@ class RPCFactory(Factory):
         protocol.opened_at = self.clock.seconds()  # its "opened" line waits for a call
         protocol.unnamed = _names_no_client(protocol.transport)
         return None
+
+    # -- the idle timeout ----------------------------------------------------------------------
+
+    def watch_idle(self, protocol: RPCProtocol) -> None:
+        """Close `protocol` once it has been idle for idle_timeout: no complete frame received
+        and no call of its own pending."""
+        now = self.clock.seconds()
+        protocol._last_frame = now
+        protocol._idle_due = now + self.limits.idle_timeout
+        heapq.heappush(self._idle_heap, protocol)
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        """Have the timer fire when the first connection in the heap is due (none: no timer)."""
+        heap, timer = self._idle_heap, self._idle_timer
+        if not heap:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._idle_timer = None
+            return
+        due = heap[0]._idle_due
+        if timer is not None and timer.active():
+            if timer.getTime() <= due:
+                return  # it fires in time (a new connection is due last: the usual case)
+            timer.cancel()
+        self._idle_timer = self.clock.callLater(max(due - self.clock.seconds(), 0), self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for idle_timeout; put the others back by their next due."""
+        self._idle_timer = None
+        clock, heap, connections = self.clock, self._idle_heap, self.connections
+        timeout = self.limits.idle_timeout
+        now = clock.seconds()
+        while heap and heap[0]._idle_due <= now:
+            protocol = heap[0]
+            if protocol not in connections:  # closed (or given up for a newer connection)
+                heapq.heappop(heap)
+                protocol._idle_due = None
+                self._idle_closed -= 1
+                continue
+            if protocol._closed or "closing" in protocol._pauses:
+                heapq.heappop(heap)  # closing already: no idle line for it
+                protocol._idle_due = None
+                continue
+            if protocol._session.calls:
+                # Waiting on its own calls (or streaming) is not idleness: look again later.
+                protocol._idle_due = now + timeout
+                heapq.heapreplace(heap, protocol)
+                continue
+            due = protocol._last_frame + timeout
+            if due > now:
+                protocol._idle_due = due  # active since it was put in: back at its new place
+                heapq.heapreplace(heap, protocol)
+                continue
+            heapq.heappop(heap)
+            protocol._idle_due = None
+            log.info("closing {peer}: idle for {timeout:g} s", peer=protocol.peer, timeout=timeout)
+            protocol.close()
+        self._arm_idle_timer()
+
+    def _forget_idle(self, protocol: RPCProtocol) -> None:
+        """`protocol` is counted out: its heap entry is dead. Compact the heap once a quarter
+        of it is (so closed connections are not kept for up to idle_timeout)."""
+        if protocol._idle_due is None:
+            return
+        self._idle_closed += 1
+        heap = self._idle_heap
+        if self._idle_closed * 4 > len(heap):
+            connections = self.connections
+            heap[:] = [entry for entry in heap if entry in connections]
+            heapq.heapify(heap)
+            self._idle_closed = 0
+            self._arm_idle_timer()
 
     def _drop_oldest_unauthenticated(self, limit: str, value: int) -> None:
         oldest = next(iter(self._unauthenticated))
@@ -706,6 +784,7 @@ class RPCFactory(Factory):
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
+        self._forget_idle(protocol)
         key = protocol.peer_key
         if key is not None:
             self._per_peer[key] -= 1

@@ -162,8 +162,10 @@ class Session:
         self._max_reply_bytes = max_reply_bytes  # None: replies of any size
         self._handshake = handshake  # None once authenticated (or when there is no key)
         self._direct = _Direct(send, max_reply_bytes)
-        self._held: deque[tuple[Request, Any]] = deque()  # requests past the in-flight cap
-        self._legacy: deque[_LegacySlot] = deque()
+        # Made when first needed (most connections never need them; an empty deque is 760
+        # bytes): requests past the in-flight cap, and legacy replies in request order.
+        self._held: deque[tuple[Request, Any]] | None = None
+        self._legacy: deque[_LegacySlot] | None = None
         self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
         self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
@@ -270,8 +272,7 @@ class Session:
         """The connection is gone: cancel what is in flight, deliver nothing more."""
         calls = list(self.calls)
         self.calls.clear()
-        self._held.clear()
-        self._legacy.clear()
+        self._held = self._legacy = None
         cancel = self._dispatcher.cancel
         for call in calls:
             cancel(call)
@@ -300,7 +301,7 @@ class Session:
     def _accept(self, request: Request, route: Any) -> None:
         if request.legacy:
             route = _LegacySlot(self)
-            self._legacy.append(route)
+            self._legacy_slots().append(route)
         if request.method == CANCEL_METHOD:
             try:
                 response = Response(request, self._cancel(request))
@@ -311,6 +312,8 @@ class Session:
         if len(self.calls) >= self._max_inflight:
             # A batch's entries past the cap, or frames read after a half-close: they wait
             # for this connection's calls.
+            if self._held is None:
+                self._held = deque()
             self._held.append((request, route))
             return
         self._submit(request, route)
@@ -351,10 +354,15 @@ class Session:
             # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
             error = RPCError(error.code, error.message, error.data, legacy=True)
         if error.legacy:
-            self._legacy.append(_LegacySlot(self, wire.encode_error(error)))
+            self._legacy_slots().append(_LegacySlot(self, wire.encode_error(error)))
             self._flush_legacy()
         else:
             self._send(wire.encode_error(error))
+
+    def _legacy_slots(self) -> deque[_LegacySlot]:
+        if self._legacy is None:
+            self._legacy = deque()
+        return self._legacy
 
     def _flush_legacy(self) -> None:
         legacy, send = self._legacy, self._send
