@@ -85,26 +85,6 @@ class ConnectionLimits:
     # failure up to AUTH_DELAY_MAX (0: off)
 
 
-@implementer(IPushProducer)
-class _OutbufWatch:
-    """Registered with the transport, which pauses it when the peer's unsent replies pass
-    max_outbuf and resumes it once they are written."""
-
-    __slots__ = ("protocol",)
-
-    def __init__(self, protocol: RPCProtocol) -> None:
-        self.protocol = protocol
-
-    def pauseProducing(self) -> None:
-        self.protocol._outbuf_full()
-
-    def resumeProducing(self) -> None:
-        self.protocol._outbuf_drained()
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _NoBursts:
     bursting = False
 
@@ -112,9 +92,14 @@ class _NoBursts:
 _NO_BURSTS = _NoBursts()
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol)
+@implementer(IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
 class RPCProtocol(Protocol):
-    """One client connection."""
+    """One client connection.
+
+    It is also the producer of its replies, registered with its transport (no object of
+    its own per connection): the transport pauses it when the peer's unsent replies pass
+    max_outbuf and resumes it once they are written.
+    """
 
     factory: RPCFactory
 
@@ -211,7 +196,7 @@ class RPCProtocol(Protocol):
         transport = self.transport
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = self.factory.limits.max_outbuf  # where it pauses its producer
-        transport.registerProducer(_OutbufWatch(self), True)
+        transport.registerProducer(self, True)
         self._watching_outbuf = True
 
     def handshakeCompleted(self) -> None:
@@ -304,6 +289,17 @@ class RPCProtocol(Protocol):
         if not pauses and not self._closed:
             self.transport.resumeProducing()
             self.dataReceived(b"")  # the frames already buffered first
+
+    def pauseProducing(self) -> None:
+        """The transport holds max_outbuf of unsent replies (IPushProducer)."""
+        self._outbuf_full()
+
+    def resumeProducing(self) -> None:
+        """The transport wrote them (IPushProducer)."""
+        self._outbuf_drained()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; connectionLost does the rest (IPushProducer)."""
 
     def _outbuf_full(self) -> None:
         if self._closed or "outbuf" in self._pauses:
@@ -583,8 +579,7 @@ class RPCFactory(Factory):
     def watch_idle(self, protocol: RPCProtocol) -> None:
         """Close `protocol` once it has been idle for idle_timeout: no complete frame received
         and no call of its own pending."""
-        now = self.clock.seconds()
-        protocol._last_frame = now
+        now = protocol._last_frame = protocol.opened_at  # one float for both: counted in now
         protocol._idle_due = now + self.limits.idle_timeout
         heapq.heappush(self._idle_heap, protocol)
         self._arm_idle_timer()

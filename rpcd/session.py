@@ -151,7 +151,9 @@ class Session:
         on_frame_error: Callable[[RPCError], None] | None = None,
         on_first_call: Callable[[], None] | None = None,
     ) -> None:
-        self.calls: set[Any] = set()  # submitted and not yet answered
+        # Submitted and not yet answered, as a dict's keys: an empty dict is 64 bytes, an
+        # empty set 216 (and a dict's store and pop cost no more than a set's add, discard).
+        self.calls: dict[Any, None] = {}
         self.failure: str | None = None  # why the last CLOSE was decided, for the log
         self._dispatcher = dispatcher
         self._sink = sink  # passed on to the dispatcher: where responses are delivered
@@ -218,7 +220,7 @@ class Session:
                     self._direct.reply(Response(message, error=error))
                     return None
                 call.route = self._direct
-                calls.add(call)
+                calls[call] = None
                 return PAUSE if len(calls) >= self._max_inflight else None
             self._legacy_peer = message.legacy
             self._accept(message, self._direct)
@@ -234,7 +236,7 @@ class Session:
         calls = self.calls
         cap = self._max_inflight
         full = len(calls) >= cap
-        calls.discard(call)
+        calls.pop(call, None)
         call.route.reply(response)
         held = self._held
         while held and len(calls) < cap:
@@ -325,7 +327,7 @@ class Session:
             route.reply(Response(request, error=error))
             return
         call.route = route
-        self.calls.add(call)
+        self.calls[call] = None
 
     def _cancel(self, request: Request) -> bool:
         params = request.params
