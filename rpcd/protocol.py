@@ -101,9 +101,39 @@ class RPCProtocol(Protocol):
     max_outbuf and resumes it once they are written.
     """
 
+    # Slots, every attribute (Protocol's own too, else they would fill its __dict__).
+    __slots__ = (
+        "factory",
+        "transport",
+        "connected",
+        "_session",
+        "_decoder",
+        "_closed",
+        "_last_frame",
+        "_idle_due",
+        "peer_key",
+        "peer",
+        "opened_at",
+        "announced",
+        "unnamed",
+        "_pauses",
+        "_watching_outbuf",
+        "_write_timer",
+        "_abort_timer",
+        "_auth_call",
+        "_dispatcher",
+        "_held",
+        "_held_bytes",
+        "_hold_limit",
+        "_pack",
+    )
+
     factory: RPCFactory
 
     def __init__(self) -> None:
+        self.factory = None  # type: ignore[assignment]  # buildProtocol sets it
+        self.transport: Any = None
+        self.connected = 0
         self._session: Session | None = None  # None: refused at admission
         self._decoder: wire.FrameDecoder | None = None
         self._closed = False  # nothing more in or out
@@ -160,8 +190,7 @@ class RPCProtocol(Protocol):
             max_method_bytes=limits.max_method_bytes,
             max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
             handshake=handshake,
-            on_frame_error=self._frame_error,
-            on_first_call=self._announce,
+            hooks=self,
         )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
@@ -183,8 +212,9 @@ class RPCProtocol(Protocol):
         if limits.idle_timeout > 0:
             factory.watch_idle(self)
 
-    def _announce(self) -> None:
-        """The first request that is not a health check: the "opened" line, written now."""
+    def first_call(self) -> None:
+        """The first request that is not a health check: the "opened" line, written now
+        (the session's hook)."""
         self.announced = True
         age = self.factory.clock.seconds() - self.opened_at
         if age < 1.0:
@@ -377,7 +407,8 @@ class RPCProtocol(Protocol):
         if decision is not None:
             self._decided(decision)
 
-    def _frame_error(self, error: RPCError) -> None:
+    def frame_error(self, error: RPCError) -> None:
+        """A frame that decoded to no request (the session's hook): counted, maybe logged."""
         self.factory.frame_error(self, error.code, error.message)
 
     def _frame_too_large(self, error: wire.FrameTooLarge) -> None:

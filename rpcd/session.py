@@ -57,6 +57,17 @@ class Handshake(Protocol):
     def verify(self, params: Any) -> dict: ...
 
 
+class Hooks(Protocol):
+    """What the glue is told of, as methods of one object (rpcd.protocol.RPCProtocol), so
+    that a connection holds no bound method per hook."""
+
+    def frame_error(self, error: RPCError) -> None:
+        """A frame decoded to no request (before its error is answered)."""
+
+    def first_call(self) -> None:
+        """Once: the first request that is not a health check arrived."""
+
+
 class _Direct:
     """A JSON-RPC call's route: its reply goes out as soon as it is ready."""
 
@@ -132,8 +143,8 @@ class Session:
         "_legacy",
         "_legacy_peer",
         "_read_closed",
-        "_on_frame_error",
-        "_on_first_call",
+        "_hooks",
+        "_awaiting_first_call",
         "checked",
     )
 
@@ -148,8 +159,7 @@ class Session:
         max_method_bytes: int = wire.MAX_METHOD_BYTES,
         max_reply_bytes: int | None = None,
         handshake: Handshake | None = None,
-        on_frame_error: Callable[[RPCError], None] | None = None,
-        on_first_call: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         # Submitted and not yet answered, as a dict's keys: an empty dict is 64 bytes, an
         # empty set 216 (and a dict's store and pop cost no more than a set's add, discard).
@@ -170,10 +180,10 @@ class Session:
         self._legacy: deque[_LegacySlot] | None = None
         self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
-        self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
-        # Called once, at the first request that is not a health check (the connection's
-        # "opened" line waits for it); None once called.
-        self._on_first_call = on_first_call
+        self._hooks = hooks
+        # The hooks until their first_call is called, at the first request that is not a
+        # health check (the connection's "opened" line waits for it); None after.
+        self._awaiting_first_call = hooks
         self.checked = False  # a health check came before any other request
 
     # -- state the glue reads ---------------------------------------------------------------
@@ -201,7 +211,7 @@ class Session:
         except RPCError as error:
             self._refuse_frame(error)
             return None
-        if self._on_first_call is not None:
+        if self._awaiting_first_call is not None:
             self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
@@ -288,8 +298,8 @@ class Session:
             if type(item) is Request and item.method in CHECK_METHODS:
                 self.checked = True
             else:
-                first, self._on_first_call = self._on_first_call, None
-                first()
+                hooks, self._awaiting_first_call = self._awaiting_first_call, None
+                hooks.first_call()
                 return
 
     def _accept_batch(self, batch: Batch) -> None:
@@ -350,8 +360,8 @@ class Session:
 
     def _refuse_frame(self, error: RPCError) -> None:
         """A frame that decoded to no request: its error, in the envelope the peer speaks."""
-        if self._on_frame_error is not None:
-            self._on_frame_error(error)
+        if self._hooks is not None:
+            self._hooks.frame_error(error)
         if not error.legacy and self._legacy_peer and error.code == wire.PARSE_ERROR:
             # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
             error = RPCError(error.code, error.message, error.data, legacy=True)
