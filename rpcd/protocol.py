@@ -134,7 +134,10 @@ class RPCProtocol(Protocol):
         self.factory = None  # type: ignore[assignment]  # buildProtocol sets it
         self.transport: Any = None
         self.connected = 0
-        self._session: Session | None = None  # None: refused at admission
+        # Both made at the first bytes received (at once when a handshake is due): a
+        # connection that has sent nothing holds neither. Never made for one refused at
+        # admission ("refused" in _pauses).
+        self._session: Session | None = None
         self._decoder: wire.FrameDecoder | None = None
         self._closed = False  # nothing more in or out
         self._last_frame = 0.0  # when its last complete frame came, or its last call ended
@@ -171,7 +174,6 @@ class RPCProtocol(Protocol):
         self._dispatcher = dispatcher if hasattr(dispatcher, "hold") else _NO_BURSTS
         self._pack = factory.pack_prefix  # a frame's 4-byte length
         self._hold_limit = factory.hold_limit
-        decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
         refusal = factory.admit(self)
         if refusal is not None:
             self._pause("refused")  # read nothing from a refused peer: its one answer is this
@@ -179,26 +181,14 @@ class RPCProtocol(Protocol):
             self._flush()
             self.transport.loseConnection()
             return
-        key = limits.auth_key
-        handshake = auth.ServerHandshake(key) if key is not None else None
-        session = self._session = Session(
-            factory.dispatcher,
-            self,
-            self.sendString,
-            max_inflight=limits.max_inflight,
-            max_batch=limits.max_batch,
-            max_method_bytes=limits.max_method_bytes,
-            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
-            handshake=handshake,
-            hooks=self,
-        )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
         # over TLS the watch starts in handshakeCompleted.
         if not isinstance(self.transport, TLSMemoryBIOProtocol):
             self._watch_outbuf()
-        if handshake is not None:
-            decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, decoder.max_frame_bytes)
+        if limits.auth_key is not None:
+            session = self._open_session()  # the challenge goes out now
+            self._decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, limits.max_frame_bytes)
             session.begin()
             clock = factory.clock
             delay = factory.auth_delay(self)
@@ -211,6 +201,26 @@ class RPCProtocol(Protocol):
                 self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if limits.idle_timeout > 0:
             factory.watch_idle(self)
+
+    def _open_session(self) -> Session:
+        """The decoder and the session: at the first bytes received, or at once for the
+        handshake."""
+        factory = self.factory
+        limits = factory.limits
+        key = limits.auth_key
+        self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
+        session = self._session = Session(
+            factory.dispatcher,
+            self,
+            self.sendString,
+            max_inflight=limits.max_inflight,
+            max_batch=limits.max_batch,
+            max_method_bytes=limits.max_method_bytes,
+            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
+            handshake=auth.ServerHandshake(key) if key is not None else None,
+            hooks=self,
+        )
+        return session
 
     def first_call(self) -> None:
         """The first request that is not a health check: the "opened" line, written now
@@ -231,7 +241,7 @@ class RPCProtocol(Protocol):
 
     def handshakeCompleted(self) -> None:
         """TLS is up: from now on a full write buffer pauses reading (IHandshakeListener)."""
-        if not self._closed and self._session is not None and not self._watching_outbuf:
+        if not self._closed and "refused" not in self._pauses and not self._watching_outbuf:
             self._watch_outbuf()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -241,19 +251,23 @@ class RPCProtocol(Protocol):
                 timer.cancel()
         self._write_timer = self._abort_timer = self._auth_call = None
         session = self._session
-        if session is None:
-            return
-        session.abandon()  # a stream waiting for this peer to read is cancelled with the rest
-        self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
+        if session is not None:
+            session.abandon()  # a stream waiting for this peer to read is cancelled too
+            self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
+        elif "refused" in self._pauses:
+            return  # never counted in
         self.factory.release(self)
 
     def readConnectionLost(self) -> None:
         """The peer half-closed (shutdown(SHUT_WR)): answer every frame already received,
         past the in-flight cap too, then close (IHalfCloseableProtocol)."""
         session = self._session
-        if session is None or self._closed:
+        if self._closed or "refused" in self._pauses:
             self._flush()
             self.transport.loseConnection()
+            return
+        if session is None:
+            self.close()  # it sent nothing: nothing is owed
             return
         decoder = self._decoder
         try:
@@ -363,7 +377,9 @@ class RPCProtocol(Protocol):
         # this again with b"" to go on with the frames already buffered.
         session = self._session
         if session is None:
-            return  # refused at admission: nothing is read
+            if not data or "refused" in self._pauses:
+                return  # refused at admission: nothing is read
+            session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
         if type(self).stringReceived is not RPCProtocol.stringReceived:
@@ -647,7 +663,8 @@ class RPCFactory(Factory):
                 heapq.heappop(heap)  # closing already: no idle line for it
                 protocol._idle_due = None
                 continue
-            if protocol._session.calls:
+            session = protocol._session
+            if session is not None and session.calls:
                 # Waiting on its own calls (or streaming) is not idleness: look again later.
                 protocol._idle_due = now + timeout
                 heapq.heapreplace(heap, protocol)
