@@ -415,8 +415,10 @@ class RPCProtocol(Protocol):
 
     def stringReceived(self, body: bytes) -> None:
         session = self._session
-        if session is None or self._closed:
+        if self._closed or "refused" in self._pauses:
             return
+        if session is None:  # a frame handed in directly, before any bytes were read
+            session = self._open_session()
         if self._idle_due is not None:
             self._last_frame = self.factory.clock.seconds()
         decision = session.receive(body)

@@ -1060,6 +1060,15 @@ def test_half_close_before_any_byte_closes_at_once():
     assert transport.disconnecting and transport.value() == b""
 
 
+def test_a_frame_handed_to_string_received_first_is_answered():
+    # The per-frame hook, as IntNStringReceiver has it, works before any bytes were read.
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher))
+    protocol.stringReceived(json.dumps(call("echo", id=7)).encode())
+    dispatcher.finish(dispatcher.submitted[0], "done")
+    assert replies(transport) == [{"jsonrpc": "2.0", "result": "done", "id": 7}]
+
+
 def test_a_connection_that_sent_nothing_is_counted_out_when_it_goes():
     factory = make_factory(max_connections=1)
     protocol, _ = connect(factory)
