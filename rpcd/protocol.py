@@ -10,6 +10,7 @@ It never runs method code and never blocks.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,26 +86,6 @@ class ConnectionLimits:
     # failure up to AUTH_DELAY_MAX (0: off)
 
 
-@implementer(IPushProducer)
-class _OutbufWatch:
-    """Registered with the transport, which pauses it when the peer's unsent replies pass
-    max_outbuf and resumes it once they are written."""
-
-    __slots__ = ("protocol",)
-
-    def __init__(self, protocol: RPCProtocol) -> None:
-        self.protocol = protocol
-
-    def pauseProducing(self) -> None:
-        self.protocol._outbuf_full()
-
-    def resumeProducing(self) -> None:
-        self.protocol._outbuf_drained()
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _NoBursts:
     bursting = False
 
@@ -112,18 +93,58 @@ class _NoBursts:
 _NO_BURSTS = _NoBursts()
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol)
+@implementer(IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
 class RPCProtocol(Protocol):
-    """One client connection."""
+    """One client connection.
+
+    It is also the producer of its replies, registered with its transport (no object of
+    its own per connection): the transport pauses it when the peer's unsent replies pass
+    max_outbuf and resumes it once they are written.
+    """
+
+    # Slots, every attribute (Protocol's own too, else they would fill its __dict__).
+    __slots__ = (
+        "factory",
+        "transport",
+        "connected",
+        "_session",
+        "_decoder",
+        "_closed",
+        "_last_frame",
+        "_idle_due",
+        "peer_key",
+        "peer",
+        "opened_at",
+        "announced",
+        "unnamed",
+        "_pauses",
+        "_watching_outbuf",
+        "_write_timer",
+        "_abort_timer",
+        "_auth_call",
+        "_dispatcher",
+        "_held",
+        "_held_bytes",
+        "_hold_limit",
+        "_pack",
+    )
 
     factory: RPCFactory
 
     def __init__(self) -> None:
-        self._session: Session | None = None  # None: refused at admission
+        self.factory = None  # type: ignore[assignment]  # buildProtocol sets it
+        self.transport: Any = None
+        self.connected = 0
+        # Both made at the first bytes received (at once when a handshake is due): a
+        # connection that has sent nothing holds neither. Never made for one refused at
+        # admission ("refused" in _pauses).
+        self._session: Session | None = None
         self._decoder: wire.FrameDecoder | None = None
         self._closed = False  # nothing more in or out
-        self._last_frame = 0.0
-        self._idle_call: Any = None
+        self._last_frame = 0.0  # when its last complete frame came, or its last call ended
+        # Its place in the factory's idle heap, by when it may be idle_timeout idle at the
+        # earliest; None: not in the heap (no idle timeout, refused, or taken out to close).
+        self._idle_due: float | None = None
         self.peer_key: Any = None
         self.peer = "-"  # host:port, for log lines
         # The "opened" line waits for the first request that is not a health check, so a
@@ -133,7 +154,8 @@ class RPCProtocol(Protocol):
         self.unnamed = False  # its PROXY header named no client (LOCAL: the balancer's check)
         # Why reading is paused ("inflight", "outbuf", "closing", "refused", "penalty"): one
         # reason lifting must not resume what another holds. Reading is paused iff non-empty.
-        self._pauses: set[str] = set()
+        # A tuple, replaced on each change: the empty one is shared by every connection.
+        self._pauses: tuple[str, ...] = ()
         self._watching_outbuf = False
         self._write_timer: Any = None
         self._abort_timer: Any = None  # running once close() began: flush or abort
@@ -151,10 +173,8 @@ class RPCProtocol(Protocol):
         dispatcher = factory.dispatcher
         # A dispatcher that cannot hold output for a burst never has one.
         self._dispatcher = dispatcher if hasattr(dispatcher, "hold") else _NO_BURSTS
-        self._byteorder = limits.byteorder
-        self._pack = wire.frame_prefix(limits.byteorder).pack  # a frame's 4-byte length
-        self._hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
-        decoder = self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
+        self._pack = factory.pack_prefix  # a frame's 4-byte length
+        self._hold_limit = factory.hold_limit
         refusal = factory.admit(self)
         if refusal is not None:
             self._pause("refused")  # read nothing from a refused peer: its one answer is this
@@ -162,27 +182,14 @@ class RPCProtocol(Protocol):
             self._flush()
             self.transport.loseConnection()
             return
-        key = limits.auth_key
-        handshake = auth.ServerHandshake(key) if key is not None else None
-        session = self._session = Session(
-            factory.dispatcher,
-            self,
-            self.sendString,
-            max_inflight=limits.max_inflight,
-            max_batch=limits.max_batch,
-            max_method_bytes=limits.max_method_bytes,
-            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
-            handshake=handshake,
-            on_frame_error=self._frame_error,
-            on_first_call=self._announce,
-        )
         # TLS pauses a registered producer while its handshake holds our writes back (the
         # rpc.auth challenge), and our reading paused then would stall that very handshake:
         # over TLS the watch starts in handshakeCompleted.
         if not isinstance(self.transport, TLSMemoryBIOProtocol):
             self._watch_outbuf()
-        if handshake is not None:
-            decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, decoder.max_frame_bytes)
+        if limits.auth_key is not None:
+            session = self._open_session()  # the challenge goes out now
+            self._decoder.max_frame_bytes = min(auth.PREAUTH_MAX_FRAME, limits.max_frame_bytes)
             session.begin()
             clock = factory.clock
             delay = factory.auth_delay(self)
@@ -194,11 +201,31 @@ class RPCProtocol(Protocol):
             else:
                 self._auth_call = clock.callLater(auth.HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if limits.idle_timeout > 0:
-            self._last_frame = factory.clock.seconds()
-            self._idle_call = factory.clock.callLater(limits.idle_timeout, self._check_idle)
+            factory.watch_idle(self)
 
-    def _announce(self) -> None:
-        """The first request that is not a health check: the "opened" line, written now."""
+    def _open_session(self) -> Session:
+        """The decoder and the session: at the first bytes received, or at once for the
+        handshake."""
+        factory = self.factory
+        limits = factory.limits
+        key = limits.auth_key
+        self._decoder = wire.FrameDecoder(limits.max_frame_bytes, limits.byteorder)
+        session = self._session = Session(
+            factory.dispatcher,
+            self,
+            self.sendString,
+            max_inflight=limits.max_inflight,
+            max_batch=limits.max_batch,
+            max_method_bytes=limits.max_method_bytes,
+            max_reply_bytes=limits.max_reply_bytes or limits.max_frame_bytes,
+            handshake=auth.ServerHandshake(key) if key is not None else None,
+            hooks=self,
+        )
+        return session
+
+    def first_call(self) -> None:
+        """The first request that is not a health check: the "opened" line, written now
+        (the session's hook)."""
         self.announced = True
         age = self.factory.clock.seconds() - self.opened_at
         if age < 1.0:
@@ -210,34 +237,38 @@ class RPCProtocol(Protocol):
         transport = self.transport
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = self.factory.limits.max_outbuf  # where it pauses its producer
-        transport.registerProducer(_OutbufWatch(self), True)
+        transport.registerProducer(self, True)
         self._watching_outbuf = True
 
     def handshakeCompleted(self) -> None:
         """TLS is up: from now on a full write buffer pauses reading (IHandshakeListener)."""
-        if not self._closed and self._session is not None and not self._watching_outbuf:
+        if not self._closed and "refused" not in self._pauses and not self._watching_outbuf:
             self._watch_outbuf()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closed = True
-        for timer in (self._idle_call, self._write_timer, self._abort_timer, self._auth_call):
+        for timer in (self._write_timer, self._abort_timer, self._auth_call):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._idle_call = self._write_timer = self._abort_timer = self._auth_call = None
+        self._write_timer = self._abort_timer = self._auth_call = None
         session = self._session
-        if session is None:
-            return
-        session.abandon()  # a stream waiting for this peer to read is cancelled with the rest
-        self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
+        if session is not None:
+            session.abandon()  # a stream waiting for this peer to read is cancelled too
+            self.factory.dispatcher.writable(self)  # the dispatcher forgets this peer's lag
+        elif "refused" in self._pauses:
+            return  # never counted in
         self.factory.release(self)
 
     def readConnectionLost(self) -> None:
         """The peer half-closed (shutdown(SHUT_WR)): answer every frame already received,
         past the in-flight cap too, then close (IHalfCloseableProtocol)."""
         session = self._session
-        if session is None or self._closed:
+        if self._closed or "refused" in self._pauses:
             self._flush()
             self.transport.loseConnection()
+            return
+        if session is None:
+            self.close()  # it sent nothing: nothing is owed
             return
         decoder = self._decoder
         try:
@@ -263,20 +294,9 @@ class RPCProtocol(Protocol):
         self.sendString(wire.encode_error(error))
         self.close()
 
-    def _check_idle(self) -> None:
-        clock = self.factory.clock
-        timeout = self.factory.limits.idle_timeout
-        if self._session.calls:
-            # Waiting on our own calls (or streaming) is not idleness.
-            self._idle_call = clock.callLater(timeout, self._check_idle)
-            return
-        remaining = self._last_frame + timeout - clock.seconds()
-        if remaining > 0:
-            self._idle_call = clock.callLater(remaining, self._check_idle)
-            return
-        self._idle_call = None
-        log.info("closing {peer}: idle for {timeout:g} s", peer=self.peer, timeout=timeout)
-        self.close()
+    def __lt__(self, other: RPCProtocol) -> bool:
+        # The order of the factory's idle heap (heapq compares with < only).
+        return self._idle_due < other._idle_due
 
     def close(self) -> None:
         """Close once written replies are flushed; abort if the peer won't take them in time."""
@@ -300,17 +320,31 @@ class RPCProtocol(Protocol):
     # -- reading paused, for one reason or several -------------------------------------------
 
     def _pause(self, reason: str) -> None:
-        if not self._pauses:
+        pauses = self._pauses
+        if not pauses:
             self.transport.pauseProducing()
-        self._pauses.add(reason)
+        if reason not in pauses:
+            self._pauses = (*pauses, reason)
 
     def _resume(self, reason: str) -> None:
-        if reason not in self._pauses:
+        pauses = self._pauses
+        if reason not in pauses:
             return
-        self._pauses.discard(reason)
-        if not self._pauses and not self._closed:
+        self._pauses = pauses = tuple(held for held in pauses if held != reason)
+        if not pauses and not self._closed:
             self.transport.resumeProducing()
             self.dataReceived(b"")  # the frames already buffered first
+
+    def pauseProducing(self) -> None:
+        """The transport holds max_outbuf of unsent replies (IPushProducer)."""
+        self._outbuf_full()
+
+    def resumeProducing(self) -> None:
+        """The transport wrote them (IPushProducer)."""
+        self._outbuf_drained()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; connectionLost does the rest (IPushProducer)."""
 
     def _outbuf_full(self) -> None:
         if self._closed or "outbuf" in self._pauses:
@@ -344,17 +378,19 @@ class RPCProtocol(Protocol):
         # this again with b"" to go on with the frames already buffered.
         session = self._session
         if session is None:
-            return  # refused at admission: nothing is read
+            if not data or "refused" in self._pauses:
+                return  # refused at admission: nothing is read
+            session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
         if type(self).stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
-        next_frame, pauses, receive = decoder.next_frame, self._pauses, session.receive
+        next_frame, receive = decoder.next_frame, session.receive
         taken = False
         try:
             # stringReceived in line, the idle clock read once for the frames of this chunk.
-            while not pauses and not self._closed:
+            while not self._pauses and not self._closed:
                 body = next_frame()
                 if body is None:
                     break
@@ -364,13 +400,13 @@ class RPCProtocol(Protocol):
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
-        if taken and self._idle_call is not None:
+        if taken and self._idle_due is not None:
             self._last_frame = self.factory.clock.seconds()
 
     def _frames_to_string_received(self) -> None:
-        next_frame, pauses = self._decoder.next_frame, self._pauses
+        next_frame = self._decoder.next_frame
         try:
-            while not pauses:
+            while not self._pauses:
                 body = next_frame()
                 if body is None:
                     return
@@ -380,15 +416,18 @@ class RPCProtocol(Protocol):
 
     def stringReceived(self, body: bytes) -> None:
         session = self._session
-        if session is None or self._closed:
+        if self._closed or "refused" in self._pauses:
             return
-        if self._idle_call is not None:
+        if session is None:  # a frame handed in directly, before any bytes were read
+            session = self._open_session()
+        if self._idle_due is not None:
             self._last_frame = self.factory.clock.seconds()
         decision = session.receive(body)
         if decision is not None:
             self._decided(decision)
 
-    def _frame_error(self, error: RPCError) -> None:
+    def frame_error(self, error: RPCError) -> None:
+        """A frame that decoded to no request (the session's hook): counted, maybe logged."""
         self.factory.frame_error(self, error.code, error.message)
 
     def _frame_too_large(self, error: wire.FrameTooLarge) -> None:
@@ -396,7 +435,7 @@ class RPCProtocol(Protocol):
         if session is None or self._closed:
             return
         authenticating = session.authenticating
-        session.frame_too_large(error, error.likely_cause(self._byteorder))
+        session.frame_too_large(error, error.likely_cause(self.factory.limits.byteorder))
         self.factory.frame_error(self, error.code, session.failure)
         if authenticating:
             self._decided(CLOSE)
@@ -445,7 +484,7 @@ class RPCProtocol(Protocol):
             return
         session = self._session
         decision = session.finished(call, response)
-        if not session.calls and self._idle_call is not None:
+        if not session.calls and self._idle_due is not None:
             # Idleness starts when the last pending call is answered, not at its request.
             self._last_frame = self.factory.clock.seconds()
         if decision is not None:
@@ -562,6 +601,17 @@ class RPCFactory(Factory):
         self.refused: Counter = Counter()
         self.frame_errors: Counter = Counter()  # frames that decoded to no request, by code
         self._all_closed: list[defer.Deferred] = []
+        # What every connection shares, made once here rather than once per connection.
+        self.pack_prefix = wire.frame_prefix(limits.byteorder).pack
+        self.hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
+        # The idle timeout, one timer for all connections (not a DelayedCall each): a heap of
+        # connections by `_idle_due`, the earliest a connection can have been idle_timeout
+        # idle (its activity since only makes the true deadline later, found when it comes
+        # up); the timer fires at the first of them. A closed connection's entry stays until
+        # it comes up or the heap is compacted (`_idle_closed` counts them).
+        self._idle_heap: list[RPCProtocol] = []
+        self._idle_closed = 0
+        self._idle_timer: Any = None
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
@@ -602,6 +652,79 @@ class RPCFactory(Factory):
         protocol.opened_at = self.clock.seconds()  # its "opened" line waits for a call
         protocol.unnamed = _names_no_client(protocol.transport)
         return None
+
+    # -- the idle timeout ----------------------------------------------------------------------
+
+    def watch_idle(self, protocol: RPCProtocol) -> None:
+        """Close `protocol` once it has been idle for idle_timeout: no complete frame received
+        and no call of its own pending."""
+        now = protocol._last_frame = protocol.opened_at  # one float for both: counted in now
+        protocol._idle_due = now + self.limits.idle_timeout
+        heapq.heappush(self._idle_heap, protocol)
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        """Have the timer fire when the first connection in the heap is due (none: no timer)."""
+        heap, timer = self._idle_heap, self._idle_timer
+        if not heap:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._idle_timer = None
+            return
+        due = heap[0]._idle_due
+        if timer is not None and timer.active():
+            if timer.getTime() <= due:
+                return  # it fires in time (a new connection is due last: the usual case)
+            timer.cancel()
+        self._idle_timer = self.clock.callLater(max(due - self.clock.seconds(), 0), self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for idle_timeout; put the others back by their next due."""
+        self._idle_timer = None
+        clock, heap, connections = self.clock, self._idle_heap, self.connections
+        timeout = self.limits.idle_timeout
+        now = clock.seconds()
+        while heap and heap[0]._idle_due <= now:
+            protocol = heap[0]
+            if protocol not in connections:  # closed (or given up for a newer connection)
+                heapq.heappop(heap)
+                protocol._idle_due = None
+                self._idle_closed -= 1
+                continue
+            if protocol._closed or "closing" in protocol._pauses:
+                heapq.heappop(heap)  # closing already: no idle line for it
+                protocol._idle_due = None
+                continue
+            session = protocol._session
+            if session is not None and session.calls:
+                # Waiting on its own calls (or streaming) is not idleness: look again later.
+                protocol._idle_due = now + timeout
+                heapq.heapreplace(heap, protocol)
+                continue
+            due = protocol._last_frame + timeout
+            if due > now:
+                protocol._idle_due = due  # active since it was put in: back at its new place
+                heapq.heapreplace(heap, protocol)
+                continue
+            heapq.heappop(heap)
+            protocol._idle_due = None
+            log.info("closing {peer}: idle for {timeout:g} s", peer=protocol.peer, timeout=timeout)
+            protocol.close()
+        self._arm_idle_timer()
+
+    def _forget_idle(self, protocol: RPCProtocol) -> None:
+        """`protocol` is counted out: its heap entry is dead. Compact the heap once a quarter
+        of it is (so closed connections are not kept for up to idle_timeout)."""
+        if protocol._idle_due is None:
+            return
+        self._idle_closed += 1
+        heap = self._idle_heap
+        if self._idle_closed * 4 > len(heap):
+            connections = self.connections
+            heap[:] = [entry for entry in heap if entry in connections]
+            heapq.heapify(heap)
+            self._idle_closed = 0
+            self._arm_idle_timer()
 
     def _drop_oldest_unauthenticated(self, limit: str, value: int) -> None:
         oldest = next(iter(self._unauthenticated))
@@ -736,6 +859,7 @@ class RPCFactory(Factory):
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
+        self._forget_idle(protocol)
         key = protocol.peer_key
         if key is not None:
             self._per_peer[key] -= 1

@@ -59,6 +59,17 @@ class Handshake(Protocol):
     def verify(self, params: Any) -> dict: ...
 
 
+class Hooks(Protocol):
+    """What the glue is told of, as methods of one object (rpcd.protocol.RPCProtocol), so
+    that a connection holds no bound method per hook."""
+
+    def frame_error(self, error: RPCError) -> None:
+        """A frame decoded to no request (before its error is answered)."""
+
+    def first_call(self) -> None:
+        """Once: the first request that is not a health check arrived."""
+
+
 class _Direct:
     """A JSON-RPC call's route: its reply goes out as soon as it is ready."""
 
@@ -134,8 +145,8 @@ class Session:
         "_legacy",
         "_legacy_peer",
         "_read_closed",
-        "_on_frame_error",
-        "_on_first_call",
+        "_hooks",
+        "_awaiting_first_call",
         "checked",
     )
 
@@ -150,10 +161,11 @@ class Session:
         max_method_bytes: int = wire.MAX_METHOD_BYTES,
         max_reply_bytes: int | None = None,
         handshake: Handshake | None = None,
-        on_frame_error: Callable[[RPCError], None] | None = None,
-        on_first_call: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
-        self.calls: set[Any] = set()  # submitted and not yet answered
+        # Submitted and not yet answered, as a dict's keys: an empty dict is 64 bytes, an
+        # empty set 216 (and a dict's store and pop cost no more than a set's add, discard).
+        self.calls: dict[Any, None] = {}
         self.failure: str | None = None  # why the last CLOSE was decided, for the log
         self._dispatcher = dispatcher
         self._sink = sink  # passed on to the dispatcher: where responses are delivered
@@ -164,14 +176,16 @@ class Session:
         self._max_reply_bytes = max_reply_bytes  # None: replies of any size
         self._handshake = handshake  # None once authenticated (or when there is no key)
         self._direct = _Direct(send, max_reply_bytes)
-        self._held: deque[tuple[Request, Any]] = deque()  # requests past the in-flight cap
-        self._legacy: deque[_LegacySlot] = deque()
+        # Made when first needed (most connections never need them; an empty deque is 760
+        # bytes): requests past the in-flight cap, and legacy replies in request order.
+        self._held: deque[tuple[Request, Any]] | None = None
+        self._legacy: deque[_LegacySlot] | None = None
         self._legacy_peer = False  # the last request decoded used the legacy envelope
         self._read_closed = False
-        self._on_frame_error = on_frame_error  # told of each frame that decoded to no request
-        # Called once, at the first request that is not a health check (the connection's
-        # "opened" line waits for it); None once called.
-        self._on_first_call = on_first_call
+        self._hooks = hooks
+        # The hooks until their first_call is called, at the first request that is not a
+        # health check (the connection's "opened" line waits for it); None after.
+        self._awaiting_first_call = hooks
         self.checked = False  # a health check came before any other request
 
     # -- state the glue reads ---------------------------------------------------------------
@@ -199,7 +213,7 @@ class Session:
         except RPCError as error:
             self._refuse_frame(error)
             return None
-        if self._on_first_call is not None:
+        if self._awaiting_first_call is not None:
             self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
@@ -220,7 +234,7 @@ class Session:
                 self._direct.reply(Response(message, error=error))
                 return None
             call.route = self._direct
-            calls.add(call)
+            calls[call] = None
             return PAUSE if inflight >= cap - 1 else None  # the new call counted
         if type(message) is Request:
             self._legacy_peer = message.legacy
@@ -236,7 +250,7 @@ class Session:
         """The dispatcher answered `call` (or cancelled it with this response)."""
         calls = self.calls
         was_full = len(calls) >= self._max_inflight
-        calls.discard(call)
+        calls.pop(call, None)
         route = call.route
         if route is self._direct:  # _Direct.reply, in line for the usual call
             if not response.request.notification:
@@ -285,8 +299,7 @@ class Session:
         """The connection is gone: cancel what is in flight, deliver nothing more."""
         calls = list(self.calls)
         self.calls.clear()
-        self._held.clear()
-        self._legacy.clear()
+        self._held = self._legacy = None
         cancel = self._dispatcher.cancel
         for call in calls:
             cancel(call)
@@ -300,8 +313,8 @@ class Session:
             if type(item) is Request and item.method in CHECK_METHODS:
                 self.checked = True
             else:
-                first, self._on_first_call = self._on_first_call, None
-                first()
+                hooks, self._awaiting_first_call = self._awaiting_first_call, None
+                hooks.first_call()
                 return
 
     def _accept_batch(self, batch: Batch) -> None:
@@ -315,7 +328,7 @@ class Session:
     def _accept(self, request: Request, route: Any) -> None:
         if request.legacy:
             route = _LegacySlot(self)
-            self._legacy.append(route)
+            self._legacy_slots().append(route)
         if request.method == CANCEL_METHOD:
             try:
                 response = Response(request, self._cancel(request))
@@ -326,6 +339,8 @@ class Session:
         if len(self.calls) >= self._max_inflight:
             # A batch's entries past the cap, or frames read after a half-close: they wait
             # for this connection's calls.
+            if self._held is None:
+                self._held = deque()
             self._held.append((request, route))
             return
         self._submit(request, route)
@@ -337,7 +352,7 @@ class Session:
             route.reply(Response(request, error=error))
             return
         call.route = route
-        self.calls.add(call)
+        self.calls[call] = None
 
     def _cancel(self, request: Request) -> bool:
         params = request.params
@@ -360,16 +375,21 @@ class Session:
 
     def _refuse_frame(self, error: RPCError) -> None:
         """A frame that decoded to no request: its error, in the envelope the peer speaks."""
-        if self._on_frame_error is not None:
-            self._on_frame_error(error)
+        if self._hooks is not None:
+            self._hooks.frame_error(error)
         if not error.legacy and self._legacy_peer and error.code == wire.PARSE_ERROR:
             # Not JSON, so no envelope of its own: a legacy client pairs replies by order.
             error = RPCError(error.code, error.message, error.data, legacy=True)
         if error.legacy:
-            self._legacy.append(_LegacySlot(self, wire.encode_error(error)))
+            self._legacy_slots().append(_LegacySlot(self, wire.encode_error(error)))
             self._flush_legacy()
         else:
             self._send(wire.encode_error(error))
+
+    def _legacy_slots(self) -> deque[_LegacySlot]:
+        if self._legacy is None:
+            self._legacy = deque()
+        return self._legacy
 
     def _flush_legacy(self) -> None:
         legacy, send = self._legacy, self._send

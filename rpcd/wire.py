@@ -159,6 +159,9 @@ def prefix_cause(prefix: bytes, limit: int, byteorder: str = "big") -> str | Non
 
 
 _PREFIX = {"big": struct.Struct("!I"), "little": struct.Struct("<I")}
+# Each Struct's unpack_from, made once: every decoder shares it instead of holding a bound
+# method of its own (72 bytes a connection).
+_UNPACK_FROM = {byteorder: prefix.unpack_from for byteorder, prefix in _PREFIX.items()}
 
 
 def frame_prefix(byteorder: str = "big") -> struct.Struct:
@@ -180,25 +183,38 @@ class FrameDecoder:
     Used by the server's connections and every client. Received chunks are queued and
     joined only when the frame they complete needs them, so a large frame arriving in many
     pieces is copied once (not once per piece), and a chunk holding many whole frames is
-    walked by offset without copying the rest. `max_frame_bytes` may be changed at any
-    time (the auth phase lowers it); it applies to the next prefix read.
+    walked by offset without copying the rest. A chunk that arrives with nothing else
+    buffered becomes the buffer as it is, and the buffer is let go once every frame in it is
+    taken: an idle connection's decoder holds no bytes and no list. `max_frame_bytes` may
+    be changed at any time (the auth phase lowers it); it applies to the next prefix read.
     """
 
     __slots__ = ("max_frame_bytes", "_unpack", "_buffer", "_offset", "_parts", "_queued")
 
     def __init__(self, max_frame_bytes: int, byteorder: str = "big") -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._unpack = frame_prefix(byteorder).unpack_from
+        frame_prefix(byteorder)  # a ValueError for an unknown byte order
+        self._unpack = _UNPACK_FROM[byteorder]
         self._buffer = b""  # walked from _offset
         self._offset = 0
-        self._parts: list[bytes] = []  # received after _buffer, not yet joined to it
+        self._parts: list[bytes] | None = None  # received after _buffer, not yet joined to it
         self._queued = 0  # their total length
 
     def receive(self, data: bytes) -> None:
         """Buffer `data`; take the frames it completes with `next_frame`."""
-        if data:
-            self._parts.append(data)
-            self._queued += len(data)
+        if not data:
+            return
+        parts = self._parts
+        if parts is None:
+            if self._offset == len(self._buffer):
+                # Nothing else buffered (the usual case): the chunk is the buffer.
+                self._buffer = data
+                self._offset = 0
+                return
+            self._parts = [data]
+        else:
+            parts.append(data)
+        self._queued += len(data)
 
     def next_frame(self) -> bytes | None:
         """The next whole frame body, or None until more bytes arrive.
@@ -235,18 +251,23 @@ class FrameDecoder:
                     return buffer[offset + 4 : end]
                 needed = 4 + length
             else:
+                if available == 0 and self._parts is None:
+                    if buffer:
+                        self._buffer = b""  # every frame taken: let the chunk go
+                        self._offset = 0
+                    return None
                 needed = 4
             if available + self._queued < needed:
                 return None
             self._join(buffer, offset)
 
     def _join(self, buffer: bytes, offset: int) -> None:
-        parts = self._parts
+        parts = self._parts  # not None: what is queued completes the frame needed
         if offset < len(buffer):
             parts.insert(0, buffer[offset:])
         self._buffer = parts[0] if len(parts) == 1 else b"".join(parts)
         self._offset = 0
-        self._parts = []
+        self._parts = None
         self._queued = 0
 
     def buffered(self) -> int:
@@ -255,7 +276,7 @@ class FrameDecoder:
 
     def take_buffered(self) -> bytes:
         """Everything received and not yet returned, emptying the decoder (to hand it on)."""
-        data = self._buffer[self._offset :] + b"".join(self._parts)
+        data = self._buffer[self._offset :] + b"".join(self._parts or ())
         self.clear()
         return data
 
@@ -263,7 +284,7 @@ class FrameDecoder:
         """Drop everything buffered."""
         self._buffer = b""
         self._offset = 0
-        self._parts = []
+        self._parts = None
         self._queued = 0
 
 

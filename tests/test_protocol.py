@@ -9,8 +9,10 @@ own decisions are tested without a transport in tests/test_session.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
+import weakref
 from typing import Any
 
 import gevent
@@ -568,6 +570,91 @@ def test_closed_connection_leaves_no_timer():
     assert clock.getDelayedCalls() == []
 
 
+def _peer(i: int) -> IPv4Address:
+    return IPv4Address("TCP", "10.0.0.1", 40000 + i)
+
+
+def test_one_timer_closes_each_idle_connection_at_its_own_deadline(log_events):
+    clock = Clock()
+    factory = make_factory(clock=clock, idle_timeout=10)
+    transports = []
+    for i in range(5):  # opened a second apart
+        transports.append(connect(factory, _peer(i))[1])
+        clock.advance(1)
+    assert len(clock.getDelayedCalls()) == 1  # one timer for the factory, not one each
+    clock.advance(5)  # t = 10: the first is idle for 10 s
+    assert [t.disconnecting for t in transports] == [True, False, False, False, False]
+    clock.advance(2.5)  # t = 12.5
+    assert [t.disconnecting for t in transports] == [True, True, True, False, False]
+    clock.advance(1.5)  # t = 14
+    assert all(t.disconnecting for t in transports)
+    lines = [formatEvent(e) for e in log_events if "idle" in formatEvent(e)]
+    assert lines == [f"closing 10.0.0.1:{40000 + i}: idle for 10 s" for i in range(5)]
+
+
+def test_a_busy_connection_is_not_closed_beside_an_idle_one():
+    clock = Clock()
+    dispatcher = RecordingDispatcher()
+    factory = make_factory(dispatcher, clock, idle_timeout=10)
+    busy, busy_transport = connect(factory, _peer(1))
+    _, idle_transport = connect(factory, _peer(2))
+    for i in range(8):  # a call every 4 s, answered at once, for 32 s
+        clock.advance(4)
+        busy.dataReceived(frame(call("echo", id=i)))
+        dispatcher.finish(dispatcher.submitted[-1])
+        assert idle_transport.disconnecting == (clock.seconds() >= 10)
+    assert not busy_transport.disconnecting
+    clock.advance(9.9)
+    assert not busy_transport.disconnecting
+    clock.advance(0.1)  # 10 s after its last reply
+    assert busy_transport.disconnecting
+
+
+def test_a_connection_with_a_call_pending_is_not_closed_beside_idle_ones():
+    clock = Clock()
+    dispatcher = RecordingDispatcher()
+    factory = make_factory(dispatcher, clock, idle_timeout=10)
+    waiting, waiting_transport = connect(factory, _peer(1))
+    waiting.dataReceived(frame(call("slow", id=1)))
+    others = [connect(factory, _peer(i))[1] for i in range(2, 5)]
+    clock.advance(35)
+    assert all(t.disconnecting for t in others) and not waiting_transport.disconnecting
+    dispatcher.finish(dispatcher.submitted[0])  # t = 35: idle from here
+    assert replies(waiting_transport) == [{"jsonrpc": "2.0", "result": "ok", "id": 1}]
+    clock.advance(9.9)
+    assert not waiting_transport.disconnecting
+    clock.advance(0.1)
+    assert waiting_transport.disconnecting
+
+
+def test_closed_connections_are_not_kept_for_the_idle_timer():
+    clock = Clock()
+    factory = make_factory(clock=clock, idle_timeout=300)
+    protocols = [connect(factory, _peer(i))[0] for i in range(100)]
+    gone = [weakref.ref(p) for p in protocols[1:]]
+    for protocol in protocols[1:]:
+        disconnect(protocol)
+    del protocols[1:], protocol
+    gc.collect()
+    # The one still open keeps at most a quarter of its heap's entries closed.
+    assert sum(ref() is not None for ref in gone) <= 1
+    assert len(clock.getDelayedCalls()) == 1
+    disconnect(protocols.pop())
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_connection_closing_already_gets_no_idle_line(log_events):
+    clock = Clock()
+    factory = make_factory(clock=clock, idle_timeout=10, write_timeout=60)
+    protocol, transport = connect(factory, transport_class=BufferingTransport)
+    protocol.close()  # its peer has not taken its last bytes yet
+    clock.advance(30)
+    assert not [e for e in log_events if "idle" in formatEvent(e)]
+    assert not transport.aborted
+    clock.advance(30)
+    assert transport.aborted  # the close's own write timeout, as before
+
+
 # -- frame size -------------------------------------------------------------------------------
 
 
@@ -965,6 +1052,31 @@ def test_half_close_with_nothing_owed_closes_at_once():
     protocol.dataReceived(frame(call("work", id=1))[:-3])  # a partial frame is owed nothing
     protocol.readConnectionLost()
     assert transport.disconnecting and transport.value() == b""
+
+
+def test_half_close_before_any_byte_closes_at_once():
+    protocol, transport = connect(make_factory())
+    protocol.readConnectionLost()
+    assert transport.disconnecting and transport.value() == b""
+
+
+def test_a_frame_handed_to_string_received_first_is_answered():
+    # The per-frame hook, as IntNStringReceiver has it, works before any bytes were read.
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher))
+    protocol.stringReceived(json.dumps(call("echo", id=7)).encode())
+    dispatcher.finish(dispatcher.submitted[0], "done")
+    assert replies(transport) == [{"jsonrpc": "2.0", "result": "done", "id": 7}]
+
+
+def test_a_connection_that_sent_nothing_is_counted_out_when_it_goes():
+    factory = make_factory(max_connections=1)
+    protocol, _ = connect(factory)
+    protocol.dataReceived(b"")  # nothing yet
+    disconnect(protocol)
+    assert factory.connections == set()
+    _, transport = connect(factory)  # its slot is free again
+    assert not transport.disconnecting
 
 
 # -- memory per connection (issue 10) ---------------------------------------------------------

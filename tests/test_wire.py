@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import orjson
 import pytest
@@ -569,6 +570,19 @@ def test_a_large_frame_in_many_pieces_is_joined_once():
         assert len(decoder._buffer) <= 1000  # nothing joined while the frame is incomplete
     decoder.receive(last)
     assert decoder.next_frame() == body
+
+
+def test_a_decoder_with_every_frame_taken_keeps_no_chunk():
+    # An idle connection's decoder holds none of the bytes it last received.
+    decoder = wire.FrameDecoder(100)
+    chunk = wire.encode_frame(b"first") + wire.encode_frame(b"second")
+    before = sys.getrefcount(chunk)
+    decoder.receive(chunk)
+    assert _drain(decoder) == [b"first", b"second"]
+    assert sys.getrefcount(chunk) == before and decoder.buffered() == 0
+    decoder.receive(wire.encode_frame(b"third")[:3])  # a partial prefix is kept, of course
+    decoder.receive(wire.encode_frame(b"third")[3:])
+    assert _drain(decoder) == [b"third"]
 
 
 def test_take_buffered_hands_on_what_follows():
