@@ -48,6 +48,18 @@ def _is_number(value: Any) -> bool:
     return type(value) in (int, float)
 
 
+def _id_in_range(value: Any) -> bool:
+    """rpcd's one rule on number ids (README, "Hostile input"): kept exact within 64 bits.
+
+    An integral number outside -2^63..2^64-1 (written as an integer or as a float such as
+    1.8446744073709552e+19: after parsing the two are the same) is refused, not echoed
+    back changed; the spec leaves number range to implementations. A float of -2^63 is
+    refused too: it is what -2^63-1 written as an integer reads as."""
+    if type(value) is float:
+        return not value.is_integer() or -(2**63) < value < 2**64
+    return -(2**63) <= value < 2**64
+
+
 def classify(obj: Any) -> tuple:
     """What one request entry is, by the spec:
 
@@ -60,7 +72,7 @@ def classify(obj: Any) -> tuple:
         return ("legacy", obj["in"], [obj["params"]] if "params" in obj else [])
     has_id = "id" in obj
     rid = obj.get("id")
-    id_ok = rid is None or isinstance(rid, str) or _is_number(rid)
+    id_ok = rid is None or isinstance(rid, str) or (_is_number(rid) and _id_in_range(rid))
     echo = rid if has_id and id_ok else None
     if not id_ok or obj.get("jsonrpc") != "2.0" or not isinstance(obj.get("method"), str):
         return ("invalid", echo)
