@@ -61,17 +61,22 @@ def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
 
     out = LogFile(str(tmp_path / "a.log"))
     log = AccessLog(out)
-    lines = []
-    for i in range(access.MAX_CACHED + 50):
-        name = f"m{i}"
-        lines.append(log.line((1.0, "p", Request(name, (), 1), 0.0, None)))
+    for i in range(access.MAX_KEPT + 50):
+        request = Request(f"m{i}", (), 1)
+        log.access(_Call(request), Response(request, None), 0.0)
     unknown = Request("no such\nthing", (), 2)
-    missing = log.line((1.0, "p", unknown, 0.0, RPCError(-32601, "method not found")))
-    assert len(log._methods) == access.MAX_CACHED and "no such\nthing" not in log._methods
-    assert lines[-1].endswith(f" p m{access.MAX_CACHED + 49} id=1 0.000 ms ok\n")
-    assert missing.endswith(' p "no such\\nthing" id=2 0.000 ms -32601\n')
-    again = log.line((1.0, "p", Request("m3", (), 3), 0.0, None))  # from the kept text
-    assert again.endswith(" p m3 id=3 0.000 ms ok\n")
+    log.refused(unknown, _Sink(), RPCError(-32601, "method not found"))
+    out.flush()
+    kept = log._methods_kept
+    assert 0 < len(kept) <= access.MAX_KEPT and "no such\nthing" not in kept
+    again = Request("m3", (), 3)  # from the kept text
+    log.access(_Call(again), Response(again, None), 0.0)
+    out.close()
+    lines = (tmp_path / "a.log").read_text().splitlines()
+    assert len(lines) == access.MAX_KEPT + 52
+    assert lines[-3].endswith(f" {_Sink.peer} m{access.MAX_KEPT + 49} id=1 0.000 ms ok")
+    assert lines[-2].endswith(f' {_Sink.peer} "no such\\nthing" id=2 0.000 ms -32601')
+    assert lines[-1].endswith(f" {_Sink.peer} m3 id=3 0.000 ms ok")
 
 
 def test_health_checks_get_no_access_line(tmp_path):
