@@ -104,3 +104,74 @@ def test_unicode_line_breaks_in_client_text_cannot_forge_a_line(tmp_path):
         out.close()
     text = (tmp_path / "a.log").read_text()
     assert len(text.splitlines()) == 5 and "forged" in text
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _ok(log: AccessLog, method: str, rid, seconds: float = 0.001) -> None:
+    request = Request(method, (), rid)
+    log.access(_Call(request), Response(request, None), seconds)
+
+
+def test_lines_keep_the_order_of_events_around_other_log_lines(tmp_path):
+    from twisted.logger import Logger
+
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out)
+    other = Logger(namespace="rpcd.protocol", observer=out)
+    _ok(log, "first", 1)
+    other.info("connection closed")
+    _ok(log, "second", 2)
+    out.close()  # a clean stop writes what waits
+    messages = [line.split("] ", 1)[1] for line in (tmp_path / "a.log").read_text().splitlines()]
+    assert messages == [
+        f"{_Sink.peer} first id=1 1.000 ms ok",
+        "connection closed",
+        f"{_Sink.peer} second id=2 1.000 ms ok",
+    ]
+
+
+def test_each_line_has_its_own_time_even_when_the_clock_steps_back(tmp_path, monkeypatch):
+    from rpcd.logs import access
+
+    for times in ([100.0005, 100.9999, 101.25], [100.5, 99.25, 100.75], [100.5, 5000.0, 7.125]):
+        path = tmp_path / f"{times[1]}.log"
+        out = LogFile(str(path))
+        log = AccessLog(out)
+        clock = iter(times)
+        monkeypatch.setattr(access, "_time", lambda: next(clock))
+        for n in range(3):
+            _ok(log, "m", n)
+        out.close()
+        stamps = [line.split(" ", 1)[0] for line in path.read_text().splitlines()]
+        assert stamps == [out.time_text(t + 0.0000001) for t in times]
+
+
+def test_ids_of_every_kind_in_one_batch(tmp_path):
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out)
+    ids = [7, -3, 2**70, "x,y", None, 1.5, True, "line\u2028break"]
+    for rid in ids:
+        _ok(log, "m", rid)
+    out.close()
+    shown = [line.split(" id=", 1)[1].split(" ")[0] for line in _lines(tmp_path / "a.log")]
+    assert shown[:7] == ["7", "-3", str(2**70), '"x,y"', "-", "1.5", "true"]
+    assert shown[7] == '"line\\u2028break"'
+
+
+def test_calls_wait_to_be_written_in_bounded_batches(tmp_path):
+    from rpcd.logs import access
+
+    path = tmp_path / "a.log"
+    out = LogFile(str(path))
+    log = AccessLog(out)
+    for n in range(access.FLUSH_CALLS - 1):
+        _ok(log, "m", n)
+    assert path.read_text() == ""  # waiting for the flush timer
+    _ok(log, "m", access.FLUSH_CALLS - 1)
+    assert len(_lines(path)) == access.FLUSH_CALLS  # written at once, without the timer
+    _ok(log, "m", -1)
+    out.close()
+    assert _lines(path)[-1].endswith(" m id=-1 1.000 ms ok")

@@ -4,8 +4,9 @@ line formats, the batching buffer, and the bridge from the standard `logging` mo
 Lines are `TIME LEVEL [NAMESPACE] MESSAGE` (UTC ISO-8601 with milliseconds), or one JSON
 object per line with `--log-format json`. A message of several lines (a traceback) goes on
 continuation lines that begin with a tab, so an entry is always the line with the time plus
-the tab-led lines after it. Lines are buffered and written in batches (at most 0.1 s late);
-`getlog` flushes first, so it reads everything logged so far.
+the tab-led lines after it. Lines are buffered and written in batches (at most 0.1 s late,
+one write each); access lines wait as facts and become text only then. `getlog` flushes
+first, so it reads everything logged so far.
 """
 
 from __future__ import annotations
