@@ -229,9 +229,9 @@ class AccessLog:
 
 def _lookup(table: dict, keys: list) -> Any:
     """table[key] for each key, in C (KeyError if one is missing)."""
-    if len(keys) == 1:
-        return [table[keys[0]]]
-    return itemgetter(*keys)(table)
+    if len(keys) > 1:
+        return itemgetter(*keys)(table)
+    return [table[key] for key in keys]  # itemgetter of one key is no tuple; of none, an error
 
 
 def _kept(table: dict, keys: list, make: Any) -> Any:
