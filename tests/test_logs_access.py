@@ -12,9 +12,15 @@ class _Sink:
     peer = "10.0.0.1:4242"
 
 
+class _Method:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class _Call:
     def __init__(self, request: Request) -> None:
         self.request = request
+        self.method = _Method(request.method)  # the registry's entry for the name
         self.sink = _Sink()
 
 

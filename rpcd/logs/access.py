@@ -76,13 +76,12 @@ class AccessLog:
         there is no thread check.
         """
         try:
-            request = call.request
             facts = self._facts
             facts += (
                 floor(_time() * 1000.0),
                 call.sink.peer,
-                request.method,
-                request.id,
+                call.method.name,  # the registry's: one str object, its hash kept
+                call.request.id,
                 floor(duration * 1e6),
                 response.error,
             )
@@ -154,7 +153,7 @@ class AccessLog:
         failed = list(compress(range(len(errors)), errors))  # the rows with an error
         pieces: list[Any] = [None] * (PIECES * len(ms))
         pieces[0::PIECES] = self._heads(ms)
-        pieces[1::PIECES] = _kept(self._peers_kept, peers, _peer_text)
+        pieces[1::PIECES] = _kept(self._peers_kept, peers, _peer_text, uniform=True)
         pieces[2::PIECES] = self._methods(names, errors, failed)
         pieces[3::PIECES] = _id_texts(ids)
         ends = _kept(self._ends_kept, micros, _ok_end)
@@ -197,7 +196,7 @@ class AccessLog:
         their batch only: what is kept stays the registered methods'."""
         kept = self._methods_kept
         try:
-            return _lookup(kept, names)
+            return _lookup(kept, names, uniform=True)
         except KeyError:
             pass
         made_up = {names[i] for i in failed if errors[i].code == METHOD_NOT_FOUND}
@@ -227,18 +226,21 @@ class AccessLog:
             return f"{self.out.time_text(when)} error [rpcd.logs] bad access line: {exc!r}\n"
 
 
-def _lookup(table: dict, keys: list) -> Any:
-    """table[key] for each key, in C (KeyError if one is missing)."""
+def _lookup(table: dict, keys: list, uniform: bool = False) -> Any:
+    """table[key] for each key, in C (KeyError if one is missing). `uniform`: the keys are
+    often all one (one connection, one method), which is cheaper to see than to look up."""
+    if uniform and keys.count(keys[0]) == len(keys):
+        return [table[keys[0]]] * len(keys)
     if len(keys) > 1:
         return itemgetter(*keys)(table)
     return [table[key] for key in keys]  # itemgetter of one key is no tuple; of none, an error
 
 
-def _kept(table: dict, keys: list, make: Any) -> Any:
+def _kept(table: dict, keys: list, make: Any, uniform: bool = False) -> Any:
     """table[key] for each key, `make(key)` stored first for keys not yet in the table;
     the table is emptied first if it would grow past MAX_KEPT."""
     try:
-        return _lookup(table, keys)
+        return _lookup(table, keys, uniform)
     except KeyError:
         pass
     new = set(keys).difference(table)
