@@ -102,11 +102,10 @@ class LogFile:
         self.render: Callable[[list], str] | None = None
         # Called after each flush with the text `render` made for it ("" if none).
         self.on_flush: Callable[[str], None] | None = None
-        self._timer: Any = None  # the pending flush: `_flush_timer`, started
+        self._timer: Any = None  # the pending flush
         self._changed: Event | None = None
         self._main = _get_ident()
         self._loop = gevent.get_hub().loop
-        self._flush_timer = self._loop.timer(FLUSH_INTERVAL)  # one, restarted for each flush
         self._stamp: tuple[int, str] = (0, "")
         self._bridge = _StdlibBridge()
         self._root_level = logging.NOTSET
@@ -242,14 +241,14 @@ class LogFile:
     def schedule(self) -> None:
         """Flush within FLUSH_INTERVAL (after adding to `buffer` or `facts`)."""
         if self._timer is None:
-            self._timer = timer = self._flush_timer
-            timer.start(self.flush)
+            self._timer = self._loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines, echo the access lines, wake whoever follows the log."""
         timer, self._timer = self._timer, None
         if timer is not None:
-            timer.stop()
+            timer.close()
         buffer = self.buffer
         if self.facts:
             buffer.append(self.facts[:])
