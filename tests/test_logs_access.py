@@ -12,9 +12,15 @@ class _Sink:
     peer = "10.0.0.1:4242"
 
 
+class _Method:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 class _Call:
     def __init__(self, request: Request) -> None:
         self.request = request
+        self.method = _Method(request.method)  # the registry's entry for the name
         self.sink = _Sink()
 
 
@@ -61,17 +67,22 @@ def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
 
     out = LogFile(str(tmp_path / "a.log"))
     log = AccessLog(out)
-    lines = []
-    for i in range(access.MAX_CACHED + 50):
-        name = f"m{i}"
-        lines.append(log.line((1.0, "p", Request(name, (), 1), 0.0, None)))
+    for i in range(access.MAX_KEPT + 50):
+        request = Request(f"m{i}", (), 1)
+        log.access(_Call(request), Response(request, None), 0.0)
     unknown = Request("no such\nthing", (), 2)
-    missing = log.line((1.0, "p", unknown, 0.0, RPCError(-32601, "method not found")))
-    assert len(log._methods) == access.MAX_CACHED and "no such\nthing" not in log._methods
-    assert lines[-1].endswith(f" p m{access.MAX_CACHED + 49} id=1 0.000 ms ok\n")
-    assert missing.endswith(' p "no such\\nthing" id=2 0.000 ms -32601\n')
-    again = log.line((1.0, "p", Request("m3", (), 3), 0.0, None))  # from the kept text
-    assert again.endswith(" p m3 id=3 0.000 ms ok\n")
+    log.refused(unknown, _Sink(), RPCError(-32601, "method not found"))
+    out.flush()
+    kept = log._methods_kept
+    assert 0 < len(kept) <= access.MAX_KEPT and "no such\nthing" not in kept
+    again = Request("m3", (), 3)  # from the kept text
+    log.access(_Call(again), Response(again, None), 0.0)
+    out.close()
+    lines = (tmp_path / "a.log").read_text().splitlines()
+    assert len(lines) == access.MAX_KEPT + 52
+    assert lines[-3].endswith(f" {_Sink.peer} m{access.MAX_KEPT + 49} id=1 0.000 ms ok")
+    assert lines[-2].endswith(f' {_Sink.peer} "no such\\nthing" id=2 0.000 ms -32601')
+    assert lines[-1].endswith(f" {_Sink.peer} m3 id=3 0.000 ms ok")
 
 
 def test_health_checks_get_no_access_line(tmp_path):
@@ -99,3 +110,74 @@ def test_unicode_line_breaks_in_client_text_cannot_forge_a_line(tmp_path):
         out.close()
     text = (tmp_path / "a.log").read_text()
     assert len(text.splitlines()) == 5 and "forged" in text
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _ok(log: AccessLog, method: str, rid, seconds: float = 0.001) -> None:
+    request = Request(method, (), rid)
+    log.access(_Call(request), Response(request, None), seconds)
+
+
+def test_lines_keep_the_order_of_events_around_other_log_lines(tmp_path):
+    from twisted.logger import Logger
+
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out)
+    other = Logger(namespace="rpcd.protocol", observer=out)
+    _ok(log, "first", 1)
+    other.info("connection closed")
+    _ok(log, "second", 2)
+    out.close()  # a clean stop writes what waits
+    messages = [line.split("] ", 1)[1] for line in (tmp_path / "a.log").read_text().splitlines()]
+    assert messages == [
+        f"{_Sink.peer} first id=1 1.000 ms ok",
+        "connection closed",
+        f"{_Sink.peer} second id=2 1.000 ms ok",
+    ]
+
+
+def test_each_line_has_its_own_time_even_when_the_clock_steps_back(tmp_path, monkeypatch):
+    from rpcd.logs import access
+
+    for times in ([100.0005, 100.9999, 101.25], [100.5, 99.25, 100.75], [100.5, 5000.0, 7.125]):
+        path = tmp_path / f"{times[1]}.log"
+        out = LogFile(str(path))
+        log = AccessLog(out)
+        clock = iter(times)
+        monkeypatch.setattr(access, "_time", clock.__next__)
+        for n in range(3):
+            _ok(log, "m", n)
+        out.close()
+        stamps = [line.split(" ", 1)[0] for line in path.read_text().splitlines()]
+        assert stamps == [out.time_text(t + 0.0000001) for t in times]
+
+
+def test_ids_of_every_kind_in_one_batch(tmp_path):
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out)
+    ids = [7, -3, 2**70, "x,y", None, 1.5, True, "line\u2028break"]
+    for rid in ids:
+        _ok(log, "m", rid)
+    out.close()
+    shown = [line.split(" id=", 1)[1].split(" ")[0] for line in _lines(tmp_path / "a.log")]
+    assert shown[:7] == ["7", "-3", str(2**70), '"x,y"', "-", "1.5", "true"]
+    assert shown[7] == '"line\\u2028break"'
+
+
+def test_calls_wait_to_be_written_in_bounded_batches(tmp_path):
+    from rpcd.logs import access
+
+    path = tmp_path / "a.log"
+    out = LogFile(str(path))
+    log = AccessLog(out)
+    for n in range(access.FLUSH_CALLS - 1):
+        _ok(log, "m", n)
+    assert path.read_text() == ""  # waiting for the flush timer
+    _ok(log, "m", access.FLUSH_CALLS - 1)
+    assert len(_lines(path)) == access.FLUSH_CALLS  # written at once, without the timer
+    _ok(log, "m", -1)
+    out.close()
+    assert _lines(path)[-1].endswith(" m id=-1 1.000 ms ok")

@@ -4,8 +4,9 @@ line formats, the batching buffer, and the bridge from the standard `logging` mo
 Lines are `TIME LEVEL [NAMESPACE] MESSAGE` (UTC ISO-8601 with milliseconds), or one JSON
 object per line with `--log-format json`. A message of several lines (a traceback) goes on
 continuation lines that begin with a tab, so an entry is always the line with the time plus
-the tab-led lines after it. Lines are buffered and written in batches (at most 0.1 s late);
-`getlog` flushes first, so it reads everything logged so far.
+the tab-led lines after it. Lines are buffered and written in batches (at most 0.1 s late,
+one write each); access lines wait as facts and become text only then. `getlog` flushes
+first, so it reads everything logged so far.
 """
 
 from __future__ import annotations
@@ -93,11 +94,14 @@ class LogFile:
         self.backups = backups
         self.min_rank = LEVELS.index(level)
         self.json = fmt == "json"
-        # Lines, and the facts of lines `render` formats at flush time (access lines).
+        # Lines waiting to be written, each a str, or a list of facts for `render`.
         self.buffer: list[Any] = []
-        self.render: Callable[[Any], str] | None = None
-        # Called with the rendered lines of each flush (the access log's echo).
-        self.on_flush: Callable[[list[str]], None] | None = None
+        # The facts of lines not yet taken into `buffer` (the access log's, flat), and the
+        # function that makes them lines at flush time.
+        self.facts: list[Any] = []
+        self.render: Callable[[list], str] | None = None
+        # Called after each flush with the text `render` made for it ("" if none).
+        self.on_flush: Callable[[str], None] | None = None
         self._timer: Any = None  # the pending flush
         self._changed: Event | None = None
         self._main = _get_ident()
@@ -217,9 +221,12 @@ class LogFile:
             return
         self.add(line)
 
-    def add(self, line: Any) -> None:
-        """Buffer a line (or facts for `render`), from the loop's thread; flush soon."""
+    def add(self, line: str) -> None:
+        """Buffer a line, from the loop's thread; flush soon."""
         buffer = self.buffer
+        if self.facts:  # the facts noted so far go first: the file keeps the order of events
+            buffer.append(self.facts[:])
+            self.facts.clear()
         buffer.append(line)
         if self._timer is None or len(buffer) >= FLUSH_LINES:
             self.kick()
@@ -227,10 +234,15 @@ class LogFile:
     def kick(self) -> None:
         """After adding to `buffer`: start the flush timer, or flush now if the buffer is full."""
         if self._timer is None:
-            self._timer = self._loop.timer(FLUSH_INTERVAL)
-            self._timer.start(self.flush)
+            self.schedule()
         else:
             self.flush()
+
+    def schedule(self) -> None:
+        """Flush within FLUSH_INTERVAL (after adding to `buffer` or `facts`)."""
+        if self._timer is None:
+            self._timer = self._loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)
 
     def flush(self) -> None:
         """Write the buffered lines, echo the access lines, wake whoever follows the log."""
@@ -238,18 +250,23 @@ class LogFile:
         if timer is not None:
             timer.close()
         buffer = self.buffer
+        if self.facts:
+            buffer.append(self.facts[:])
+            self.facts.clear()
+        rendered = ""
         if buffer:
-            lines = buffer[:]
+            items = buffer[:]
             buffer.clear()
-            rendered = []
-            render = self.render
-            for i, line in enumerate(lines):
-                if type(line) is not str:
-                    lines[i] = line = render(line)
-                    rendered.append(line)
-            self.file.write("".join(lines).encode("utf-8", "backslashreplace"))
-            if rendered and self.on_flush is not None:
-                self.on_flush(rendered)
+            if self.render is not None and any(type(item) is list for item in items):
+                texts = []
+                for i, item in enumerate(items):
+                    if type(item) is list:
+                        items[i] = text = self.render(item)
+                        texts.append(text)
+                rendered = "".join(texts)
+            self.file.write("".join(items).encode("utf-8", "backslashreplace"))
+        if self.on_flush is not None:
+            self.on_flush(rendered)
         changed = self._changed
         if changed is not None:
             self._changed = None
