@@ -176,22 +176,20 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
     # -- descriptors: io watchers whose callbacks run in the hub ------------------------------
 
     def addReader(self, reader: Any) -> None:
-        fd = reader.fileno()
-        if fd not in self._reads:
-            watcher = self._loop.io(fd, _EV_READ)
-            # As EPollReactor: the transport's logPrefix becomes the log `system`, and
-            # _doReadOrWrite turns what doRead returns or raises into a disconnection.
-            watcher.start(callWithLogger, reader, self._doReadOrWrite, reader, fd, EPOLLIN)
-            self._reads[fd] = watcher
-            self._selectables[fd] = reader
+        self._add(reader, self._reads, _EV_READ, EPOLLIN)
 
     def addWriter(self, writer: Any) -> None:
-        fd = writer.fileno()
-        if fd not in self._writes:
-            watcher = self._loop.io(fd, _EV_WRITE)
-            watcher.start(callWithLogger, writer, self._doReadOrWrite, writer, fd, EPOLLOUT)
-            self._writes[fd] = watcher
-            self._selectables[fd] = writer
+        self._add(writer, self._writes, _EV_WRITE, EPOLLOUT)
+
+    def _add(self, selectable: Any, watchers: dict, events: int, flag: int) -> None:
+        fd = selectable.fileno()
+        if fd not in watchers:
+            watcher = self._loop.io(fd, events)
+            # As EPollReactor: the transport's logPrefix becomes the log `system`, and
+            # _doReadOrWrite turns what doRead or doWrite returns or raises into a disconnection.
+            watcher.start(callWithLogger, selectable, self._doReadOrWrite, selectable, fd, flag)
+            watchers[fd] = watcher
+            self._selectables[fd] = selectable
 
     def removeReader(self, reader: Any) -> None:
         self._remove(reader, self._reads, self._writes)
