@@ -31,7 +31,7 @@ from zope.interface import implementer
 from rpcd import auth, wire
 from rpcd.dispatch import Call, Dispatcher
 from rpcd.proxy import ProxyProtocol
-from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
+from rpcd.session import AUTHENTICATED, CARRY_ON, CLOSE, DRAINED, PAUSE, RESUME, Session
 from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
 log = Logger()
@@ -386,17 +386,19 @@ class RPCProtocol(Protocol):
         if type(self).stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
-        next_frame, receive = decoder.next_frame, session.receive
+        next_frame, receive_frames = decoder.next_frame, session.receive_frames
         taken = False
         try:
-            # stringReceived in line, the idle clock read once for the frames of this chunk.
+            # The session takes the chunk's frames itself, back to us at each decision (the
+            # pauses and closing are looked at then); the idle clock is read once per chunk.
             while not self._pauses and not self._closed:
-                body = next_frame()
-                if body is None:
+                decision = receive_frames(next_frame)
+                if decision is None:
                     break
                 taken = True
-                decision = receive(body)
-                if decision is not None:
+                if decision == DRAINED:
+                    break
+                if decision != CARRY_ON:
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
