@@ -501,26 +501,28 @@ class RPCProtocol(Protocol):
         return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        frame = self._pack(len(string)) + string
         held = self._held
         if held is not None:
-            held.append(frame)  # after what is held already: the order is kept
-            self._held_bytes += len(frame)
-            if self._held_bytes >= self._hold_limit:
+            # After what is held already (the order is kept): prefix and body apart, so the
+            # body is copied once, by the join at the flush.
+            held.append(self._pack(len(string)))
+            held.append(string)
+            held_bytes = self._held_bytes = self._held_bytes + 4 + len(string)
+            if held_bytes >= self._hold_limit:
                 self._flush()
-        elif self._dispatcher.bursting and len(frame) < self._hold_limit:
+        elif self._dispatcher.bursting and len(string) + 4 < self._hold_limit:
             # A worker runs calls back to back: write their replies together at its end.
             # Only a little is held, so the transport still sees max_outbuf reached in time.
-            self._held = [frame]
-            self._held_bytes = len(frame)
+            self._held = [self._pack(len(string)), string]
+            self._held_bytes = 4 + len(string)
             self._dispatcher.hold(self._flush)
         else:
-            self._write(frame)
+            self._write(self._pack(len(string)) + string)
 
     def _flush(self) -> None:
         held, self._held = self._held, None
         if held is not None and not self._closed:
-            self._write(held[0] if len(held) == 1 else b"".join(held))
+            self._write(b"".join(held))
 
     def _write(self, data: bytes) -> None:
         """Send `data` at once when nothing waits before it; else queue it on the transport.
