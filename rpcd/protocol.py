@@ -386,13 +386,12 @@ class RPCProtocol(Protocol):
         if type(self).stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
-        next_frame, receive_frames = decoder.next_frame, session.receive_frames
         taken = False
         try:
             # The session takes the chunk's frames itself, back to us at each decision (the
             # pauses and closing are looked at then); the idle clock is read once per chunk.
             while not self._pauses and not self._closed:
-                decision = receive_frames(next_frame)
+                decision = session.receive_frames(decoder)
                 if decision is None:
                     break
                 taken = True

@@ -211,8 +211,8 @@ class Session:
         if self._handshake is not None:
             self._send(wire.encode_request(auth.METHOD, self._handshake.challenge_params))
 
-    def receive_frames(self, next_frame: Callable[[], bytes | None]) -> int | None:
-        """Every whole frame body `next_frame` gives, until one calls for a decision.
+    def receive_frames(self, frames: wire.FrameDecoder) -> int | None:
+        """Every whole frame body `frames.next_frame()` gives, until one calls for a decision.
 
         One call per received chunk for the glue rather than two per frame: the usual
         request (JSON-RPC, under the in-flight cap, past the handshake and the first call)
@@ -220,23 +220,24 @@ class Session:
         DRAINED once frames were taken and none is left, else after the first frame that
         needs the glue: a decision (PAUSE as soon as the cap is reached: no frame is taken
         past it) or CARRY_ON. `next_frame` may raise (wire.FrameTooLarge): it goes through.
+        The decoder, not its bound next_frame, is passed: one object less per chunk.
         """
         if self._awaiting_first_call is not None or self._handshake is not None:
-            body = next_frame()
+            body = frames.next_frame()
             if body is None:
                 return None
             decision = self.receive(body)
             return CARRY_ON if decision is None else decision
         calls = self.calls
         cap = self._max_inflight
-        submit = self._dispatcher.submit
+        dispatcher = self._dispatcher  # its submit called as a method: no bound method made
         sink = self._sink
         direct = self._direct
         max_batch = self._max_batch
         max_method_bytes = self._max_method_bytes
         taken = False
         while True:
-            body = next_frame()
+            body = frames.next_frame()
             if body is None:
                 return DRAINED if taken else None
             taken = True
@@ -257,7 +258,7 @@ class Session:
             # The usual call, in line: what _accept and _submit would do for it.
             self._legacy_peer = False
             try:
-                call = submit(message, sink)
+                call = dispatcher.submit(message, sink)
             except RPCError as error:
                 direct.reply(Response(message, error=error))
                 return CARRY_ON
