@@ -774,6 +774,20 @@ def test_peer_that_never_reads_is_no_longer_read_then_aborted_after_write_timeou
     assert transport.aborted
 
 
+def test_replies_written_while_reading_a_chunk_stop_it_once_the_outbuf_is_full():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096)
+    # Each bad frame is answered at once; the call after them is read only once they are.
+    bad = b"".join(frame(b"{not json") for _ in range(200))
+    protocol.dataReceived(frame(call("a")) + bad + frame(call("e")))
+    assert transport.producerState == "paused"
+    assert [c.request.method for c in dispatcher.submitted] == ["a"]
+    while transport.producerState == "paused":
+        transport.flush()
+    assert [c.request.method for c in dispatcher.submitted] == ["a", "e"]
+    assert sum(r.get("error", {}).get("code") == -32700 for r in replies(transport)) == 200
+
+
 def test_peer_that_catches_up_is_read_again_and_not_aborted():
     clock = Clock()
     protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096)
