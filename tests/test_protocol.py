@@ -159,6 +159,18 @@ def test_byteorder_little():
     assert replies(transport, "<I") == [{"jsonrpc": "2.0", "result": "little", "id": 9}]
 
 
+@pytest.mark.parametrize("byteorder, fmt", [("big", "!I"), ("little", "<I")])
+def test_replies_of_every_size_around_the_prefix_table_are_framed_right(byteorder, fmt):
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, byteorder=byteorder))
+    # Results whose replies run from well under to past 512 bytes (the last tabled prefix).
+    sizes = range(440, 520)
+    protocol.dataReceived(b"".join(frame(call("echo", id=n), fmt) for n in sizes))
+    for c in list(dispatcher.submitted):
+        dispatcher.finish(c, "x" * c.request.id)
+    assert [len(r["result"]) for r in replies(transport, fmt)] == list(sizes)
+
+
 BAD_FRAMES = [
     (b"[" * 100_000, -32700),
     (b"1" * 5000, -32700),
