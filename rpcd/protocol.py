@@ -31,7 +31,7 @@ from zope.interface import implementer
 from rpcd import auth, wire
 from rpcd.dispatch import Call, Dispatcher
 from rpcd.proxy import ProxyProtocol
-from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
+from rpcd.session import AUTHENTICATED, CARRY_ON, CLOSE, DRAINED, PAUSE, RESUME, Session
 from rpcd.wire import TOO_MANY_CONNECTIONS, Response, RPCError
 
 log = Logger()
@@ -45,6 +45,9 @@ _AUTH_PEERS = 4096  # peers whose failures are remembered, the oldest forgotten 
 # The most reply bytes a connection holds back during a dispatcher burst (to write the replies
 # of back-to-back calls at once) before it writes them; a quarter of max_outbuf if less.
 HOLD_BYTES = 16384
+# Replies shorter than this take their length prefix from a table made once per factory
+# (about 23 KB) rather than packing one per reply.
+SMALL_FRAME = 512
 
 
 class _Tally:
@@ -127,6 +130,7 @@ class RPCProtocol(Protocol):
         "_held_bytes",
         "_hold_limit",
         "_pack",
+        "_small_prefixes",
     )
 
     factory: RPCFactory
@@ -174,6 +178,7 @@ class RPCProtocol(Protocol):
         # A dispatcher that cannot hold output for a burst never has one.
         self._dispatcher = dispatcher if hasattr(dispatcher, "hold") else _NO_BURSTS
         self._pack = factory.pack_prefix  # a frame's 4-byte length
+        self._small_prefixes = factory.small_prefixes
         self._hold_limit = factory.hold_limit
         refusal = factory.admit(self)
         if refusal is not None:
@@ -386,17 +391,18 @@ class RPCProtocol(Protocol):
         if type(self).stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
-        next_frame, receive = decoder.next_frame, session.receive
         taken = False
         try:
-            # stringReceived in line, the idle clock read once for the frames of this chunk.
+            # The session takes the chunk's frames itself, back to us at each decision (the
+            # pauses and closing are looked at then); the idle clock is read once per chunk.
             while not self._pauses and not self._closed:
-                body = next_frame()
-                if body is None:
+                decision = session.receive_frames(decoder)
+                if decision is None:
                     break
                 taken = True
-                decision = receive(body)
-                if decision is not None:
+                if decision == DRAINED:
+                    break
+                if decision != CARRY_ON:
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
@@ -499,26 +505,33 @@ class RPCProtocol(Protocol):
         return "outbuf" not in self._pauses
 
     def sendString(self, string: bytes) -> None:
-        frame = self._pack(len(string)) + string
+        length = len(string)
+        if length < SMALL_FRAME:  # the usual reply: its prefix made once per factory
+            prefix = self._small_prefixes[length]
+        else:
+            prefix = self._pack(length)
         held = self._held
         if held is not None:
-            held.append(frame)  # after what is held already: the order is kept
-            self._held_bytes += len(frame)
-            if self._held_bytes >= self._hold_limit:
+            # After what is held already (the order is kept): prefix and body apart, so the
+            # body is copied once, by the join at the flush.
+            held.append(prefix)
+            held.append(string)
+            held_bytes = self._held_bytes = self._held_bytes + 4 + length
+            if held_bytes >= self._hold_limit:
                 self._flush()
-        elif self._dispatcher.bursting and len(frame) < self._hold_limit:
+        elif self._dispatcher.bursting and length + 4 < self._hold_limit:
             # A worker runs calls back to back: write their replies together at its end.
             # Only a little is held, so the transport still sees max_outbuf reached in time.
-            self._held = [frame]
-            self._held_bytes = len(frame)
+            self._held = [prefix, string]
+            self._held_bytes = 4 + length
             self._dispatcher.hold(self._flush)
         else:
-            self._write(frame)
+            self._write(prefix + string)
 
     def _flush(self) -> None:
         held, self._held = self._held, None
         if held is not None and not self._closed:
-            self._write(held[0] if len(held) == 1 else b"".join(held))
+            self._write(b"".join(held))
 
     def _write(self, data: bytes) -> None:
         """Send `data` at once when nothing waits before it; else queue it on the transport.
@@ -603,6 +616,7 @@ class RPCFactory(Factory):
         self._all_closed: list[defer.Deferred] = []
         # What every connection shares, made once here rather than once per connection.
         self.pack_prefix = wire.frame_prefix(limits.byteorder).pack
+        self.small_prefixes = tuple(self.pack_prefix(n) for n in range(SMALL_FRAME))
         self.hold_limit = min(HOLD_BYTES, limits.max_outbuf // 4)
         # The idle timeout, one timer for all connections (not a DelayedCall each): a heap of
         # connections by `_idle_due`, the earliest a connection can have been idle_timeout

@@ -41,6 +41,11 @@ PAUSE = 1  # the in-flight cap is reached: stop reading frames
 RESUME = 2  # a slot freed below the cap: read frames again
 AUTHENTICATED = 3  # the handshake succeeded: the full frame limit applies
 CLOSE = 4  # close the connection once what was sent is written; `failure` says why (or None)
+# What `receive_frames` says besides a decision: it took frames and the decoder has no whole
+# one left (DRAINED), or it took one that needs the glue to look at its state before the
+# next (CARRY_ON: a reply was written, which may have filled the outbuf).
+DRAINED = 5
+CARRY_ON = 6
 
 
 class Dispatcher(Protocol):
@@ -206,6 +211,62 @@ class Session:
         if self._handshake is not None:
             self._send(wire.encode_request(auth.METHOD, self._handshake.challenge_params))
 
+    def receive_frames(self, frames: wire.FrameDecoder) -> int | None:
+        """Every whole frame body `frames.next_frame()` gives, until one calls for a decision.
+
+        One call per received chunk for the glue rather than two per frame: the usual
+        request (JSON-RPC, under the in-flight cap, past the handshake and the first call)
+        is decoded and submitted here in line. Returns None if there was no whole frame,
+        DRAINED once frames were taken and none is left, else after the first frame that
+        needs the glue: a decision (PAUSE as soon as the cap is reached: no frame is taken
+        past it) or CARRY_ON. `next_frame` may raise (wire.FrameTooLarge): it goes through.
+        The decoder, not its bound next_frame, is passed: one object less per chunk.
+        """
+        if self._awaiting_first_call is not None or self._handshake is not None:
+            body = frames.next_frame()
+            if body is None:
+                return None
+            decision = self.receive(body)
+            return CARRY_ON if decision is None else decision
+        calls = self.calls
+        cap = self._max_inflight
+        dispatcher = self._dispatcher  # its submit called as a method: no bound method made
+        sink = self._sink
+        direct = self._direct
+        max_batch = self._max_batch
+        max_method_bytes = self._max_method_bytes
+        taken = False
+        while True:
+            body = frames.next_frame()
+            if body is None:
+                return DRAINED if taken else None
+            taken = True
+            try:
+                message = decode(body, max_batch, max_method_bytes)
+            except RPCError as error:
+                self._refuse_frame(error)
+                return CARRY_ON
+            inflight = len(calls)
+            if (
+                type(message) is not Request
+                or inflight >= cap
+                or message.legacy
+                or message.method == CANCEL_METHOD
+            ):
+                decision = self._received(message)
+                return CARRY_ON if decision is None else decision
+            # The usual call, in line: what _accept and _submit would do for it.
+            self._legacy_peer = False
+            try:
+                call = dispatcher.submit(message, sink)
+            except RPCError as error:
+                direct.reply(Response(message, error=error))
+                return CARRY_ON
+            call.route = direct
+            calls[call] = None
+            if inflight >= cap - 1:  # the new call counted
+                return PAUSE
+
     def receive(self, body: bytes) -> int | None:
         """One frame body from the peer."""
         try:
@@ -213,6 +274,9 @@ class Session:
         except RPCError as error:
             self._refuse_frame(error)
             return None
+        return self._received(message)
+
+    def _received(self, message: Request | Batch) -> int | None:
         if self._awaiting_first_call is not None:
             self._first_calls(message)
         if self._handshake is not None:

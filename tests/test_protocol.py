@@ -159,6 +159,18 @@ def test_byteorder_little():
     assert replies(transport, "<I") == [{"jsonrpc": "2.0", "result": "little", "id": 9}]
 
 
+@pytest.mark.parametrize("byteorder, fmt", [("big", "!I"), ("little", "<I")])
+def test_replies_of_every_size_around_the_prefix_table_are_framed_right(byteorder, fmt):
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, byteorder=byteorder))
+    # Results whose replies run from well under to past 512 bytes (the last tabled prefix).
+    sizes = range(440, 520)
+    protocol.dataReceived(b"".join(frame(call("echo", id=n), fmt) for n in sizes))
+    for c in list(dispatcher.submitted):
+        dispatcher.finish(c, "x" * c.request.id)
+    assert [len(r["result"]) for r in replies(transport, fmt)] == list(sizes)
+
+
 BAD_FRAMES = [
     (b"[" * 100_000, -32700),
     (b"1" * 5000, -32700),
@@ -772,6 +784,20 @@ def test_peer_that_never_reads_is_no_longer_read_then_aborted_after_write_timeou
     assert not transport.aborted
     clock.advance(0.2)
     assert transport.aborted
+
+
+def test_replies_written_while_reading_a_chunk_stop_it_once_the_outbuf_is_full():
+    clock = Clock()
+    protocol, transport, dispatcher = _greedy(clock, max_outbuf=4096)
+    # Each bad frame is answered at once; the call after them is read only once they are.
+    bad = b"".join(frame(b"{not json") for _ in range(200))
+    protocol.dataReceived(frame(call("a")) + bad + frame(call("e")))
+    assert transport.producerState == "paused"
+    assert [c.request.method for c in dispatcher.submitted] == ["a"]
+    while transport.producerState == "paused":
+        transport.flush()
+    assert [c.request.method for c in dispatcher.submitted] == ["a", "e"]
+    assert sum(r.get("error", {}).get("code") == -32700 for r in replies(transport)) == 200
 
 
 def test_peer_that_catches_up_is_read_again_and_not_aborted():

@@ -11,8 +11,16 @@ from typing import Any
 
 import pytest
 
-from rpcd import auth
-from rpcd.session import AUTHENTICATED, CLOSE, PAUSE, RESUME, Session
+from rpcd import auth, wire
+from rpcd.session import (
+    AUTHENTICATED,
+    CARRY_ON,
+    CLOSE,
+    DRAINED,
+    PAUSE,
+    RESUME,
+    Session,
+)
 from rpcd.wire import CANCELLED, FrameTooLarge, Response, RPCError
 from tests.conftest import RecordingDispatcher
 
@@ -173,6 +181,65 @@ def test_undecodable_frame_is_answered_at_once_with_a_null_id():
     assert peer.receive(b"{not json") is None
     [error] = peer.out()
     assert error["id"] is None and error["error"]["code"] == -32700
+
+
+# -- a chunk's frames in one call -------------------------------------------------------------
+
+
+def chunk(*objs: Any) -> wire.FrameDecoder:
+    """A decoder holding one frame per object, as one received chunk."""
+    pack = wire.frame_prefix().pack
+    data = b""
+    for obj in objs:
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        data += pack(len(body)) + body
+    decoder = wire.FrameDecoder(1 << 20)
+    decoder.receive(data)
+    return decoder
+
+
+def test_receive_frames_takes_every_usual_call_of_a_chunk_at_once():
+    peer = Peer()
+    peer.receive(call("first", id=0))  # the first call's hook and checks are behind it
+    frames = chunk(*(call("a", i, id=i) for i in range(1, 4)))
+    assert peer.session.receive_frames(frames) == DRAINED
+    assert [c.request.id for c in peer.dispatcher.submitted] == [0, 1, 2, 3]
+    assert peer.session.receive_frames(frames) is None  # nothing left: nothing taken
+    partial = wire.FrameDecoder(1 << 20)
+    partial.receive(b"\x00\x00\x00\x09{")
+    assert peer.session.receive_frames(partial) is None and len(peer.dispatcher.submitted) == 4
+
+
+def test_receive_frames_stops_at_the_cap_and_leaves_the_rest_in_the_decoder():
+    peer = Peer(max_inflight=2)
+    peer.receive(call("first", id=0))
+    frames = chunk(call("a", id=1), call("b", id=2), call("c", id=3))
+    assert peer.session.receive_frames(frames) == PAUSE
+    assert [c.request.id for c in peer.dispatcher.submitted] == [0, 1]
+    peer.dispatcher.finish(peer.call(0))
+    assert peer.decided == [RESUME]
+    assert peer.session.receive_frames(frames) == PAUSE  # b takes the freed slot
+    assert [c.request.id for c in peer.dispatcher.submitted] == [0, 1, 2]
+    assert frames.next_frame() == json.dumps(call("c", id=3)).encode()
+
+
+def test_receive_frames_hands_back_after_a_frame_the_glue_must_see():
+    peer = Peer()
+    peer.receive(call("first", id=0))
+    frames = chunk(b"{not json", {"in": "ping"}, call("a", id=1))
+    assert peer.session.receive_frames(frames) == CARRY_ON  # a parse error, answered
+    assert peer.out()[0]["error"]["code"] == -32700
+    assert peer.session.receive_frames(frames) == CARRY_ON  # a legacy call, in its order
+    assert peer.session.receive_frames(frames) == DRAINED
+    assert [c.request.method for c in peer.dispatcher.submitted] == ["first", "ping", "a"]
+
+
+def test_receive_frames_before_authentication_takes_one_frame_at_a_time():
+    peer = Peer(handshake=Handshake())
+    frames = chunk(call("rpc.auth", {"digest": "right"}), call("a", id=2))
+    assert peer.session.receive_frames(frames) == AUTHENTICATED
+    assert peer.session.receive_frames(frames) == DRAINED  # authenticated: the usual path
+    assert [c.request.method for c in peer.dispatcher.submitted] == ["a"]
 
 
 # -- the in-flight cap ------------------------------------------------------------------------
