@@ -226,13 +226,15 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
 
     def doIteration(self, delay: float | None) -> None:
         """Wait in the hub (its loop runs the I/O meanwhile) until the timer or a wake-up."""
+        # Waiting from here on: a wake-up from now (a signal handler runs in this greenlet,
+        # between any two steps) finds the waiter and is not lost.
+        waiter = self._waiter = Waiter(self._hub)
         if self.threadCallQueue or self._justStopped:
-            # Queued or stopped by the reactor's own greenlet since it ran them: no wake-up
-            # was needed (it was not waiting), so none comes.
+            # Queued or stopped by the reactor's own greenlet (or a signal handler) since it
+            # ran them, while nothing was waiting to be woken.
             delay = 0.0
         elif delay is None:
             delay = _IDLE_WAIT
-        waiter = self._waiter = Waiter(self._hub)
         self._arm(delay)
         try:
             waiter.get()

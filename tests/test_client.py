@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -314,3 +315,19 @@ def test_params_are_sent_as_the_wire_encoder_writes_them(tmp_path):
         ("named", {"a": 1}),
         ("none", "absent"),
     ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel-bounded waits: Linux")
+def test_a_sub_microsecond_timeout_still_bounds_the_kernel_waits():
+    # SO_RCVTIMEO of zero means "wait for ever": a timeout under 1 µs must not become that.
+    from rpcd.client.blocking import _bound_waits
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert _bound_waits(a, 5e-7) == 5e-7
+        seconds, micros = struct.unpack(
+            "@ll", a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        )
+        assert (seconds, micros) != (0, 0)
+        with pytest.raises(BlockingIOError):  # the kernel ends the wait: no reply is coming
+            a.recv(1)

@@ -83,3 +83,32 @@ def test_patching_policy_reaches_what_twisted_bound_before_the_patch():
     )
     assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
     assert "LoopExit" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_signal_handled_as_the_reactor_starts_waiting_still_stops_it(monkeypatch):
+    # A Python signal handler runs in the reactor's greenlet between any two of its steps;
+    # one that lands as the reactor sets up its wait must not go unseen until the next
+    # timed call (an hour when the daemon is idle).
+    import rpcd.reactor
+
+    reactor = GeventReactor()
+    order: list[str] = []
+    armed: list[bool] = []
+    real_waiter = rpcd.reactor.Waiter
+
+    def waiter(hub):
+        if armed:
+            armed.clear()
+            reactor.sigTerm(15)  # what SIGTERM's handler does, at this very point
+        return real_waiter(hub)
+
+    monkeypatch.setattr(rpcd.reactor, "Waiter", waiter)
+    reactor.callLater(0.05, armed.append, True)
+    timer = reactor.callLater(SAFETY, lambda: (order.append("safety timer"), reactor.stop()))
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        if timer.active():
+            timer.cancel()
+        reactor.disconnectAll()
+    assert order == []  # stopped by the signal, not by the safety timer

@@ -22,6 +22,7 @@ import _socket
 import collections
 import copy
 import itertools
+import math
 import select
 import socket
 import ssl
@@ -123,7 +124,8 @@ def _bound_waits(sock: socket.socket, timeout: float | None) -> float | None:
         and not isinstance(sock, ssl.SSLSocket)
     ):
         seconds = int(timeout)
-        timeval = struct.pack("@ll", seconds, int((timeout - seconds) * 1e6))
+        # Rounded up: a timeval of zero would mean no timeout at all (a sub-microsecond one).
+        timeval = struct.pack("@ll", seconds, math.ceil((timeout - seconds) * 1e6))
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
