@@ -281,25 +281,9 @@ class Session:
             self._first_calls(message)
         if self._handshake is not None:
             return self._authenticate(message)
-        calls = self.calls
-        inflight = len(calls)
-        cap = self._max_inflight
-        if (
-            type(message) is Request
-            and inflight < cap
-            and not message.legacy
-            and message.method != CANCEL_METHOD
-        ):
-            # The usual call, in line: what _accept and _submit would do for it.
-            self._legacy_peer = False
-            try:
-                call = self._dispatcher.submit(message, self._sink)
-            except RPCError as error:
-                self._direct.reply(Response(message, error=error))
-                return None
-            call.route = self._direct
-            calls[call] = None
-            return PAUSE if inflight >= cap - 1 else None  # the new call counted
+        # The usual call's in-line path is receive_frames' (the per-chunk hot path); frames
+        # that come this way (until the first call, or one by one from the glue) take the
+        # general one, which does the same for them.
         if type(message) is Request:
             self._legacy_peer = message.legacy
             self._accept(message, self._direct)
