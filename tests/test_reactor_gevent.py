@@ -14,20 +14,14 @@ from rpcd.reactor import GeventReactor
 SAFETY = 10.0  # only reached when the wake-up is broken
 
 
-def _run_with(action) -> list[str]:
-    reactor = GeventReactor()
-    order: list[str] = []
+def _run(reactor: GeventReactor, order: list[str]) -> list[str]:
+    """Run `reactor` until something stops it, or the safety timer (noted in `order`)."""
 
     def safety():
         order.append("safety timer")
         reactor.stop()
 
-    def greenlet():
-        gevent.sleep(0.05)  # by now the reactor waits in the hub, its timeout ~SAFETY
-        action(reactor, order)
-
     timer = reactor.callLater(SAFETY, safety)
-    reactor.callWhenRunning(gevent.spawn, greenlet)
     try:
         reactor.run(installSignalHandlers=False)
     finally:
@@ -35,6 +29,18 @@ def _run_with(action) -> list[str]:
             timer.cancel()
         reactor.disconnectAll()
     return order
+
+
+def _run_with(action) -> list[str]:
+    reactor = GeventReactor()
+    order: list[str] = []
+
+    def greenlet():
+        gevent.sleep(0.05)  # by now the reactor waits in the hub, its timeout ~SAFETY
+        action(reactor, order)
+
+    reactor.callWhenRunning(gevent.spawn, greenlet)
+    return _run(reactor, order)
 
 
 def _call_later(reactor, order):
@@ -104,11 +110,4 @@ def test_a_signal_handled_as_the_reactor_starts_waiting_still_stops_it(monkeypat
 
     monkeypatch.setattr(rpcd.reactor, "Waiter", waiter)
     reactor.callLater(0.05, armed.append, True)
-    timer = reactor.callLater(SAFETY, lambda: (order.append("safety timer"), reactor.stop()))
-    try:
-        reactor.run(installSignalHandlers=False)
-    finally:
-        if timer.active():
-            timer.cancel()
-        reactor.disconnectAll()
-    assert order == []  # stopped by the signal, not by the safety timer
+    assert _run(reactor, order) == []  # stopped by the signal, not by the safety timer
