@@ -287,17 +287,18 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
     # greenlet (a method), while it waits: move its timer sooner, or wake it now.
     def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
         call = super().callLater(delay, callable, *args, **kw)
-        if self._waiter is not None and call.time < self._timer_due:
-            if delay > 0:
-                self._arm(delay)
-            else:
-                self._wake_soon()
+        self._due_sooner(call.time)
         return call
 
     def _moveCallLaterSooner(self, delayedCall: Any) -> None:
         super()._moveCallLaterSooner(delayedCall)
-        if self._waiter is not None and delayedCall.time < self._timer_due:
-            delay = delayedCall.time - self.seconds()
+        self._due_sooner(delayedCall.time)
+
+    def _due_sooner(self, when: float) -> None:
+        """A timed call is due at `when`: if that comes before the waiting reactor's timer,
+        move the timer, or wake the reactor now when it is due already."""
+        if self._waiter is not None and when < self._timer_due:
+            delay = when - self.seconds()
             if delay > 0:
                 self._arm(delay)
             else:
