@@ -269,27 +269,17 @@ class Dispatcher:
         """Queue `request`; raise RPCError if it names no method or cannot be held."""
         if self._draining and request.method not in self.while_draining:
             message = "shutting down: the server accepts no new calls"
-            self._refuse(request, sink, SHUTTING_DOWN, message)
+            self._refuse(request, sink, RPCError(SHUTTING_DOWN, message))
         method = self.registry.methods.get(request.method)
         if method is None:
-            try:
-                self.registry.get(request.method)  # raises the method-not-found error
-            except RPCError as error:
-                self.stats.refused(error.code)
-                if self.on_refused is not None:
-                    self.on_refused(request, sink, error)
-                raise
+            self._refuse(request, sink, self.registry.not_found(request.method))
         # Waiting calls that an idle or not-yet-started worker will take do not count
         # against the queue: capacity is queue_size plus the workers not busy (so under
         # queue_size there is nothing to count).
         waiting = self._waiting
         if waiting >= self.queue_size and waiting >= self.queue_size + self.max_workers - self.busy:
-            self._refuse(
-                request,
-                sink,
-                SERVER_BUSY,
-                f"server busy: {waiting} calls waiting (queue_size {self.queue_size})",
-            )
+            message = f"server busy: {waiting} calls waiting (queue_size {self.queue_size})"
+            self._refuse(request, sink, RPCError(SERVER_BUSY, message))
         # Call(request, method, sink) without its __init__ (see rpcd.wire._new): once per call.
         call = _new(Call)
         call.request = request
@@ -316,9 +306,9 @@ class Dispatcher:
         self._starting += 1
         gevent.spawn(self._work)
 
-    def _refuse(self, request: Request, sink: Sink, code: int, message: str) -> None:
-        self.stats.refused(code)
-        error = RPCError(code, message)
+    def _refuse(self, request: Request, sink: Sink, error: RPCError) -> None:
+        """Count and log `error` as the answer to a request never accepted, and raise it."""
+        self.stats.refused(error.code)
         if self.on_refused is not None:
             self.on_refused(request, sink, error)
         raise error

@@ -184,9 +184,12 @@ class Registry:
         try:
             return self._methods[name]
         except KeyError:
-            raise RPCError(
-                METHOD_NOT_FOUND, f"method not found: {name}", {"method": name}
-            ) from None
+            raise self.not_found(name) from None
+
+    @staticmethod
+    def not_found(name: str) -> RPCError:
+        """The error answering a call of `name`, which names no method here."""
+        return RPCError(METHOD_NOT_FOUND, f"method not found: {name}", {"method": name})
 
     def __contains__(self, name: str) -> bool:
         return name in self._methods
