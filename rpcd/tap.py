@@ -9,7 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 import rpcd
-from rpcd import config, reactor
+from rpcd import config, gcpolicy, reactor
 from rpcd.config import ConfigError, Settings
 
 
@@ -174,6 +174,7 @@ def makeService(options: Options) -> IService:
         service.start_log()
         if _logs_to_the_terminal(options):
             service.log_observer = TerminalObserver(sys.stdout)
+        gcpolicy.freeze_when_running(service.reactor)
     except (LoadError, AuthKeyError, LogError, ListenError) as exc:
         _fail(str(exc))
     return service
