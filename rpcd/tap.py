@@ -170,11 +170,11 @@ def makeService(options: Options) -> IService:
             _fail(str(exc))
     try:
         service = RPCService(options.settings)
+        gcpolicy.freeze()  # before listening: its one full collection delays no client
         service.bind()
         service.start_log()
         if _logs_to_the_terminal(options):
             service.log_observer = TerminalObserver(sys.stdout)
-        gcpolicy.freeze_when_running(service.reactor)
     except (LoadError, AuthKeyError, LogError, ListenError) as exc:
         _fail(str(exc))
     return service
