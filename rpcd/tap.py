@@ -9,7 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 import rpcd
-from rpcd import config, reactor
+from rpcd import config, gcpolicy, reactor
 from rpcd.config import ConfigError, Settings
 
 
@@ -170,6 +170,7 @@ def makeService(options: Options) -> IService:
             _fail(str(exc))
     try:
         service = RPCService(options.settings)
+        gcpolicy.freeze()  # before listening: its one full collection delays no client
         service.bind()
         service.start_log()
         if _logs_to_the_terminal(options):
