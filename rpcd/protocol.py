@@ -626,6 +626,7 @@ class RPCFactory(Factory):
         self._idle_heap: list[RPCProtocol] = []
         self._idle_closed = 0
         self._idle_timer: Any = None
+        self._idle_timer_due = 0.0
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
@@ -687,9 +688,13 @@ class RPCFactory(Factory):
             return
         due = heap[0]._idle_due
         if timer is not None and timer.active():
-            if timer.getTime() <= due:
+            # The due it was armed for, not its getTime(): that reads the clock again, a
+            # little later, and would seem late for the same first entry at every new
+            # connection (a new timer each, the cancelled ones kept by the reactor a while).
+            if self._idle_timer_due <= due:
                 return  # it fires in time (a new connection is due last: the usual case)
             timer.cancel()
+        self._idle_timer_due = due
         self._idle_timer = self.clock.callLater(max(due - self.clock.seconds(), 0), self._sweep)
 
     def _sweep(self) -> None:
