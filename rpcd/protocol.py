@@ -20,9 +20,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
     IPushProducer,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.tcp import Server as TCPServer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -96,17 +98,20 @@ class _NoBursts:
 _NO_BURSTS = _NoBursts()
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
-class RPCProtocol(Protocol):
+@implementer(IProtocol, ILoggingContext, IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
+class RPCProtocol:
     """One client connection.
 
     It is also the producer of its replies, registered with its transport (no object of
     its own per connection): the transport pauses it when the peer's unsent replies pass
     max_outbuf and resumes it once they are written.
+
+    Not derived from Twisted's `Protocol`, whose instances carry a `__dict__` (beside these
+    slots): what Twisted calls on a protocol (IProtocol, ILoggingContext) is here.
     """
 
-    # Slots, every attribute (Protocol's own too, else they would fill its __dict__).
     __slots__ = (
+        "__weakref__",
         "factory",
         "transport",
         "connected",
@@ -170,6 +175,14 @@ class RPCProtocol(Protocol):
         self._hold_limit = 0
 
     # -- connection lifecycle ----------------------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def connectionMade(self) -> None:
         factory = self.factory

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ILoggingContext, IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -53,3 +54,11 @@ def test_new_connections_share_the_idle_timer_of_the_first():
     # The first connection is due first: every later one is due after the timer fires.
     assert clock.made == 1
     assert len(clock.getDelayedCalls()) == 1
+
+
+def test_a_connection_has_no_instance_dict():
+    # Twisted's Protocol base would give it one beside its slots.
+    protocol, _ = connect(make_factory(Clock()))
+    assert not hasattr(protocol, "__dict__")
+    assert IProtocol.providedBy(protocol) and ILoggingContext.providedBy(protocol)
+    assert protocol.logPrefix() == "RPCProtocol"
