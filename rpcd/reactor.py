@@ -196,9 +196,9 @@ class GeventReactor(PosixReactorBase):
         self._hub = hub
         self._loop = hub.loop
         self._loop_thread = hub.thread_ident
-        # fd -> its selectable, and the fds read and written -> their active watchers (libev
-        # makes one epoll registration of an fd's two; an active watcher's events are fixed).
-        self._selectables: dict[int, Any] = {}
+        # The fds read and written -> their active watchers (libev makes one epoll
+        # registration of an fd's two; an active watcher's events are fixed). A watcher's one
+        # start argument is its selectable: no table of those beside.
         self._reads: dict[int, Any] = {}
         self._writes: dict[int, Any] = {}
         self._waiter: Waiter | None = None  # set while the reactor's greenlet waits in the hub
@@ -229,7 +229,6 @@ class GeventReactor(PosixReactorBase):
             # only argument (a watcher's start arguments are kept as long as it runs).
             watcher.start(callback, selectable)
             watchers[fd] = watcher
-            self._selectables[fd] = selectable
 
     def _hub_contexts(self) -> list:
         """The context stack Twisted's log reads in the hub (per thread, or per greenlet if
@@ -238,35 +237,30 @@ class GeventReactor(PosixReactorBase):
         return contexts
 
     def removeReader(self, reader: Any) -> None:
-        self._remove(reader, self._reads, self._writes)
+        self._remove(reader, self._reads)
 
     def removeWriter(self, writer: Any) -> None:
-        self._remove(writer, self._writes, self._reads)
+        self._remove(writer, self._writes)
 
-    def _remove(self, xer: Any, primary: dict[int, Any], other: dict[int, Any]) -> None:
+    def _remove(self, xer: Any, watchers: dict[int, Any]) -> None:
         fd = xer.fileno()
         if fd == -1:
             # Closed already: find the descriptor it had.
-            fd = next((fd for fd, known in self._selectables.items() if known is xer), None)
+            fd = next((fd for fd, watcher in watchers.items() if watcher.args[0] is xer), None)
             if fd is None:
                 return
-        watcher = primary.pop(fd, None)
+        watcher = watchers.pop(fd, None)
         if watcher is not None:
             watcher.stop()
-            if fd not in other:
-                del self._selectables[fd]
 
     def removeAll(self) -> list[Any]:
-        selectables = self._selectables
-        return self._removeAll(
-            [selectables[fd] for fd in self._reads], [selectables[fd] for fd in self._writes]
-        )
+        return self._removeAll(self.getReaders(), self.getWriters())
 
     def getReaders(self) -> list[Any]:
-        return [self._selectables[fd] for fd in self._reads]
+        return [watcher.args[0] for watcher in self._reads.values()]
 
     def getWriters(self) -> list[Any]:
-        return [self._selectables[fd] for fd in self._writes]
+        return [watcher.args[0] for watcher in self._writes.values()]
 
     # -- the reactor's greenlet: waits in the hub, runs the timed calls -----------------------
 
