@@ -155,8 +155,7 @@ class RPCProtocol:
         # earliest; None: not in the heap (no idle timeout, refused, or taken out to close).
         self._idle_due: float | None = None
         self.peer_key: Any = None
-        # `peer`, its host:port for log lines, is made when first read (__getattr__): an idle
-        # connection that never logs holds no text.
+        self.peer = "-"  # host:port, for log lines
         # The "opened" line waits for the first request that is not a health check, so a
         # balancer's checks (a connection a second) log at debug level only.
         self.opened_at = 0.0
@@ -184,13 +183,6 @@ class RPCProtocol:
 
     def logPrefix(self) -> str:
         return type(self).__name__
-
-    def __getattr__(self, name: str) -> Any:
-        # Only for an attribute never set: `peer` is made here, once.
-        if name == "peer":
-            self.peer = peer = _peer_text(self) if self.transport is not None else "-"
-            return peer
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -652,6 +644,7 @@ class RPCFactory(Factory):
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
         limits = self.limits
+        protocol.peer = _peer_text(protocol)
         unauthenticated = self._unauthenticated
         full = len(self.connections) >= limits.max_connections
         if full and not unauthenticated:

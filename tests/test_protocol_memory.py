@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ILoggingContext, IProtocol
 from twisted.internet.task import Clock
@@ -63,18 +62,3 @@ def test_a_connection_has_no_instance_dict():
     assert not hasattr(protocol, "__dict__")
     assert IProtocol.providedBy(protocol) and ILoggingContext.providedBy(protocol)
     assert protocol.logPrefix() == "RPCProtocol"
-
-
-def test_the_peer_text_is_made_when_first_read():
-    protocol, _ = connect(make_factory(Clock()), 40001)
-    slot = type(protocol).__dict__["peer"]
-    with pytest.raises(AttributeError):
-        slot.__get__(protocol, type(protocol))  # an idle connection that never logged
-    assert protocol.peer == "10.0.0.1:40001"
-    assert slot.__get__(protocol, type(protocol)) == "10.0.0.1:40001"  # kept once made
-
-
-def test_a_missing_attribute_is_still_an_attribute_error():
-    protocol, _ = connect(make_factory(Clock()))
-    assert getattr(protocol, "no_such_thing", None) is None
-    assert protocol.factory.buildProtocol(None).peer == "-"  # no transport yet
