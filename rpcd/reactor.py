@@ -146,7 +146,9 @@ def _io_callback(reactor: GeventReactor, reading: bool) -> Any:
     for one event (callWithLogger around _doReadOrWrite), in one frame.
 
     As there, the descriptor's logPrefix is the log `system` of what its doRead or doWrite
-    logs, an exception is logged, and what either returns or raises disconnects it.
+    logs, an exception is logged, and what either returns or raises disconnects it. The
+    event's log context is the default one plus that `system`: nothing the hub runs is inside
+    another context of its own (the stack is shared by every greenlet of the thread).
     """
     defaults = context.defaultContextDict
     disconnect = reactor._disconnectSelectable
@@ -162,7 +164,7 @@ def _io_callback(reactor: GeventReactor, reading: bool) -> Any:
         contexts = reactor._contexts or reactor._hub_contexts()
         contexts.append({ILogContext: {**defaults[ILogContext], "system": prefix}})
         try:
-            in_read = False  # a clean end of the input (maybe a half-close), not an error
+            in_read = False  # doRead said why: a ConnectionDone is then a half-close
             try:
                 if selectable.fileno() == -1:
                     why = _NO_FILEDESC
