@@ -20,9 +20,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
     IPushProducer,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.tcp import Server as TCPServer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -96,17 +98,20 @@ class _NoBursts:
 _NO_BURSTS = _NoBursts()
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
-class RPCProtocol(Protocol):
+@implementer(IProtocol, ILoggingContext, IHandshakeListener, IHalfCloseableProtocol, IPushProducer)
+class RPCProtocol:
     """One client connection.
 
     It is also the producer of its replies, registered with its transport (no object of
     its own per connection): the transport pauses it when the peer's unsent replies pass
     max_outbuf and resumes it once they are written.
+
+    Not derived from Twisted's `Protocol`, whose instances carry a `__dict__` (beside these
+    slots): what Twisted calls on a protocol (IProtocol, ILoggingContext) is here.
     """
 
-    # Slots, every attribute (Protocol's own too, else they would fill its __dict__).
     __slots__ = (
+        "__weakref__",
         "factory",
         "transport",
         "connected",
@@ -170,6 +175,14 @@ class RPCProtocol(Protocol):
         self._hold_limit = 0
 
     # -- connection lifecycle ----------------------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -626,6 +639,7 @@ class RPCFactory(Factory):
         self._idle_heap: list[RPCProtocol] = []
         self._idle_closed = 0
         self._idle_timer: Any = None
+        self._idle_timer_due = 0.0
 
     def admit(self, protocol: RPCProtocol) -> RPCError | None:
         """Count a new connection in, or say why it is refused."""
@@ -687,9 +701,13 @@ class RPCFactory(Factory):
             return
         due = heap[0]._idle_due
         if timer is not None and timer.active():
-            if timer.getTime() <= due:
+            # The due it was armed for, not its getTime(): that reads the clock again, a
+            # little later, and would seem late for the same first entry at every new
+            # connection (a new timer each, the cancelled ones kept by the reactor a while).
+            if self._idle_timer_due <= due:
                 return  # it fires in time (a new connection is due last: the usual case)
             timer.cancel()
+        self._idle_timer_due = due
         self._idle_timer = self.clock.callLater(max(due - self.clock.seconds(), 0), self._sweep)
 
     def _sweep(self) -> None:

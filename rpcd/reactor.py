@@ -25,15 +25,11 @@ from gevent.hub import Waiter
 from twisted.internet._resolver import GAIResolver
 from twisted.internet._signals import _UnixWaker
 from twisted.internet.interfaces import IReactorFDSet
-from twisted.internet.posixbase import PosixReactorBase, _PollLikeMixin
-from twisted.python.log import callWithLogger
+from twisted.internet.posixbase import _NO_FILEDESC, PosixReactorBase
+from twisted.python import context, log
+from twisted.python.log import ILogContext
 from zope.interface import implementer
 
-# The flags Twisted's poll-event handling (_PollLikeMixin) reads. Aggressive patching removes
-# them from `select`; they are the kernel's numbers either way.
-EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP = gevent.monkey.get_original(
-    "select", ("EPOLLIN", "EPOLLOUT", "EPOLLERR", "EPOLLHUP")
-)
 _EV_READ, _EV_WRITE = 1, 2  # libev's event masks, as gevent's loop.io takes them
 
 # The timer of a wait with no timed call due. The hub raises LoopExit in a greenlet waiting
@@ -145,13 +141,56 @@ class _HubWaker(_UnixWaker):
         self._reactor._wake_soon()
 
 
-@implementer(IReactorFDSet)
-class GeventReactor(_PollLikeMixin, PosixReactorBase):
-    """A Twisted reactor whose descriptors and timed calls are watchers in gevent's hub loop."""
+def _io_callback(reactor: GeventReactor, reading: bool) -> Any:
+    """The hub's callback for a descriptor ready to read (or write): what EPollReactor does
+    for one event (callWithLogger around _doReadOrWrite), in one frame.
 
-    _POLL_DISCONNECTED = EPOLLHUP | EPOLLERR
-    _POLL_IN = EPOLLIN
-    _POLL_OUT = EPOLLOUT
+    As there, the descriptor's logPrefix is the log `system` of what its doRead or doWrite
+    logs, an exception is logged, and what either returns or raises disconnects it. The
+    event's log context is the default one plus that `system`: nothing the hub runs is inside
+    another context of its own (the stack is shared by every greenlet of the thread).
+    """
+    defaults = context.defaultContextDict
+    disconnect = reactor._disconnectSelectable
+
+    def on_event(selectable: Any) -> None:
+        try:
+            prefix = selectable.logPrefix()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            prefix = "(buggy logPrefix method)"
+            log.err(system=prefix)
+        contexts = reactor._contexts or reactor._hub_contexts()
+        contexts.append({ILogContext: {**defaults[ILogContext], "system": prefix}})
+        try:
+            in_read = False  # doRead said why: a ConnectionDone is then a half-close
+            try:
+                if selectable.fileno() == -1:
+                    why = _NO_FILEDESC
+                elif reading:
+                    why = selectable.doRead()
+                    in_read = True
+                else:
+                    why = selectable.doWrite()
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err()
+            if why:
+                disconnect(selectable, why, in_read)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err(system=prefix)
+        finally:
+            contexts.pop()
+
+    return on_event
+
+
+@implementer(IReactorFDSet)
+class GeventReactor(PosixReactorBase):
+    """A Twisted reactor whose descriptors and timed calls are watchers in gevent's hub loop."""
 
     def __init__(self) -> None:
         _unpatch_reactor_sockets()
@@ -159,15 +198,18 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
         self._hub = hub
         self._loop = hub.loop
         self._loop_thread = hub.thread_ident
-        # fd -> its selectable, and the fds read and written -> their active watchers (libev
-        # makes one epoll registration of an fd's two; an active watcher's events are fixed).
-        self._selectables: dict[int, Any] = {}
+        # The fds read and written -> their active watchers (libev makes one epoll
+        # registration of an fd's two; an active watcher's events are fixed). A watcher's one
+        # start argument is its selectable: no table of those beside.
         self._reads: dict[int, Any] = {}
         self._writes: dict[int, Any] = {}
         self._waiter: Waiter | None = None  # set while the reactor's greenlet waits in the hub
         self._timer: Any = None  # that wait's timer, due at `_timer_due` (reactor seconds)
         self._timer_due = float("inf")
         self._wake_scheduled = False
+        self._contexts: list | None = None  # found at the first descriptor event
+        self._on_read = _io_callback(self, reading=True)
+        self._on_write = _io_callback(self, reading=False)
         super().__init__()  # installs the waker: a reader, so after the tables above
 
     def _wakerFactory(self) -> _HubWaker:
@@ -176,51 +218,51 @@ class GeventReactor(_PollLikeMixin, PosixReactorBase):
     # -- descriptors: io watchers whose callbacks run in the hub ------------------------------
 
     def addReader(self, reader: Any) -> None:
-        self._add(reader, self._reads, _EV_READ, EPOLLIN)
+        self._add(reader, self._reads, _EV_READ, self._on_read)
 
     def addWriter(self, writer: Any) -> None:
-        self._add(writer, self._writes, _EV_WRITE, EPOLLOUT)
+        self._add(writer, self._writes, _EV_WRITE, self._on_write)
 
-    def _add(self, selectable: Any, watchers: dict, events: int, flag: int) -> None:
+    def _add(self, selectable: Any, watchers: dict, events: int, callback: Any) -> None:
         fd = selectable.fileno()
         if fd not in watchers:
             watcher = self._loop.io(fd, events)
-            # As EPollReactor: the transport's logPrefix becomes the log `system`, and
-            # _doReadOrWrite turns what doRead or doWrite returns or raises into a disconnection.
-            watcher.start(callWithLogger, selectable, self._doReadOrWrite, selectable, fd, flag)
+            # One callback per direction, shared by every watcher: the selectable is its
+            # only argument (a watcher's start arguments are kept as long as it runs).
+            watcher.start(callback, selectable)
             watchers[fd] = watcher
-            self._selectables[fd] = selectable
+
+    def _hub_contexts(self) -> list:
+        """The context stack Twisted's log reads in the hub (per thread, or per greenlet if
+        `threading.local` was patched before twisted.python.context was imported)."""
+        self._contexts = contexts = context.theContextTracker.currentContext().contexts
+        return contexts
 
     def removeReader(self, reader: Any) -> None:
-        self._remove(reader, self._reads, self._writes)
+        self._remove(reader, self._reads)
 
     def removeWriter(self, writer: Any) -> None:
-        self._remove(writer, self._writes, self._reads)
+        self._remove(writer, self._writes)
 
-    def _remove(self, xer: Any, primary: dict[int, Any], other: dict[int, Any]) -> None:
+    def _remove(self, xer: Any, watchers: dict[int, Any]) -> None:
         fd = xer.fileno()
         if fd == -1:
             # Closed already: find the descriptor it had.
-            fd = next((fd for fd, known in self._selectables.items() if known is xer), None)
+            fd = next((fd for fd, watcher in watchers.items() if watcher.args[0] is xer), None)
             if fd is None:
                 return
-        watcher = primary.pop(fd, None)
+        watcher = watchers.pop(fd, None)
         if watcher is not None:
             watcher.stop()
-            if fd not in other:
-                del self._selectables[fd]
 
     def removeAll(self) -> list[Any]:
-        selectables = self._selectables
-        return self._removeAll(
-            [selectables[fd] for fd in self._reads], [selectables[fd] for fd in self._writes]
-        )
+        return self._removeAll(self.getReaders(), self.getWriters())
 
     def getReaders(self) -> list[Any]:
-        return [self._selectables[fd] for fd in self._reads]
+        return [watcher.args[0] for watcher in self._reads.values()]
 
     def getWriters(self) -> list[Any]:
-        return [self._selectables[fd] for fd in self._writes]
+        return [watcher.args[0] for watcher in self._writes.values()]
 
     # -- the reactor's greenlet: waits in the hub, runs the timed calls -----------------------
 

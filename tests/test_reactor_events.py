@@ -1,0 +1,131 @@
+"""GeventReactor's descriptor events: what EPollReactor does for one (callWithLogger around
+_doReadOrWrite), from the one callback per direction every io watcher shares.
+
+A socket pair's one end, made ready to read by a byte written to the other, stands for a
+transport; each case runs the reactor until the descriptor is disconnected.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IReadDescriptor
+from twisted.logger import globalLogPublisher
+from twisted.python import context, log
+from twisted.python.log import ILogContext
+from zope.interface import implementer
+
+from rpcd.reactor import GeventReactor
+
+SAFETY = 10.0  # only reached when the event never comes
+
+
+@implementer(IReadDescriptor)
+class Reader:
+    """A descriptor whose doRead returns (or raises) what the test gives it, once."""
+
+    def __init__(
+        self, reactor: GeventReactor, sock: socket.socket, outcome: Any, raises: bool = False
+    ) -> None:
+        self.reactor, self.sock, self.outcome, self.raises = reactor, sock, outcome, raises
+        self.systems: list[str] = []  # the log `system` seen in doRead
+        self.lost: Any = None
+        self.read_lost: Any = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "Reader,7,127.0.0.1"
+
+    def doRead(self) -> Any:
+        self.sock.recv(1)
+        self.systems.append(context.get(ILogContext)["system"])
+        if self.raises:
+            raise self.outcome
+        return self.outcome
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost = reason
+        self.reactor.stop()
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseableReader(Reader):
+    def readConnectionLost(self, reason: Any) -> None:
+        self.read_lost = reason
+        self.reactor.removeReader(self)
+        self.reactor.stop()
+
+    def writeConnectionLost(self, reason: Any) -> None:
+        raise AssertionError("never written")
+
+
+@pytest.fixture
+def events():
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+def _run_one(outcome: Any, kind: type = Reader, raises: bool = False) -> Reader:
+    reactor = GeventReactor()
+    ours, theirs = socket.socketpair()
+    reader = kind(reactor, ours, outcome, raises)
+    reactor.addReader(reader)
+    theirs.send(b"x")
+    timer = reactor.callLater(SAFETY, reactor.stop)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        if timer.active():
+            timer.cancel()
+        reactor.disconnectAll()
+        ours.close()
+        theirs.close()
+    return reader
+
+
+def test_an_exception_in_doRead_is_logged_under_the_prefix_and_disconnects(events):
+    reader = _run_one(ValueError("boom"), raises=True)
+    assert reader.systems == ["Reader,7,127.0.0.1"]
+    assert reader.lost is not None and reader.lost.check(ValueError)
+    (logged,) = [e for e in events if e.get("isError")]  # a legacy event: log.err's
+    assert logged["failure"].check(ValueError)
+    assert logged["system"] == "Reader,7,127.0.0.1"
+    # The prefix held only during the event.
+    assert context.get(ILogContext)["system"] == "-"
+
+
+def test_a_clean_end_of_input_is_a_half_close_for_a_half_closeable_descriptor():
+    reader = _run_one(error.ConnectionDone(), HalfCloseableReader)
+    assert reader.read_lost is not None and reader.read_lost.check(error.ConnectionDone)
+    assert reader.lost is None
+
+
+def test_a_lost_connection_is_connectionLost():
+    reader = _run_one(error.ConnectionLost())
+    assert reader.lost is not None and reader.lost.check(error.ConnectionLost)
+
+
+def test_every_watcher_shares_one_callback_and_keeps_only_its_descriptor():
+    # A watcher keeps its start arguments: one tuple of one item per descriptor.
+    reactor = GeventReactor()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        readers = [Reader(reactor, ours, None) for ours, _ in pairs]
+        for reader in readers:
+            reactor.addReader(reader)
+        watchers = [reactor._reads[reader.fileno()] for reader in readers]
+        assert watchers[0].callback is watchers[1].callback
+        assert [w.args for w in watchers] == [(reader,) for reader in readers]
+    finally:
+        reactor.removeAll()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+    log.msg("reactor events test done")  # the legacy log works outside any event
