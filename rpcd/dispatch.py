@@ -180,6 +180,7 @@ class Dispatcher:
         while_draining: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
+        self._methods = registry.methods  # the read-only view, live: looked up once per call
         self.max_workers = max_workers
         self.queue_size = queue_size
         self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
@@ -281,7 +282,7 @@ class Dispatcher:
         if self._draining and request.method not in self.while_draining:
             message = "shutting down: the server accepts no new calls"
             self._refuse(request, sink, RPCError(SHUTTING_DOWN, message))
-        method = self.registry.methods.get(request.method)
+        method = self._methods.get(request.method)
         if method is None:
             self._refuse(request, sink, self.registry.not_found(request.method))
         # Waiting calls that an idle or not-yet-started worker will take do not count
