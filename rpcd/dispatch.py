@@ -85,6 +85,16 @@ class Call(Response):
         # Dispatcher.submit builds its calls without this __init__: keep the two alike.
 
 
+class _Stop:
+    """Queued to tell the worker that takes it to exit. It has the `sink` of no connection,
+    so a worker can compare the next queued entry's sink with its call's, whatever it is."""
+
+    __slots__ = ()
+    sink = None
+
+
+_STOP = _Stop()
+
 # Results that are plainly values: no Deferred, coroutine or generator checks needed.
 _PLAIN = frozenset({str, int, float, bool, type(None), list, dict, tuple, bytes})
 
@@ -170,6 +180,7 @@ class Dispatcher:
         while_draining: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
+        self._methods = registry.methods  # the read-only view, live: looked up once per call
         self.max_workers = max_workers
         self.queue_size = queue_size
         self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
@@ -180,7 +191,7 @@ class Dispatcher:
         # NOT_SERVING on a connection it keeps open rather than an error.
         self.while_draining = while_draining
         self._waiting = 0  # queued calls not cancelled: the ones that hold a queue slot
-        # The task queue: calls (None tells a worker to exit) and the workers parked in the hub
+        # The task queue: calls (_STOP tells a worker to exit) and the workers parked in the hub
         # waiting for one. A leaner hand-off than gevent.queue.Queue: one hub callback wakes
         # the most recently parked worker, which then takes calls until none are left.
         self._queue: deque = deque()
@@ -202,8 +213,9 @@ class Dispatcher:
         # it to read: streams (their Events) and calls not started yet (Calls).
         self._lagging: dict[Sink, list[Event | Call]] = {}
         self.stats = CallStats()
-        # True while a worker runs a call that other queued calls follow: a sink may then hold
-        # its output (`hold`) until the burst ends, to write the replies of many calls at once.
+        # True while a worker runs a call that the next queued call follows on the same sink:
+        # the sink may then hold its output (`hold`) until the burst ends, to write the replies
+        # of many calls at once.
         self.bursting = False
         self._held: list[Callable[[], None]] = []  # the flushes of the sinks holding output
         # Started now (they park at the hub's first turn), so a burst from a cold start does
@@ -220,7 +232,7 @@ class Dispatcher:
     def in_flight_calls(self) -> list[Call]:
         """The calls accepted and not answered yet: queued, held for a lagging peer, running
         in a worker or streaming (safe from another thread: each place is copied first)."""
-        calls = [call for call in list(self._queue) if call is not None and not call.done]
+        calls = [call for call in list(self._queue) if call is not _STOP and not call.done]
         for waiting in list(self._lagging.values()):
             calls.extend(w for w in list(waiting) if type(w) is Call and not w.done)
         for timer in list(self._timers):
@@ -270,7 +282,7 @@ class Dispatcher:
         if self._draining and request.method not in self.while_draining:
             message = "shutting down: the server accepts no new calls"
             self._refuse(request, sink, RPCError(SHUTTING_DOWN, message))
-        method = self.registry.methods.get(request.method)
+        method = self._methods.get(request.method)
         if method is None:
             self._refuse(request, sink, self.registry.not_found(request.method))
         # Waiting calls that an idle or not-yet-started worker will take do not count
@@ -424,7 +436,7 @@ class Dispatcher:
                         raise
                     continue
                 call = queue.popleft()
-                if call is None:
+                if call is _STOP:
                     self._workers -= 1
                     return
                 if call.done:
@@ -433,8 +445,13 @@ class Dispatcher:
                     lagging[call.sink].append(call)  # its peer lags: wait, still queued
                     continue
                 self._waiting -= 1
-                # More calls follow this one: their sinks may hold replies to write together.
-                self.bursting = bool(queue)
+                # The next call is for the same sink: it may hold this reply, to write the
+                # replies of the calls it has in this burst together (a sink whose one call
+                # this is writes its reply at once: holding it would save no write).
+                if queue:
+                    self.bursting = queue[0].sink is call.sink
+                else:
+                    self.bursting = False
                 self._run(call, timer)
                 if abandoned and me in abandoned:
                     abandoned.discard(me)  # already counted out
@@ -668,7 +685,7 @@ class Dispatcher:
 
     def stop_workers(self) -> None:
         """Let idle workers exit (busy ones finish their call first)."""
-        self._queue.extend([None] * self._workers)
+        self._queue.extend([_STOP] * self._workers)
         self._wake()
 
 

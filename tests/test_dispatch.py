@@ -146,6 +146,22 @@ def test_workers_start_on_demand_and_stay_warm(methods):
     assert dispatcher.workers == 0
 
 
+def test_a_sink_may_hold_a_reply_only_when_its_own_call_comes_next(methods):
+    # A reply that no call of its sink follows in the burst is written at once: holding it
+    # would save that sink no write.
+    dispatcher = dispatcher_for(methods, max_workers=1, workers_prestart=1)
+    gevent.idle()  # the worker parks
+    seen = []
+    methods.registry.add("seen", lambda tag: seen.append((tag, dispatcher.bursting)))
+    a, b = Sink(), Sink()
+    for tag, sink in (("a1", a), ("b1", b), ("b2", b), ("a2", a)):
+        dispatcher.submit(req("seen", tag, id=tag), sink)
+    dispatcher.stop_workers()  # queued after a2: the worker's stop, no sink's call
+    gevent.idle()
+    assert seen == [("a1", False), ("b1", True), ("b2", False), ("a2", False)]
+    assert len(a.responses) == len(b.responses) == 2 and dispatcher.workers == 0
+
+
 def test_prestarted_workers_park_at_once_and_take_the_first_calls(methods):
     dispatcher, sink = dispatcher_for(methods, max_workers=50, workers_prestart=4), Sink()
     assert dispatcher.workers == 4
