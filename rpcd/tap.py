@@ -9,7 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 import rpcd
-from rpcd import config, gcpolicy, reactor
+from rpcd import config, gcpolicy, mallocpolicy, reactor
 from rpcd.config import ConfigError, Settings
 
 
@@ -170,6 +170,7 @@ def makeService(options: Options) -> IService:
             _fail(str(exc))
     try:
         service = RPCService(options.settings)
+        mallocpolicy.apply(options.settings.max_outbuf)  # a transport reads up to max_outbuf
         gcpolicy.freeze()  # before listening: its one full collection delays no client
         service.bind()
         service.start_log()
