@@ -225,7 +225,10 @@ class GeventReactor(PosixReactorBase):
 
     def _add(self, selectable: Any, watchers: dict, events: int, callback: Any) -> None:
         fd = selectable.fileno()
-        if fd not in watchers:
+        known = watchers.get(fd)
+        # gevent stops a watcher whose callback raised (KeyboardInterrupt goes through), and
+        # drops its arguments: such a one is replaced, else the fd would never be read again.
+        if known is None or not known.active:
             watcher = self._loop.io(fd, events)
             # One callback per direction, shared by every watcher: the selectable is its
             # only argument (a watcher's start arguments are kept as long as it runs).
@@ -248,7 +251,10 @@ class GeventReactor(PosixReactorBase):
         fd = xer.fileno()
         if fd == -1:
             # Closed already: find the descriptor it had.
-            fd = next((fd for fd, watcher in watchers.items() if watcher.args[0] is xer), None)
+            fd = next(
+                (fd for fd, watcher in watchers.items() if watcher.args and watcher.args[0] is xer),
+                None,
+            )
             if fd is None:
                 return
         watcher = watchers.pop(fd, None)
@@ -259,10 +265,10 @@ class GeventReactor(PosixReactorBase):
         return self._removeAll(self.getReaders(), self.getWriters())
 
     def getReaders(self) -> list[Any]:
-        return [watcher.args[0] for watcher in self._reads.values()]
+        return [watcher.args[0] for watcher in self._reads.values() if watcher.args]
 
     def getWriters(self) -> list[Any]:
-        return [watcher.args[0] for watcher in self._writes.values()]
+        return [watcher.args[0] for watcher in self._writes.values() if watcher.args]
 
     # -- the reactor's greenlet: waits in the hub, runs the timed calls -----------------------
 

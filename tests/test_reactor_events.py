@@ -129,3 +129,55 @@ def test_every_watcher_shares_one_callback_and_keeps_only_its_descriptor():
             for sock in pair:
                 sock.close()
     log.msg("reactor events test done")  # the legacy log works outside any event
+
+
+class _InterruptedOnce(Reader):
+    """Its first event ends in a KeyboardInterrupt (Ctrl-C with no signal handlers): gevent
+    lets it through and stops the watcher, dropping its arguments."""
+
+    interrupted = False
+
+    def logPrefix(self) -> str:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return super().logPrefix()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost = reason  # the reactor is iterated here, not run: nothing to stop
+
+
+def _iterate_until(reactor: GeventReactor, done: Any) -> None:
+    for _ in range(100):  # each turn waits at most 0.1 s: only a lost event takes them all
+        if done():
+            return
+        try:
+            reactor.iterate(0.1)
+        except KeyboardInterrupt:
+            pass
+
+
+def test_a_watcher_stopped_by_an_interrupt_neither_breaks_the_tables_nor_the_descriptor():
+    reactor = GeventReactor()
+    ours, theirs = socket.socketpair()
+    other_ours, other_theirs = socket.socketpair()
+    try:
+        reader = _InterruptedOnce(reactor, ours, error.ConnectionLost())
+        other = Reader(reactor, other_ours, None)
+        reactor.addReader(reader)
+        reactor.addReader(other)
+        theirs.send(b"x")
+        # gevent stops the interrupted watcher at the hub's next turn.
+        _iterate_until(reactor, lambda: reader.interrupted and reader not in reactor.getReaders())
+        assert reader.interrupted and reader.lost is None
+        # The tables still answer, and still list the other descriptor (shutdown's
+        # removeAll disconnects what they list).
+        assert other in reactor.getReaders() and reader not in reactor.getReaders()
+        # Added again, the interrupted one is read again: its byte is still waiting.
+        reactor.addReader(reader)
+        _iterate_until(reactor, lambda: reader.lost is not None)
+        assert reader.lost.check(error.ConnectionLost)
+        assert other in reactor.removeAll()
+    finally:
+        for sock in (ours, theirs, other_ours, other_theirs):
+            sock.close()
