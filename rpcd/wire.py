@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -233,6 +234,31 @@ class FrameDecoder:
                 self._offset = end
                 return buffer[start:end]
         return self._next_frame_slow()
+
+    def frames(self) -> Iterator[bytes]:
+        """Every whole frame body buffered, in order, as `next_frame` gives them: for a loop
+        over a chunk's frames (a generator resumed costs less than a call per frame). The
+        loop may stop at any frame: the next one stays buffered. Raises as `next_frame`."""
+        unpack = self._unpack
+        while True:
+            buffer = self._buffer
+            offset = self._offset
+            size = len(buffer)
+            start = offset + 4
+            while start <= size:
+                (length,) = unpack(buffer, offset)
+                end = start + length
+                if end > size or length > self.max_frame_bytes:
+                    break
+                self._offset = offset = end
+                yield buffer[start:end]
+                if self._offset != offset:
+                    break  # the decoder was read or cleared meanwhile: start again from it
+                start = offset + 4
+            body = self._next_frame_slow()
+            if body is None:
+                return
+            yield body
 
     def _next_frame_slow(self) -> bytes | None:
         while True:
@@ -591,25 +617,32 @@ def encode(response: Response, max_bytes: int | None = None) -> bytes:
     """Encode a Response to a frame body. A result JSON cannot carry becomes -32603: not
     serializable, NaN or Infinity, or (with `max_bytes`) a body over the reply limit."""
     request = response.request
-    error = response.error
-    body = None
-    if error is None and not request.legacy:  # the usual answer, its object built here
+    if response.error is None and not request.legacy:
+        # The usual answer, in as few steps as it can be checked; the rest take _encode.
+        result = response.result
         try:
             # Without OPT_NON_STR_KEYS first: orjson writes dicts with only string keys
-            # faster so, and refuses any other key (TypeError), which the next try writes.
-            body = _orjson_dumps({"jsonrpc": "2.0", "result": response.result, "id": request.id})
+            # faster so, and refuses any other key (TypeError), which _encode writes.
+            body = _orjson_dumps({"jsonrpc": "2.0", "result": result, "id": request.id})
         except TypeError:
-            pass
-    if body is None:
-        try:
-            body = _dumps(response_object(response))
-        except TypeError as exc:
-            return _dumps(response_object(_unencodable(response, exc)))
-    # orjson writes NaN and Infinity as null: look for them only where a null was written,
-    # in a result that can hold a float. (bytes.find, not `in`: `in` first tries its operand
-    # as an int, and the TypeError it raises and formats inside costs as much as the dumps.)
+            return _encode(response, max_bytes)
+        # orjson writes NaN and Infinity as null: look for them only where a null was written,
+        # in a result that can hold a float. (bytes.find, not `in`: `in` first tries its
+        # operand as an int, and the TypeError it raises and formats inside costs as much as
+        # the dumps.)
+        if type(result) in _FLOAT_FREE or body.find(b"null") < 0 or not _non_finite(result):
+            if max_bytes is None or len(body) <= max_bytes:
+                return body
+    return _encode(response, max_bytes)
+
+
+def _encode(response: Response, max_bytes: int | None) -> bytes:
+    try:
+        body = _dumps(response_object(response))
+    except TypeError as exc:
+        return _dumps(response_object(_unencodable(response, exc)))
     if (
-        error is None
+        response.error is None
         and type(response.result) not in _FLOAT_FREE
         and body.find(b"null") >= 0
         and _non_finite(response.result)

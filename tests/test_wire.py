@@ -515,6 +515,58 @@ def test_frames_taken_late_come_out_the_same(bodies, cuts, byteorder):
     assert _drain(decoder) == bodies
 
 
+@given(_bodies, st.lists(st.integers(min_value=0, max_value=4000), max_size=30), _byteorders)
+@settings(max_examples=300, deadline=None)
+def test_the_frames_loop_gives_what_next_frame_gives(bodies, cuts, byteorder):
+    stream = b"".join(wire.encode_frame(body, byteorder) for body in bodies)
+    decoder = wire.FrameDecoder(1024, byteorder)
+    frames = []
+    for chunk in _cut(stream, cuts):
+        decoder.receive(chunk)
+        frames += decoder.frames()
+    assert frames == bodies
+    assert decoder.buffered() == 0 and decoder._buffer == b""
+
+
+@given(_bodies, st.integers(min_value=0, max_value=12), _byteorders)
+@settings(max_examples=200, deadline=None)
+def test_a_frames_loop_stopped_early_leaves_the_rest_buffered(bodies, stop, byteorder):
+    decoder = wire.FrameDecoder(1024, byteorder)
+    decoder.receive(b"".join(wire.encode_frame(body, byteorder) for body in bodies))
+    taken = []
+    if stop:
+        for body in decoder.frames():  # each frame it gives is taken
+            taken.append(body)
+            if len(taken) == stop:
+                break
+    assert taken == bodies[:stop]
+    assert _drain(decoder) == bodies[len(taken) :]
+
+
+def test_a_frames_loop_follows_the_decoder_read_or_cleared_meanwhile():
+    decoder = wire.FrameDecoder(100)
+    decoder.receive(b"".join(wire.encode_frame(b) for b in (b"a", b"b", b"c", b"d")))
+    loop = decoder.frames()
+    assert next(loop) == b"a"
+    assert decoder.next_frame() == b"b"  # taken outside the loop: the loop does not repeat it
+    assert list(loop) == [b"c", b"d"]
+    decoder.receive(wire.encode_frame(b"e") + wire.encode_frame(b"f"))
+    loop = decoder.frames()
+    assert next(loop) == b"e"
+    decoder.clear()  # dropped (a frame too large): the loop gives nothing more
+    assert list(loop) == []
+
+
+def test_a_frames_loop_raises_at_a_prefix_over_the_limit():
+    decoder = wire.FrameDecoder(10)
+    decoder.receive(wire.encode_frame(b"ok") + b"\x00\x00\x00\x0b")
+    loop = decoder.frames()
+    assert next(loop) == b"ok"
+    with pytest.raises(wire.FrameTooLarge):
+        next(loop)
+    assert decoder.buffered() == 0
+
+
 def test_encode_frame_prefixes_the_length_in_either_byte_order():
     assert wire.encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
     assert wire.encode_frame(b"abc", "little") == b"\x03\x00\x00\x00abc"
