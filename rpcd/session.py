@@ -212,7 +212,7 @@ class Session:
             self._send(wire.encode_request(auth.METHOD, self._handshake.challenge_params))
 
     def receive_frames(self, frames: wire.FrameDecoder) -> int | None:
-        """Every whole frame body `frames.frames()` gives, until one calls for a decision.
+        """Every frame `frames.messages()` decodes, until one calls for a decision.
 
         One call per received chunk for the glue rather than two per frame: the usual
         request (JSON-RPC, under the in-flight cap, past the handshake and the first call)
@@ -235,13 +235,8 @@ class Session:
         max_batch = self._max_batch
         max_method_bytes = self._max_method_bytes
         taken = False
-        for body in frames.frames():
+        for message in frames.messages(max_batch, max_method_bytes):
             taken = True
-            try:
-                message = decode(body, max_batch, max_method_bytes)
-            except RPCError as error:
-                self._refuse_frame(error)
-                return CARRY_ON
             inflight = len(calls)
             if (
                 type(message) is not Request
@@ -249,6 +244,9 @@ class Session:
                 or message.legacy
                 or message.method == CANCEL_METHOD
             ):
+                if isinstance(message, RPCError):
+                    self._refuse_frame(message)
+                    return CARRY_ON
                 decision = self._received(message)
                 return CARRY_ON if decision is None else decision
             # The usual call, in line: what _accept and _submit would do for it.
