@@ -235,38 +235,15 @@ class FrameDecoder:
                 return buffer[start:end]
         return self._next_frame_slow()
 
-    def frames(self) -> Iterator[bytes]:
-        """Every whole frame body buffered, in order, as `next_frame` gives them: for a loop
-        over a chunk's frames (a generator resumed costs less than a call per frame). The
-        loop may stop at any frame: the next one stays buffered. Raises as `next_frame`."""
-        unpack = self._unpack
-        while True:
-            buffer = self._buffer
-            offset = self._offset
-            size = len(buffer)
-            start = offset + 4
-            while start <= size:
-                (length,) = unpack(buffer, offset)
-                end = start + length
-                if end > size or length > self.max_frame_bytes:
-                    break
-                self._offset = offset = end
-                yield buffer[start:end]
-                if self._offset != offset:
-                    break  # the decoder was read or cleared meanwhile: start again from it
-                start = offset + 4
-            body = self._next_frame_slow()
-            if body is None:
-                return
-            yield body
-
     def messages(
         self, max_batch: int = 100, max_method_bytes: int = MAX_METHOD_BYTES
     ) -> Iterator[Message | RPCError]:
-        """What `decode` makes of each frame `frames` gives, in order: the Request or Batch,
+        """What `decode` makes of each whole frame buffered, in order: the Request or Batch,
         or the RPCError a body decoded to (given, not raised: the loop can go on). Raises
-        FrameTooLarge as `frames` does. The usual call is decoded in line, decode's own fast
-        path over again (a call less per frame); tests hold the two to the same answers."""
+        FrameTooLarge as `next_frame` does. For the server's loop over a chunk's frames: a
+        generator resumed costs less than a call per frame, and the usual call is decoded in
+        line, decode's own fast path over again (tests hold the two to the same answers).
+        The loop may stop after any message: the next frame stays buffered."""
         unpack = self._unpack
         short = max_method_bytes >> 2  # a name of at most this many characters fits
         while True:
