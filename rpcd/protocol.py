@@ -519,9 +519,9 @@ class RPCProtocol:
 
     def sendString(self, string: bytes) -> None:
         length = len(string)
-        if length < SMALL_FRAME:  # the usual reply: its prefix made once per factory
-            prefix = self._small_prefixes[length]
-        else:
+        try:
+            prefix = self._small_prefixes[length]  # the usual reply: made once per factory
+        except IndexError:
             prefix = self._pack(length)
         held = self._held
         if held is not None:

@@ -212,15 +212,14 @@ class Session:
             self._send(wire.encode_request(auth.METHOD, self._handshake.challenge_params))
 
     def receive_frames(self, frames: wire.FrameDecoder) -> int | None:
-        """Every whole frame body `frames.next_frame()` gives, until one calls for a decision.
+        """Every frame `frames.messages()` decodes, until one calls for a decision.
 
         One call per received chunk for the glue rather than two per frame: the usual
         request (JSON-RPC, under the in-flight cap, past the handshake and the first call)
         is decoded and submitted here in line. Returns None if there was no whole frame,
         DRAINED once frames were taken and none is left, else after the first frame that
         needs the glue: a decision (PAUSE as soon as the cap is reached: no frame is taken
-        past it) or CARRY_ON. `next_frame` may raise (wire.FrameTooLarge): it goes through.
-        The decoder, not its bound next_frame, is passed: one object less per chunk.
+        past it) or CARRY_ON. The decoder may raise (wire.FrameTooLarge): it goes through.
         """
         if self._awaiting_first_call is not None or self._handshake is not None:
             body = frames.next_frame()
@@ -236,16 +235,8 @@ class Session:
         max_batch = self._max_batch
         max_method_bytes = self._max_method_bytes
         taken = False
-        while True:
-            body = frames.next_frame()
-            if body is None:
-                return DRAINED if taken else None
+        for message in frames.messages(max_batch, max_method_bytes):
             taken = True
-            try:
-                message = decode(body, max_batch, max_method_bytes)
-            except RPCError as error:
-                self._refuse_frame(error)
-                return CARRY_ON
             inflight = len(calls)
             if (
                 type(message) is not Request
@@ -253,6 +244,9 @@ class Session:
                 or message.legacy
                 or message.method == CANCEL_METHOD
             ):
+                if isinstance(message, RPCError):
+                    self._refuse_frame(message)
+                    return CARRY_ON
                 decision = self._received(message)
                 return CARRY_ON if decision is None else decision
             # The usual call, in line: what _accept and _submit would do for it.
@@ -266,6 +260,7 @@ class Session:
             calls[call] = None
             if inflight >= cap - 1:  # the new call counted
                 return PAUSE
+        return DRAINED if taken else None
 
     def receive(self, body: bytes) -> int | None:
         """One frame body from the peer."""
