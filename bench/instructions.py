@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import build_loadgen, free_port  # noqa: E402
+from bench.run import LOADGEN_PROTO, build_loadgen, free_port  # noqa: E402
 
 
 def server_command(name: str, port: int, workdir: Path, extra: list[str]) -> list[str]:
@@ -90,6 +90,7 @@ def measure(name: str, args: argparse.Namespace, loadgen: Path) -> dict:
         wait_listening(port, proc, 120)
         load = [str(loadgen), "--port", str(port), "--connections", str(args.connections)]
         load += ["--inflight", str(args.inflight)]
+        load += ["--proto", LOADGEN_PROTO.get(name.split("-")[0], "json")]  # mprpc: msgpack
         # Warm-up without instrumentation (imports, worker start, caches), then the window.
         subprocess.run(load + ["--duration", "2", "--warmup", "0.5"], capture_output=True)
         subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], capture_output=True)
@@ -125,7 +126,7 @@ def measure(name: str, args: argparse.Namespace, loadgen: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="rpcd,twisted", help="rpcd, rpcd-log, twisted, ...")
+    parser.add_argument("--servers", default="rpcd,twisted", help="rpcd, rpcd-log, twisted, gevent, uvloop, mprpc")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
