@@ -126,7 +126,9 @@ def measure(name: str, args: argparse.Namespace, loadgen: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--servers", default="rpcd,twisted", help="rpcd, rpcd-log, twisted, gevent, uvloop, mprpc")
+    parser.add_argument(
+        "--servers", default="rpcd,twisted", help="rpcd, rpcd-log, twisted, gevent, uvloop, mprpc"
+    )
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
