@@ -44,9 +44,10 @@ class AccessLog:
     objects at hand (nothing of the call is kept: not its params, not its result). Its
     time is the dispatcher's own reading of the call's end: no clock is read per call. The
     log file's flush turns the facts into lines a batch at a time, column by column,
-    leaving the per-line work to C: a line is five texts joined, each one kept (the peer,
-    the method, the end per duration) or made per millisecond (the time head), and looked
-    up for the whole column at once, the ids turned into text by one `orjson` call. At most
+    leaving the per-line work to C: a line is five or six texts joined (the second, the
+    millisecond, the peer and method, the id, the duration and outcome), each one kept or
+    fixed and looked up for the whole column at once, the ids turned into text by one
+    `orjson` call; only the millisecond of each end is computed line by line. At most
     FLUSH_CALLS calls wait: a flush never holds the loop up for long, and a crash loses at
     most those lines.
 
