@@ -174,7 +174,7 @@ class Dispatcher:
         queue_size: int = 10000,
         max_streams: int = 1000,
         call_timeout: float = 30.0,
-        on_complete: Callable[[Call, Response, float], None] | None = None,
+        on_complete: Callable[[Call, Response, float, float], None] | None = None,
         on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
         workers_prestart: int = 0,
         while_draining: frozenset[str] = frozenset(),
@@ -185,7 +185,7 @@ class Dispatcher:
         self.queue_size = queue_size
         self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
         self.call_timeout = call_timeout
-        self.on_complete = on_complete
+        self.on_complete = on_complete  # (call, response, its run time, perf_counter at its end)
         self.on_refused = on_refused  # a request refused at submit, never a Call
         # Methods still accepted once a drain starts: the health checks, so a balancer hears
         # NOT_SERVING on a connection it keeps open rather than an error.
@@ -535,7 +535,7 @@ class Dispatcher:
             self.stats.record(call.method.name, ended - call.accepted_at, None)
             call.sink.deliver(call, call)
             if self.on_complete is not None:
-                self.on_complete(call, call, ended - started)
+                self.on_complete(call, call, ended - started, ended)
             if self._drained is not None and not self._in_flight:
                 self._drained_now()
         else:
@@ -651,7 +651,7 @@ class Dispatcher:
         if response is not None:
             call.sink.deliver(call, response)
             if self.on_complete is not None:
-                self.on_complete(call, response, duration)
+                self.on_complete(call, response, duration, ended or perf_counter())
         if self._drained is not None and not self._in_flight:
             self._drained_now()
 

@@ -392,7 +392,7 @@ def test_on_complete_sees_every_answer(methods):
     seen: list[tuple] = []
     dispatcher = Dispatcher(
         methods.registry,
-        on_complete=lambda call, response, took: seen.append((call.request.id, took)),
+        on_complete=lambda call, response, took, ended: seen.append((call.request.id, took)),
     )
     sink = Sink()
     dispatcher.submit(req("echo", 1, id=1), sink)

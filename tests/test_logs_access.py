@@ -139,20 +139,30 @@ def test_lines_keep_the_order_of_events_around_other_log_lines(tmp_path):
     ]
 
 
-def test_each_line_has_its_own_time_even_when_the_clock_steps_back(tmp_path, monkeypatch):
+def test_each_line_has_the_time_its_call_ended(tmp_path, monkeypatch):
+    # A call's end is the dispatcher's perf_counter reading; the flush makes it wall time.
     from rpcd.logs import access
 
-    for times in ([100.0005, 100.9999, 101.25], [100.5, 99.25, 100.75], [100.5, 5000.0, 7.125]):
-        path = tmp_path / f"{times[1]}.log"
+    offset = 1_000_000.0
+    monkeypatch.setattr(access, "_clock", lambda: 50.0)
+    monkeypatch.setattr(access, "_time", lambda: 50.0 + offset)
+    # Many a millisecond, across a second; few, far apart; out of order; a jump.
+    dense = [0.9004 + (n // 5) * 0.001 + (n % 5) * 0.0001 for n in range(1500)]
+    for ends in (
+        dense,
+        [100.0005, 100.9999, 101.25],
+        [100.5, 99.25, 100.75],
+        [100.5, 5000.0, 7.125],
+    ):
+        path = tmp_path / f"{len(ends)}-{ends[1]}.log"
         out = LogFile(str(path))
         log = AccessLog(out)
-        clock = iter(times)
-        monkeypatch.setattr(access, "_time", clock.__next__)
-        for n in range(3):
-            _ok(log, "m", n)
+        for n, end in enumerate(ends):
+            request = Request("m", (), n)
+            log.access(_Call(request), Response(request, None), 0.001, end)
         out.close()
         stamps = [line.split(" ", 1)[0] for line in path.read_text().splitlines()]
-        assert stamps == [out.time_text(t + 0.0000001) for t in times]
+        assert stamps == [out.time_text(end + offset) for end in ends]
 
 
 def test_ids_of_every_kind_in_one_batch(tmp_path):

@@ -16,8 +16,8 @@ from rpcd.logs.observer import LogFile
 from rpcd.wire import METHOD_NOT_FOUND, log_text
 
 ACCESS_NAMESPACE = "rpcd.access"
-# What `access` notes per call, flat in one list: the time in ms, peer, method, id, the
-# duration in us, error (None: ok).
+# What `access` notes per call, flat in one list: its end (a perf_counter reading), peer,
+# method, id, the duration in us, error (None: ok).
 FIELDS = 6
 # Calls noted before the log flushes at once (else it flushes at its interval): this bounds
 # the memory held, the lines a crash can lose, and the time one flush holds the loop up
@@ -25,13 +25,14 @@ FIELDS = 6
 # the file is a system call, and on a busy disk those cost more than the formatting.
 FLUSH_CALLS = 1024
 MAX_KEPT = 4096  # texts kept per peer, per method and per duration, each
-# A text line is made of PIECES texts: "TIME info [rpcd.access] ", "PEER ", "METHOD id=",
-# the id, " MS ms OUTCOME\n".
-PIECES = 5
+# A text line is made of texts joined: "2026-12-02T04:45:35", ".123Z info [rpcd.access] ",
+# "PEER ", "METHOD id=" (or "PEER METHOD id=" when a batch has one method), the id and
+# " MS ms OUTCOME\n".
 _FRACTION = [f".{n:03d}" for n in range(1000)]
-_MILLISECOND_HEAD = [f".{n:03d}Z info [{ACCESS_NAMESPACE}] " for n in range(1000)]
+_MILLISECOND_HEAD = [f".{n:03d}Z info [{ACCESS_NAMESPACE}] " for n in range(1000)] * 2
 _INT_JSON = b"0123456789,-"  # all a JSON array of ints is made of, brackets aside
 _time = time.time
+_clock = time.perf_counter  # the dispatcher's clock: what a call's `ended` was read from
 
 log = Logger(namespace="rpcd.logs")
 
@@ -40,12 +41,15 @@ class AccessLog:
     """The dispatcher's `on_complete` and `on_refused` hooks, writing into a `LogFile`.
 
     A call only notes its facts: six values appended to one flat list, read from the
-    objects at hand (nothing of the call is kept: not its params, not its result). The log
-    file's flush turns them into lines a batch at a time, column by column, leaving the
-    per-line work to C: a line is five texts joined, each one kept (the time head per
-    millisecond, the peer, the method, the end per duration) and looked up for the whole
-    column at once, the ids turned into text by one `orjson` call. At most FLUSH_CALLS calls
-    wait: a flush never holds the loop up for long, and a crash loses at most those lines.
+    objects at hand (nothing of the call is kept: not its params, not its result). Its
+    time is the dispatcher's own reading of the call's end: no clock is read per call. The
+    log file's flush turns the facts into lines a batch at a time, column by column,
+    leaving the per-line work to C: a line is five or six texts joined (the second, the
+    millisecond, the peer and method, the id, the duration and outcome), each one kept or
+    fixed and looked up for the whole column at once, the ids turned into text by one
+    `orjson` call; only the millisecond of each end is computed line by line. At most
+    FLUSH_CALLS calls wait: a flush never holds the loop up for long, and a crash loses at
+    most those lines.
 
     Access lines reach twistd's own observer (the terminal under `twistd -n`) once per
     flush, as one event: its formatting costs ~30 us a line, more than a whole ping call.
@@ -64,23 +68,25 @@ class AccessLog:
         self._peers_kept: dict[str, str] = {}  # "PEER "
         self._methods_kept: dict[str, str] = {}  # "METHOD id="
         self._ends_kept: dict[int, str] = {}  # microseconds -> " 1.234 ms ok\n"
-        self._seconds: dict[int, dict[int, str]] = {}  # second -> ms -> head (two kept)
+        self._stamp: tuple[int, str] = (-1, "")  # the last second's text
         out.render = self.render
         out.on_flush = self._flushed
 
     # -- the hot path: noting facts ---------------------------------------------------------
 
-    def access(self, call: Any, response: Any, duration: float) -> None:
-        """One line per finished call: peer, method, id, duration in ms, outcome.
+    def access(self, call: Any, response: Any, duration: float, ended: float = 0.0) -> None:
+        """One line per finished call: peer, method, id, duration in ms, outcome. `ended`
+        is the dispatcher's `perf_counter` reading at the call's end (0: read it now).
 
-        The hot path: it only notes the facts, the flush formats them in a batch. The two
-        floats become ints here, where that is cheapest. Calls run in the loop's thread, so
-        there is no thread check.
+        The hot path: it only notes the facts, the flush formats them in a batch. The
+        duration becomes an int here, where that is cheapest (a float multiply in the
+        interpreter costs less than the same in a column). Calls run in the loop's thread,
+        so there is no thread check.
         """
         try:
             facts = self._facts
             facts += (
-                floor(_time() * 1000.0),
+                ended or _clock(),
                 call.sink.peer,
                 call.method.name,  # the registry's: one str object, its hash kept
                 call.request.id,
@@ -97,7 +103,7 @@ class AccessLog:
         try:
             facts = self._facts
             peer = getattr(sink, "peer", "-")
-            facts += (floor(_time() * 1000.0), peer, request.method, request.id, 0, error)
+            facts += (_clock(), peer, request.method, request.id, 0, error)
             if len(facts) >= self._due_at:
                 self._due()
         except Exception:
@@ -139,59 +145,91 @@ class AccessLog:
             columns = [list(compress(column, keep)) for column in columns]
         if not columns[0]:
             return ""
+        # The calls' ends are readings of the dispatcher's monotonic clock: one offset read
+        # now makes them wall-clock times. The two clocks drift apart by at most NTP's slew
+        # (0.5 ms a second) and a batch waits at most FLUSH_INTERVAL, so the lines keep
+        # their millisecond; a step of the wall clock shows from the next flush on.
+        offset = _time() - _clock()
         if not self.out.json:
             try:
-                return self._text_lines(*columns)
+                return self._text_lines(offset, *columns)
             except Exception:  # odd facts: each line on its own, a bad one reported as such
                 pass
+        columns[0] = _milliseconds(columns[0], offset)
         return "".join(map(self.line, *columns))
 
     def _text_lines(
-        self, ms: list, peers: list, names: list, ids: list, micros: list, errors: list
+        self,
+        offset: float,
+        ends: list,
+        peers: list,
+        names: list,
+        ids: list,
+        micros: list,
+        errors: list,
     ) -> str:
         """The text lines of a batch, built column by column: each of a line's pieces is a
         kept text, looked up in C for the whole column (`itemgetter`); a piece not seen
-        before (a new second, peer, method or duration) costs Python work once."""
+        before (a new peer, method or duration) costs Python work once."""
         failed = list(compress(range(len(errors)), errors))  # the rows with an error
-        pieces: list[Any] = [None] * (PIECES * len(ms))
-        pieces[0::PIECES] = self._heads(ms)
-        pieces[1::PIECES] = _kept(self._peers_kept, peers, _peer_text, uniform=True)
-        pieces[2::PIECES] = self._methods(names, errors, failed)
-        pieces[3::PIECES] = _id_texts(ids)
-        ends = _kept(self._ends_kept, micros, _ok_end)
+        columns = list(self._heads(ends, offset))
+        methods = self._methods(names, errors, failed)
+        if methods.count(methods[0]) == len(methods):
+            # One method (a column of one text): join it to each peer's text once.
+            method = methods[0]
+            table = {peer: _peer_text(peer) + method for peer in set(peers)}
+            columns.append(_lookup(table, peers, uniform=True))
+        else:
+            columns.append(_kept(self._peers_kept, peers, _peer_text, uniform=True))
+            columns.append(methods)
+        columns.append(_id_texts(ids))
+        texts = _kept(self._ends_kept, micros, _ok_end)
         if failed:
-            ends = list(ends)
+            texts = list(texts)
             for i in failed:
-                ends[i] = _end(micros[i], errors[i])
-        pieces[4::PIECES] = ends
+                texts[i] = _end(micros[i], errors[i])
+        columns.append(texts)
+        step = len(columns)
+        pieces: list[Any] = [None] * (step * len(ends))
+        for i, column in enumerate(columns):
+            pieces[i::step] = column
         return "".join(pieces)
 
-    def _heads(self, ms: list) -> Any:
-        """Each line's "TIME info [rpcd.access] ", from a table per second."""
-        first, last = ms[0] // 1000, ms[-1] // 1000
-        if first == last:
-            table = self._second(first)
-        elif last == first + 1:
-            table = {**self._second(first), **self._second(last)}
-        else:  # the clock jumped
-            return list(map(_head, ms))
+    def _heads(self, ends: list, offset: float) -> tuple[Any, Any]:
+        """Each line's second ("2026-12-02T04:45:35") and the rest of its head
+        (".123Z info [rpcd.access] "), from the calls' ends: one comprehension makes each
+        end a millisecond counted from the batch's first, an index into the texts of the
+        batch's milliseconds."""
+        # The first and last ends bound the batch's (the loop notes them in order); an end
+        # outside them has no text in `table` below, and the batch takes the slow way.
+        low = floor((ends[0] + offset) * 1000.0) - 1  # a millisecond to spare each side:
+        high = floor((ends[-1] + offset) * 1000.0) + 1  # the sums below round differently
         try:
-            return _lookup(table, ms)
-        except KeyError:  # the clock stepped back
-            return list(map(_head, ms))
+            if not 0 <= high - low < 1000:  # out of order, or more than a second
+                raise KeyError(high - low)
+            shift = offset * 1000.0 - low
+            at = [floor(end * 1000.0 + shift) for end in ends]
+            start = low % 1000
+            table = dict(enumerate(_MILLISECOND_HEAD[start : start + high - low + 1]))
+            fractions = _lookup(table, at)
+        except KeyError:
+            ms = _milliseconds(ends, offset)
+            stamps = {n: self._second_text(n) for n in {m // 1000 for m in ms}}
+            return [stamps[m // 1000] for m in ms], [_MILLISECOND_HEAD[m % 1000] for m in ms]
+        first, last = low // 1000, high // 1000
+        if first == last:
+            return [self._second_text(first)] * len(ends), fractions
+        cut = last * 1000 - low  # `at` of the first millisecond of the next second
+        seconds = [self._second_text(first)] * cut
+        seconds += [self._second_text(last)] * (high - low + 1 - cut)
+        return _lookup(seconds, at), fractions
 
-    def _second(self, second: int) -> dict[int, str]:
-        """The head of each millisecond of `second`."""
-        table = self._seconds.get(second)
-        if table is None:
-            if len(self._seconds) > 1:
-                del self._seconds[min(self._seconds)]
+    def _second_text(self, second: int) -> str:
+        stamp = self._stamp
+        if stamp[0] != second:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            start = second * 1000
-            heads = map(text.__add__, _MILLISECOND_HEAD)
-            table = dict(zip(range(start, start + 1000), heads, strict=True))
-            self._seconds[second] = table
-        return table
+            stamp = self._stamp = (second, text)
+        return stamp[1]
 
     def _methods(self, names: list, errors: list, failed: list) -> Any:
         """Each line's "METHOD id=". Names of calls that were not found are escaped for
@@ -231,7 +269,7 @@ class AccessLog:
 def _lookup(table: dict, keys: list, uniform: bool = False) -> Any:
     """table[key] for each key, in C (KeyError if one is missing). `uniform`: the keys are
     often all one (one connection, one method), which is cheaper to see than to look up."""
-    if uniform and keys.count(keys[0]) == len(keys):
+    if uniform and keys[0] is keys[-1] and keys.count(keys[0]) == len(keys):
         return [table[keys[0]]] * len(keys)
     if len(keys) > 1:
         return itemgetter(*keys)(table)
@@ -254,9 +292,19 @@ def _kept(table: dict, keys: list, make: Any, uniform: bool = False) -> Any:
     return _lookup(table, keys)
 
 
-def _head(ms: int) -> str:
-    second, fraction = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + _MILLISECOND_HEAD[fraction]
+def _milliseconds(ends: list, offset: float) -> list:
+    """Each end (a reading of the calls' clock) as a wall-clock time in whole ms."""
+    try:
+        return [floor((end + offset) * 1000.0) for end in ends]
+    except Exception:  # not all numbers: the odd one is stamped now
+        return [_millisecond(end, offset) for end in ends]
+
+
+def _millisecond(end: Any, offset: float) -> int:
+    try:
+        return floor((end + offset) * 1000.0)
+    except Exception:
+        return floor(_time() * 1000.0)
 
 
 def _peer_text(peer: str) -> str:
