@@ -19,8 +19,7 @@ from twisted.python.log import ILogContext
 from zope.interface import implementer
 
 from rpcd.reactor import GeventReactor
-
-SAFETY = 10.0  # only reached when the event never comes
+from tests.test_reactor_gevent import _run as run_reactor
 
 
 @implementer(IReadDescriptor)
@@ -78,13 +77,9 @@ def _run_one(outcome: Any, kind: type = Reader, raises: bool = False) -> Reader:
     reader = kind(reactor, ours, outcome, raises)
     reactor.addReader(reader)
     theirs.send(b"x")
-    timer = reactor.callLater(SAFETY, reactor.stop)
     try:
-        reactor.run(installSignalHandlers=False)
+        assert run_reactor(reactor, []) == []  # stopped by the event, not the safety timer
     finally:
-        if timer.active():
-            timer.cancel()
-        reactor.disconnectAll()
         ours.close()
         theirs.close()
     return reader
