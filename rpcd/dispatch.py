@@ -427,6 +427,9 @@ class Dispatcher:
                     if self._held:
                         self._flush_held()  # the burst is over: what its sinks held goes out
                     call = None  # parked, it keeps no answered call (nor its result)
+                    # No burst goes on while it is parked (its last call may have been followed
+                    # only by cancelled ones): replies sent from outside a worker go out now.
+                    self.bursting = False
                     parked.append(me)
                     try:
                         hub.switch()  # parked until _wake_workers switches back here
@@ -645,13 +648,15 @@ class Dispatcher:
             error = response.error
             if error is not None:
                 error = error.code
+        if not ended:
+            ended = perf_counter()
         # Latency as the client sees it: from acceptance (queue wait included) to the reply.
-        latency = (ended or perf_counter()) - call.accepted_at
+        latency = ended - call.accepted_at
         self.stats.record(call.method.name, latency, error)
         if response is not None:
             call.sink.deliver(call, response)
             if self.on_complete is not None:
-                self.on_complete(call, response, duration, ended or perf_counter())
+                self.on_complete(call, response, duration, ended)
         if self._drained is not None and not self._in_flight:
             self._drained_now()
 

@@ -294,8 +294,10 @@ class FrameDecoder:
                         except RPCError as error:
                             message = error
                 yield message
-                if self._offset != offset:
-                    break  # the decoder was read or cleared meanwhile: start again from it
+                if self._offset != offset or self._buffer is not buffer:
+                    # Read, cleared or refilled meanwhile (the offset alone may match by
+                    # chance in a new buffer): start again from where the decoder is.
+                    break
                 start = offset + 4
             body = self._next_frame_slow()
             if body is None:

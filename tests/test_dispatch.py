@@ -162,6 +162,18 @@ def test_a_sink_may_hold_a_reply_only_when_its_own_call_comes_next(methods):
     assert len(a.responses) == len(b.responses) == 2 and dispatcher.workers == 0
 
 
+def test_no_burst_outlasts_the_worker_that_parks(methods):
+    # Its last call followed only by a cancelled one of the same sink: once the worker parks,
+    # replies sent from outside a worker (refusals, cancels, stream items) are not held.
+    dispatcher = dispatcher_for(methods, max_workers=1, workers_prestart=1)
+    gevent.idle()
+    sink = Sink()
+    dispatcher.submit(req("echo", 1, id=1), sink)
+    dispatcher.cancel(dispatcher.submit(req("echo", 2, id=2), sink))  # queued: done at once
+    gevent.idle()
+    assert list(sink.responses) == [1] and not dispatcher.bursting  # the cancel was silent
+
+
 def test_prestarted_workers_park_at_once_and_take_the_first_calls(methods):
     dispatcher, sink = dispatcher_for(methods, max_workers=50, workers_prestart=4), Sink()
     assert dispatcher.workers == 4

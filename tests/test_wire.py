@@ -555,6 +555,28 @@ def test_a_messages_loop_follows_the_decoder_read_or_cleared_meanwhile():
     assert list(loop) == []
 
 
+def test_a_messages_loop_follows_a_new_buffer_that_ends_at_the_same_offset():
+    # Read or refilled meanwhile so that the decoder's offset is the number it was: the loop
+    # must still see that its buffer is another one (it would repeat and lose frames).
+    frames = [wire.encode_frame(body) for body in _calls(8)]
+    decoder = wire.FrameDecoder(100)
+    decoder.receive(frames[1] + frames[2] + frames[3] + frames[4][:5])
+    loop = decoder.messages()
+    assert next(loop) == wire.decode(_calls(8)[1])
+    decoder.receive(frames[4][5:] + frames[5] + frames[6] + frames[7])
+    assert [decoder.next_frame() for _ in range(3)] == list(_calls(8)[2:5])  # joins anew
+    assert list(loop) == [wire.decode(body) for body in _calls(8)[5:]]
+
+    decoder = wire.FrameDecoder(100)
+    decoder.receive(frames[1] + frames[2] + frames[3])
+    loop = decoder.messages()
+    next(loop)
+    decoder.clear()
+    decoder.receive(frames[6] + frames[7])
+    assert decoder.next_frame() == _calls(8)[6]
+    assert list(loop) == [wire.decode(_calls(8)[7])]
+
+
 def _decoded(body: bytes, max_batch: int = 100, max_method_bytes: int = 128) -> object:
     try:
         return wire.decode(body, max_batch, max_method_bytes)

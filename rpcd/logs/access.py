@@ -148,7 +148,8 @@ class AccessLog:
         # The calls' ends are readings of the dispatcher's monotonic clock: one offset read
         # now makes them wall-clock times. The two clocks drift apart by at most NTP's slew
         # (0.5 ms a second) and a batch waits at most FLUSH_INTERVAL, so the lines keep
-        # their millisecond; a step of the wall clock shows from the next flush on.
+        # their millisecond. A step of the wall clock between a call's end and the flush
+        # (at most FLUSH_INTERVAL, or FLUSH_CALLS calls) already shows in its line.
         offset = _time() - _clock()
         if not self.out.json:
             try:
