@@ -185,6 +185,17 @@ class RPCProtocol:
         return type(self).__name__
 
     def connectionMade(self) -> None:
+        # A reply is a small write that must leave now. With Nagle's algorithm on, the kernel
+        # holds it while an earlier reply is unacknowledged, and the client's delayed ACK
+        # rides on its next request: a call answered when the next one arrives (or after the
+        # 40 ms delayed-ACK timer). Over TLS the wrapper passes this to the TCP transport; a
+        # UNIX socket has no such option.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:  # the peer is already gone: the first read or write will say so
+                pass
         factory = self.factory
         limits = factory.limits
         dispatcher = factory.dispatcher

@@ -1290,3 +1290,22 @@ def test_frame_errors_are_logged_once_per_interval_with_a_count(log_events):
     assert len(lines()) == 1 and "10.1.1.1:7000" in lines()[0]
     factory.clock.advance(60)
     assert len(lines()) == 2 and "9 more" in lines()[1]
+
+
+class _TCPTransport(StringTransport):
+    """A transport with TCP's options, as Twisted's TCP transport (or TLS over it) has them."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+def test_a_tcp_connection_sends_each_reply_at_once_without_nagle():
+    # Nagle's algorithm would hold a reply while an earlier one is unacknowledged, until the
+    # client's next request brings the ACK: calls answered one request late.
+    protocol, transport = connect(make_factory(), transport_class=_TCPTransport)
+    assert transport.no_delay is True
+    # A transport without the option (a UNIX socket) connects as well.
+    protocol, transport = connect(make_factory())
+    assert protocol.connected
