@@ -118,3 +118,16 @@ def test_a_tls_verification_failure_is_not_blamed_on_rpcd_not_running(tls_port, 
 )
 def test_connect_failures_carry_a_hint(reason, hint):
     assert hint in ConnectFailed("tcp:127.0.0.1:5354", reason).hint
+
+
+def test_the_twisted_client_sends_each_call_at_once_without_nagle():
+    class TCPTransport(StringTransport):
+        no_delay = False
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.no_delay = enabled
+
+    transport = TCPTransport()
+    RPCConnection().makeConnection(transport)
+    assert transport.no_delay is True
+    RPCConnection().makeConnection(StringTransport())  # no such option (UNIX): connects too

@@ -98,6 +98,9 @@ class RPCConnection(Protocol):
             self._tls.callback(self)
 
     def connectionMade(self) -> None:
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)  # TCP, or TLS over it
+        if no_delay is not None:
+            no_delay(True)  # a call's frame leaves now, not once the last one is acknowledged
         if self._key is None:
             self._ready = succeed(self)
         else:  # cancelling the wait for the handshake drops the connection
