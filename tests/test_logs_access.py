@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import orjson
 
 from rpcd.logs import AccessLog, LogFile
@@ -36,9 +38,9 @@ def test_access_lines_text_and_json(tmp_path):
         for out in (text, js):
             log = AccessLog(out)
             ok = Request("math.add", (1, 2), 7)
-            log.access(_Call(ok), Response(ok, 3), 0.0012345)
+            log.access(_Call(ok), Response(ok, 3), 0.0012345, perf_counter())
             odd = Request("evil\n2026 info [x] forged", (), "a b")
-            log.access(_Call(odd), Response(odd, error=RPCError(-32603, "x")), 0.5)
+            log.access(_Call(odd), Response(odd, error=RPCError(-32603, "x")), 0.5, perf_counter())
             legacy = Request("ping", (), None, legacy=True)
             log.refused(legacy, _Sink(), RPCError(-32000, "busy"))
             out.flush()
@@ -69,14 +71,14 @@ def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
     log = AccessLog(out)
     for i in range(access.MAX_KEPT + 50):
         request = Request(f"m{i}", (), 1)
-        log.access(_Call(request), Response(request, None), 0.0)
+        log.access(_Call(request), Response(request, None), 0.0, perf_counter())
     unknown = Request("no such\nthing", (), 2)
     log.refused(unknown, _Sink(), RPCError(-32601, "method not found"))
     out.flush()
     kept = log._methods_kept
     assert 0 < len(kept) <= access.MAX_KEPT and "no such\nthing" not in kept
     again = Request("m3", (), 3)  # from the kept text
-    log.access(_Call(again), Response(again, None), 0.0)
+    log.access(_Call(again), Response(again, None), 0.0, perf_counter())
     out.close()
     lines = (tmp_path / "a.log").read_text().splitlines()
     assert len(lines) == access.MAX_KEPT + 52
@@ -89,8 +91,8 @@ def test_health_checks_get_no_access_line(tmp_path):
     out = LogFile(str(tmp_path / "q.log"))
     log = AccessLog(out, quiet=frozenset({"rpc.health"}))
     check, call = Request("rpc.health", (), 1), Request("ping", (), 2)
-    log.access(_Call(check), Response(check, {"status": "SERVING"}), 0.001)
-    log.access(_Call(call), Response(call, "pong"), 0.001)
+    log.access(_Call(check), Response(check, {"status": "SERVING"}), 0.001, perf_counter())
+    log.access(_Call(call), Response(call, "pong"), 0.001, perf_counter())
     out.flush()
     out.close()
     text = (tmp_path / "q.log").read_text()
@@ -104,7 +106,9 @@ def test_unicode_line_breaks_in_client_text_cannot_forge_a_line(tmp_path):
         log = AccessLog(out)
         for brk in ("\u2028", "\u2029", "\u0085", "\v", "\f"):
             odd = Request(f"m{brk}2026 info [x] forged", (), f"i{brk}d")
-            log.access(_Call(odd), Response(odd, error=RPCError(-32601, "x")), 0.001)
+            log.access(
+                _Call(odd), Response(odd, error=RPCError(-32601, "x")), 0.001, perf_counter()
+            )
         out.flush()
     finally:
         out.close()
@@ -118,7 +122,7 @@ def _lines(path) -> list[str]:
 
 def _ok(log: AccessLog, method: str, rid, seconds: float = 0.001) -> None:
     request = Request(method, (), rid)
-    log.access(_Call(request), Response(request, None), seconds)
+    log.access(_Call(request), Response(request, None), seconds, perf_counter())
 
 
 def test_lines_keep_the_order_of_events_around_other_log_lines(tmp_path):

@@ -74,9 +74,9 @@ class AccessLog:
 
     # -- the hot path: noting facts ---------------------------------------------------------
 
-    def access(self, call: Any, response: Any, duration: float, ended: float = 0.0) -> None:
+    def access(self, call: Any, response: Any, duration: float, ended: float) -> None:
         """One line per finished call: peer, method, id, duration in ms, outcome. `ended`
-        is the dispatcher's `perf_counter` reading at the call's end (0: read it now).
+        is the dispatcher's `perf_counter` reading at the call's end.
 
         The hot path: it only notes the facts, the flush formats them in a batch. The
         duration becomes an int here, where that is cheapest (a float multiply in the
@@ -86,7 +86,7 @@ class AccessLog:
         try:
             facts = self._facts
             facts += (
-                ended or _clock(),
+                ended,
                 call.sink.peer,
                 call.method.name,  # the registry's: one str object, its hash kept
                 call.request.id,
