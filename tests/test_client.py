@@ -256,6 +256,68 @@ def test_a_failed_send_fails_the_calls_queued_behind_it(tmp_path):
         assert isinstance(error, ConnectionLost) and "lost" in str(error), results
 
 
+def _notify_behind_a_held_send(c: Client, held: _HeldSends) -> dict:
+    """A call holds the send; a notification is queued behind it; then the send goes on."""
+    outcome: dict = {}
+
+    def call():
+        with contextlib.suppress(Exception):
+            c.call("first")
+
+    def notify():
+        try:
+            outcome["returned"] = c.notify("note")
+        except Exception as exc:
+            outcome["raised"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert held.entered.wait(5)
+    notifier = threading.Thread(target=notify)
+    notifier.start()
+    deadline = time.monotonic() + 5
+    while not c._conn.outbox:  # the notification is queued behind the held send
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)
+    outcome["waited"] = notifier.is_alive()  # it does not return before its frame is sent
+    held.release.set()
+    notifier.join(5)
+    caller.join(5)
+    assert not notifier.is_alive()
+    return outcome
+
+
+def test_a_notification_queued_behind_a_send_returns_once_sent(tmp_path):
+    received = []
+
+    def script(recv, send):
+        first, note = recv(), recv()
+        received.append(note["method"])
+        send({"jsonrpc": "2.0", "result": "ok", "id": first["id"]})
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    held = _hold_sends(c)
+    outcome = _notify_behind_a_held_send(c, held)
+    assert outcome == {"waited": True, "returned": None}
+    assert len(held.sends) == 2 and b'"note"' in held.sends[1]
+
+
+def test_a_notification_queued_behind_a_failed_send_raises(tmp_path):
+    def script(recv, send):
+        with contextlib.suppress(EOFError):
+            recv()
+
+    ScriptedPeer(tmp_path / "s", script)
+    c = Client(f"unix:{tmp_path}/s", timeout=5)
+    held = _hold_sends(c, BrokenPipeError(32, "Broken pipe"))
+    outcome = _notify_behind_a_held_send(c, held)
+    # Not lost in silence: its caller learns that it was not sent.
+    assert outcome["waited"] is True and "returned" not in outcome
+    assert isinstance(outcome["raised"], ConnectionLost), outcome
+
+
 def test_serial_calls_each_get_their_own_answer(tmp_path):
     def script(recv, send):
         first = recv()

@@ -216,6 +216,7 @@ class _Connection:
         "sock_timeout",
         "recv_within",
         "outbox",
+        "unsent",
         "flushing",
         "buffer",
         "spare",
@@ -250,6 +251,9 @@ class _Connection:
         self.recv_within = None if bound is None else bound * (1 - _SLACK_FRACTION) - _SLACK_SECONDS
         # Frames of calls queued while another caller is sending: it sends them with its own.
         self.outbox: list[bytes] = []
+        # The notifications among them, whose callers wait to learn that their frame went out
+        # (no reply will tell them): done once sent, failed with the connection otherwise.
+        self.unsent: list[_Slot] = []
         self.flushing = False
         self.pending: dict[int, _Slot] = {}
         # Slots whose callers are blocked in a wait: the reader wakes one when it stops reading.
@@ -627,8 +631,10 @@ class Client:
         One caller sends at a time (`flushing`: the send is its until the outbox is empty). A
         frame queued behind it goes out in its next `sendall`, so concurrent callers pipeline
         on the socket in few system calls; if that send fails, the connection breaks and a
-        call's wait raises ConnectionLost (a notification queued so is lost with it).
+        call's wait raises ConnectionLost. A notification has no reply to wait for: queued,
+        its caller waits for that send instead, and raises ConnectionLost if it failed.
         """
+        unsent = None
         while True:
             conn = self._connection()
             with self._lock:
@@ -640,11 +646,24 @@ class Client:
                     conn.pending[slot.id] = slot
                 if conn.flushing:
                     conn.outbox.append(frame)
-                    return
+                    if slots:
+                        return
+                    unsent = _Slot(0)
+                    unsent.waiter = waiter = threading.Lock()  # a gevent lock once patched
+                    waiter.acquire()
+                    conn.unsent.append(unsent)
+                    break
                 conn.flushing = True
                 # Other calls in flight: their callers may be about to send too.
                 contended = len(conn.pending) > len(slots)
                 break
+        if unsent is not None:
+            # Released by the flusher once its send is done, or by _break: bounded by that
+            # send's own timeout, as sending it ourselves would be.
+            waiter.acquire()
+            if unsent.error is not None:
+                raise unsent.error
+            return
         self._flush(conn, frame, contended)
 
     def _flush(self, conn: _Connection, frame: bytes | None, contended: bool) -> None:
@@ -654,17 +673,34 @@ class Client:
                 # Let the callers that are ready queue their frames first: one send for all.
                 time.sleep(0)
             while True:
+                sending = None  # the notifications this send carries
                 with self._lock:
                     queued = conn.outbox
                     if queued:
                         conn.outbox = []
+                        sending, conn.unsent = conn.unsent, []
                     elif frame is None:
                         conn.flushing = False
                         return
                 if queued:
                     frame = b"".join([frame, *queued] if frame is not None else queued)
-                conn.sock.sendall(frame)
+                try:
+                    conn.sock.sendall(frame)
+                except BaseException:
+                    if sending:
+                        # Its notifications fail with the connection (_break, next, fails
+                        # conn.unsent; if it ran already, they are failed here).
+                        with self._lock:
+                            conn.unsent[:0] = sending
+                            if conn.broken:
+                                lost = ConnectionLost(f"connection to {self.endpoint.text} lost")
+                                self._fail_unsent(conn, lost)
+                    raise
                 frame = None
+                if sending:
+                    for unsent in sending:
+                        unsent.done = True
+                        unsent.wake()
         except OSError as exc:
             raise self._send_failed(conn, exc) from exc
         except BaseException:
@@ -823,6 +859,15 @@ class Client:
         with self._lock:
             self._break(conn, ConnectionLost(f"connection to {self.endpoint.text} lost: {reason}"))
 
+    @staticmethod
+    def _fail_unsent(conn: _Connection, error: BaseException) -> None:
+        """Wake the notifiers whose frames will not be sent, with `error` (the lock is held)."""
+        for slot in conn.unsent:
+            slot.error = copy.copy(error)
+            slot.done = True
+            slot.wake()
+        conn.unsent.clear()
+
     def _break(self, conn: _Connection, error: BaseException) -> None:
         """Fail every pending call on `conn` with `error` and close it (the lock is held)."""
         if conn.broken:
@@ -835,6 +880,7 @@ class Client:
             slot.done = True
             slot.wake()
         conn.pending.clear()
+        self._fail_unsent(conn, error)
         try:
             conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in poll on it
         except OSError:
