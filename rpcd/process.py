@@ -73,7 +73,9 @@ class BlockingMonitor:
     iteration: it has not polled in between. Once that has lasted `max_blocking_time`, this
     names the method that greenlet's call runs and logs its stack. Nothing runs on the
     loop's side: no hook on greenlet switches (gevent's own monitor traces every one), no
-    marker per loop turn.
+    marker per loop turn. So blocked means the loop has not polled: a method that yields
+    only with `gevent.sleep(0)` runs again from the loop's callbacks without a poll (up to
+    50 times in a row), and is reported if those chunks add up to `max_blocking_time`.
     """
 
     def __init__(self, dispatcher: Any, max_blocking_time: float) -> None:
