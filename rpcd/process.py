@@ -7,6 +7,7 @@ is said while it is blocked (from a monitor thread of its own, which keeps runni
 
 from __future__ import annotations
 
+import _thread
 import resource
 import sys
 import time
@@ -81,7 +82,8 @@ class BlockingMonitor:
     def __init__(self, dispatcher: Any, max_blocking_time: float) -> None:
         self.dispatcher = dispatcher
         self.max_blocking_time = max_blocking_time
-        self.interval = max_blocking_time / 4  # reported once blocked for 1 to 1.25 times it
+        # Reported once blocked for 1 to 1.25 times it (a lock's wait has a longest timeout).
+        self.interval = min(max_blocking_time / 4, _thread.TIMEOUT_MAX)
         self._hub = gevent.get_hub()
         self._stopping: Any = None  # held while the thread runs; released to stop it
         self._stopped: Any = None  # held until the thread has ended
