@@ -139,6 +139,13 @@ class RPCProtocol:
     )
 
     factory: RPCFactory
+    # Whether dataReceived hands a chunk's frames to the session in line, rather than one by
+    # one to stringReceived: not for a subclass that wraps that per-frame hook (rpcd.metrics).
+    _frames_inline = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._frames_inline = cls.stringReceived is RPCProtocol.stringReceived
 
     def __init__(self) -> None:
         self.factory = None  # type: ignore[assignment]  # buildProtocol sets it
@@ -412,7 +419,7 @@ class RPCProtocol:
             session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
-        if type(self).stringReceived is not RPCProtocol.stringReceived:
+        if not self._frames_inline:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
         taken = False
@@ -430,7 +437,10 @@ class RPCProtocol:
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
-        if taken and self._idle_due is not None:
+        # With a call of its own pending the connection is not idle, and deliver reads the
+        # clock when the last one is answered, later than now: the usual chunk (its calls
+        # queued) needs no clock read.
+        if taken and self._idle_due is not None and not session.calls:
             self._last_frame = self.factory.clock.seconds()
 
     def _frames_to_string_received(self) -> None:
