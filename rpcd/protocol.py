@@ -139,13 +139,6 @@ class RPCProtocol:
     )
 
     factory: RPCFactory
-    # Whether dataReceived hands a chunk's frames to the session in line, rather than one by
-    # one to stringReceived: not for a subclass that wraps that per-frame hook (rpcd.metrics).
-    _frames_inline = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._frames_inline = cls.stringReceived is RPCProtocol.stringReceived
 
     def __init__(self) -> None:
         self.factory = None  # type: ignore[assignment]  # buildProtocol sets it
@@ -419,7 +412,10 @@ class RPCProtocol:
             session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
-        if not self._frames_inline:
+        # The exact class (the usual case) is told by identity, before any class attribute is
+        # looked up (not a cached lookup, in this Python).
+        cls = type(self)
+        if cls is not RPCProtocol and cls.stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
         taken = False
