@@ -412,8 +412,8 @@ class RPCProtocol:
             session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
-        # The exact class (the usual case) is told by identity, before any class attribute is
-        # looked up (not a cached lookup, in this Python).
+        # The exact class first (the usual case): one identity test, where reading a class
+        # attribute (through the instance or the type) is an uncached lookup each time.
         cls = type(self)
         if cls is not RPCProtocol and cls.stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
@@ -421,7 +421,8 @@ class RPCProtocol:
         taken = False
         try:
             # The session takes the chunk's frames itself, back to us at each decision (the
-            # pauses and closing are looked at then); the idle clock is read once per chunk.
+            # pauses and closing are looked at then); the idle clock is read at most once per
+            # chunk, below.
             while not self._pauses and not self._closed:
                 decision = session.receive_frames(decoder)
                 if decision is None:
