@@ -237,11 +237,13 @@ def _tcp_read_callback(reactor: GeventReactor) -> Any:
                         connection.protocol.dataReceived(data)
                         return
                     why = CONNECTION_DONE
+                in_read = True  # doRead returned why: a ConnectionDone is then a half-close
             except BaseException:
                 why = sys.exc_info()[1]
+                in_read = False
                 log.err()
             if why:
-                disconnect(connection, why, True)
+                disconnect(connection, why, in_read)
         except KeyboardInterrupt:
             raise
         except BaseException:

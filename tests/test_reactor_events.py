@@ -309,3 +309,14 @@ def test_a_tcp_connection_whose_doRead_is_replaced_is_read_through_it():
         assert "data" not in seen and "lost" not in seen
     finally:
         _stop(reactor, client)
+
+
+def test_a_connection_done_raised_by_dataReceived_is_no_half_close():
+    # As on_event: only what doRead returns can be a half-close, not what it raises.
+    reactor, seen, client = _serve(_HalfCloseableServer, raises=error.ConnectionDone())
+    try:
+        client.sendall(b"x")
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert "read lost" not in seen and seen["lost"].check(error.ConnectionDone)
+    finally:
+        _stop(reactor, client)
