@@ -412,13 +412,17 @@ class RPCProtocol:
             session = self._open_session()
         decoder = self._decoder
         decoder.receive(data)
-        if type(self).stringReceived is not RPCProtocol.stringReceived:
+        # The exact class first (the usual case): one identity test, where reading a class
+        # attribute (through the instance or the type) is an uncached lookup each time.
+        cls = type(self)
+        if cls is not RPCProtocol and cls.stringReceived is not RPCProtocol.stringReceived:
             self._frames_to_string_received()  # a subclass wraps the per-frame hook: keep it
             return
         taken = False
         try:
             # The session takes the chunk's frames itself, back to us at each decision (the
-            # pauses and closing are looked at then); the idle clock is read once per chunk.
+            # pauses and closing are looked at then); the idle clock is read at most once per
+            # chunk, below.
             while not self._pauses and not self._closed:
                 decision = session.receive_frames(decoder)
                 if decision is None:
@@ -430,7 +434,10 @@ class RPCProtocol:
                     self._decided(decision)
         except wire.FrameTooLarge as error:  # the decoder dropped its buffer: nothing is kept
             self._frame_too_large(error)
-        if taken and self._idle_due is not None:
+        # With a call of its own pending the connection is not idle, and deliver reads the
+        # clock when the last one is answered, later than now: the usual chunk (its calls
+        # queued) needs no clock read.
+        if taken and self._idle_due is not None and not session.calls:
             self._last_frame = self.factory.clock.seconds()
 
     def _frames_to_string_received(self) -> None:

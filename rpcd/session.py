@@ -232,10 +232,8 @@ class Session:
         dispatcher = self._dispatcher  # its submit called as a method: no bound method made
         sink = self._sink
         direct = self._direct
-        max_batch = self._max_batch
-        max_method_bytes = self._max_method_bytes
         taken = False
-        for message in frames.messages(max_batch, max_method_bytes):
+        for message in frames.messages(self._max_batch, self._max_method_bytes):
             taken = True
             inflight = len(calls)
             if (

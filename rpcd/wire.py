@@ -299,6 +299,13 @@ class FrameDecoder:
                     # chance in a new buffer): start again from where the decoder is.
                     break
                 start = offset + 4
+            else:
+                if offset == size and self._parts is None:
+                    # Every frame taken and nothing queued (the usual end of a chunk): let
+                    # the chunk go, as _next_frame_slow would, without the call.
+                    self._buffer = b""
+                    self._offset = 0
+                    return
             body = self._next_frame_slow()
             if body is None:
                 return

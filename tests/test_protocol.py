@@ -568,6 +568,25 @@ def test_no_idle_close_while_a_call_is_pending():
     assert transport.disconnecting
 
 
+def test_frames_that_come_while_calls_are_pending_count_from_the_last_answer():
+    clock = Clock()
+    dispatcher = RecordingDispatcher()
+    protocol, transport = connect(make_factory(dispatcher, clock, idle_timeout=10))
+    clock.advance(1)
+    protocol.dataReceived(frame(call("echo", id=1)))
+    clock.advance(2)  # t = 3
+    protocol.dataReceived(frame(call("echo", id=2)) + frame(b"garbage"))
+    clock.advance(2)  # t = 5
+    first, second = dispatcher.submitted
+    dispatcher.finish(second)
+    clock.advance(1)  # t = 6: idle from here
+    dispatcher.finish(first)
+    clock.advance(9.999)
+    assert not transport.disconnecting
+    clock.advance(0.001)
+    assert transport.disconnecting
+
+
 def test_idle_timeout_zero_means_never():
     clock = Clock()
     _, transport = connect(make_factory(clock=clock, idle_timeout=0))

@@ -8,13 +8,18 @@ transport; each case runs the reactor until the descriptor is disconnected.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 import pytest
-from twisted.internet import error
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IReadDescriptor
+from twisted.internet import error, protocol
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IHalfCloseableProtocol,
+    IReadDescriptor,
+)
 from twisted.logger import globalLogPublisher
-from twisted.python import context, log
+from twisted.python import context, failure, log
 from twisted.python.log import ILogContext
 from zope.interface import implementer
 
@@ -176,3 +181,142 @@ def test_a_watcher_stopped_by_an_interrupt_neither_breaks_the_tables_nor_the_des
     finally:
         for sock in (ours, theirs, other_ours, other_theirs):
             sock.close()
+
+
+# -- a TCP server connection's read: on_event's outcome, doRead's steps in one callback ------
+
+
+class _Server(protocol.Protocol):
+    """Records what it is told, and the log `system` it is told it in."""
+
+    def __init__(self, seen: dict, raises: BaseException | None = None) -> None:
+        self.seen, self.raises = seen, raises
+
+    def connectionMade(self) -> None:
+        self.seen["transport"] = self.transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.seen.setdefault("data", b"")
+        self.seen["data"] += data
+        self.seen["system"] = context.get(ILogContext)["system"]
+        if self.raises is not None:
+            raise self.raises
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.seen["lost"] = reason
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloseableServer(_Server):
+    def readConnectionLost(self) -> None:
+        self.seen["read lost"] = True
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        raise AssertionError("never written")
+
+
+def _serve(kind: type = _Server, raises: BaseException | None = None) -> tuple[Any, dict, Any]:
+    reactor = GeventReactor()
+    seen: dict = {}
+    port = reactor.listenTCP(
+        0, protocol.Factory.forProtocol(lambda: kind(seen, raises)), interface="127.0.0.1"
+    )
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    _iterate_until(reactor, lambda: "transport" in seen)
+    return reactor, seen, client
+
+
+def _stop(reactor: GeventReactor, client: socket.socket) -> None:
+    client.close()
+    for selectable in reactor.removeAll():
+        selectable.connectionLost(failure.Failure(error.ConnectionDone()))
+
+
+def test_a_tcp_connection_is_read_by_its_own_callback_under_its_prefix():
+    reactor, seen, client = _serve()
+    try:
+        transport = seen["transport"]
+        assert reactor._reads[transport.fileno()].callback is reactor._on_tcp_read
+        client.sendall(b"hello")
+        _iterate_until(reactor, lambda: seen.get("data") == b"hello")
+        assert seen["system"] == transport.logPrefix()
+        assert context.get(ILogContext)["system"] == "-"  # the prefix held only during the event
+        assert "lost" not in seen
+    finally:
+        _stop(reactor, client)
+
+
+def test_a_tcp_peer_that_closes_is_connection_done():
+    reactor, seen, client = _serve()
+    try:
+        client.close()
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert seen["lost"].check(error.ConnectionDone)
+    finally:
+        _stop(reactor, client)
+
+
+def test_a_tcp_peer_that_half_closes_is_a_read_connection_lost_for_a_half_closeable_protocol():
+    reactor, seen, client = _serve(_HalfCloseableServer)
+    try:
+        client.sendall(b"last")
+        client.shutdown(socket.SHUT_WR)
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert seen["data"] == b"last" and seen["read lost"] is True
+        assert seen["lost"].check(error.ConnectionDone)
+    finally:
+        _stop(reactor, client)
+
+
+def test_a_tcp_reset_is_connection_lost():
+    reactor, seen, client = _serve()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # an RST: recv fails with ECONNRESET
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert seen["lost"].check(error.ConnectionLost)
+    finally:
+        _stop(reactor, client)
+
+
+def test_an_exception_in_dataReceived_is_logged_under_the_prefix_and_disconnects(events):
+    reactor, seen, client = _serve(raises=ValueError("boom"))
+    try:
+        prefix = seen["transport"].logPrefix()
+        client.sendall(b"x")
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert seen["lost"].check(ValueError)
+        (logged,) = [e for e in events if e.get("isError")]
+        assert logged["failure"].check(ValueError) and logged["system"] == prefix
+        assert context.get(ILogContext)["system"] == "-"
+    finally:
+        _stop(reactor, client)
+
+
+def test_a_tcp_connection_whose_doRead_is_replaced_is_read_through_it():
+    # abortConnection replaces doRead (with one that reads nothing) once it stopped reading:
+    # reading started again goes through the replacement, as on_event would.
+    reactor, seen, client = _serve()
+    try:
+        transport = seen["transport"]
+        transport.stopReading()
+        transport.doRead = lambda: None
+        transport.startReading()
+        assert reactor._reads[transport.fileno()].callback is reactor._on_read
+        client.sendall(b"ignored")
+        reactor.iterate(0.1)
+        assert "data" not in seen and "lost" not in seen
+    finally:
+        _stop(reactor, client)
+
+
+def test_a_connection_done_raised_by_dataReceived_is_no_half_close():
+    # As on_event: only what doRead returns can be a half-close, not what it raises.
+    reactor, seen, client = _serve(_HalfCloseableServer, raises=error.ConnectionDone())
+    try:
+        client.sendall(b"x")
+        _iterate_until(reactor, lambda: "lost" in seen)
+        assert "read lost" not in seen and seen["lost"].check(error.ConnectionDone)
+    finally:
+        _stop(reactor, client)

@@ -710,6 +710,24 @@ def test_a_decoder_with_every_frame_taken_keeps_no_chunk():
     assert _drain(decoder) == [b"third"]
 
 
+def test_a_messages_loop_that_takes_every_frame_keeps_no_chunk():
+    decoder = wire.FrameDecoder(100)
+    chunk = b"".join(wire.encode_frame(body) for body in _calls(3))
+    before = sys.getrefcount(chunk)
+    decoder.receive(chunk)
+    assert list(decoder.messages()) == [wire.decode(body) for body in _calls(3)]
+    assert sys.getrefcount(chunk) == before and decoder.buffered() == 0
+    # A partial frame left at the end is kept, whole or joined from pieces.
+    first, second = wire.encode_frame(_calls(2)[0]), wire.encode_frame(_calls(2)[1])
+    decoder.receive(first + second[:2])
+    assert list(decoder.messages()) == [wire.decode(_calls(2)[0])]
+    decoder.receive(second[2:7])
+    assert list(decoder.messages()) == [] and decoder.buffered() == 7
+    decoder.receive(second[7:])
+    assert list(decoder.messages()) == [wire.decode(_calls(2)[1])]
+    assert decoder.buffered() == 0
+
+
 def test_take_buffered_hands_on_what_follows():
     decoder = wire.FrameDecoder(100)
     decoder.receive(wire.encode_frame(b"first") + b"\x00\x00")
