@@ -291,18 +291,33 @@ class Session:
 
     def finished(self, call: Any, response: Response) -> int | None:
         """The dispatcher answered `call` (or cancelled it with this response)."""
+        out = self.answered(call, response)
+        if type(out) is bytes:
+            self._send(out)
+            return None
+        return out
+
+    def answered(self, call: Any, response: Response) -> bytes | int | None:
+        """`finished`, except that the usual reply (a direct route, no slot awaited, nothing
+        held, still reading) comes back as its frame body, for the glue to write itself: the
+        reply path's one call to `send` less. Anything else is sent and decided as `finished`
+        does (bytes are never a decision)."""
         calls = self.calls
         was_full = len(calls) >= self._max_inflight
         calls.pop(call, None)
         route = call.route
         if route is self._direct:  # _Direct.reply, in line for the usual call
-            if not response.request.notification:
-                self._send(encode(response, self._max_reply_bytes))
-        else:
-            route.reply(response)
+            if was_full or self._held or self._read_closed:
+                if not response.request.notification:
+                    self._send(encode(response, self._max_reply_bytes))
+                return self._slot_freed(was_full)
+            if response.request.notification:
+                return None
+            return encode(response, self._max_reply_bytes)
+        route.reply(response)
         if was_full or self._held or self._read_closed:
             return self._slot_freed(was_full)
-        return None  # the usual answer: no slot awaited, nothing held, still reading
+        return None
 
     def _slot_freed(self, was_full: bool) -> int | None:
         """After a reply: submit what the cap held, and say whether to resume or close."""
