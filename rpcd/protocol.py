@@ -139,6 +139,7 @@ class RPCProtocol:
         "_small_prefixes",
         "_tcp",
         "_fd",
+        "_spilled",
     )
 
     factory: RPCFactory
@@ -180,6 +181,7 @@ class RPCProtocol:
         # transport itself or the one under the PROXY wrapper; None for TLS and the rest.
         self._tcp: TCPServer | None = None
         self._fd = -1  # its socket's descriptor, written with os.write while it is connected
+        self._spilled = False  # the transport was handed bytes (that it may still hold)
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -567,13 +569,7 @@ class RPCProtocol:
             # _write, in line for the usual reply (one Python call less per reply).
             data = prefix + string
             tcp = self._tcp
-            if (
-                tcp is not None
-                and tcp.connected
-                and not tcp.dataBuffer
-                and not tcp._tempDataLen
-                and not tcp._writeDisconnected
-            ):
+            if tcp is not None and tcp.connected and not (self._spilled and self._spill_left(tcp)):
                 try:
                     sent = _send(self._fd, data)
                 except OSError:  # EAGAIN, or the peer is gone: the transport's write finds out
@@ -581,6 +577,7 @@ class RPCProtocol:
                 if sent == length + 4:
                     return
                 data = data[sent:]
+            self._spilled = True
             self.transport.write(data)
 
     def _flush(self) -> None:
@@ -598,15 +595,14 @@ class RPCProtocol:
         kernel does not take (or a send that fails) goes to the transport, which keeps the
         order, the write-buffer limit (`max_outbuf`) and the error handling as before. Only
         on plain TCP (`_tcp`, directly or behind the PROXY wrapper); TLS keeps Twisted's path.
+
+        Whether the transport still holds bytes is asked of it only after it was handed some
+        (`_spilled`): its `dataBuffer` is a class attribute until its first write, which
+        CPython 3.11 looks up the slow way each time. (rpcd never half-closes its side, so
+        the transport's `_writeDisconnected` stays False.)
         """
         tcp = self._tcp
-        if (
-            tcp is not None
-            and tcp.connected
-            and not tcp.dataBuffer
-            and not tcp._tempDataLen
-            and not tcp._writeDisconnected
-        ):
+        if tcp is not None and tcp.connected and not (self._spilled and self._spill_left(tcp)):
             try:
                 sent = _send(self._fd, data)
             except OSError:  # EAGAIN, or the peer is gone: the transport's write finds out
@@ -614,7 +610,15 @@ class RPCProtocol:
             if sent == len(data):
                 return
             data = data[sent:]
+        self._spilled = True
         self.transport.write(data)
+
+    def _spill_left(self, tcp: TCPServer) -> bool:
+        """Whether the transport still holds bytes it was handed (else it is not spilled)."""
+        if tcp.dataBuffer or tcp._tempDataLen:
+            return True
+        self._spilled = False
+        return False
 
 
 def _names_no_client(transport: Any) -> bool:
