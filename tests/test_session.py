@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rpcd import auth, wire
 from rpcd.session import (
@@ -411,3 +413,50 @@ def test_a_parse_error_on_a_jsonrpc_connection_stays_jsonrpc():
     peer.receive(b"{not json")
     [error] = peer.out()
     assert error["jsonrpc"] == "2.0" and error["id"] is None and error["error"]["code"] == -32700
+
+
+# -- the usual reply handed back (Session.answered) ---------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()  # NaN and the infinities included: JSON has neither
+    | st.text()
+)
+_results = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None)
+@given(_results, st.integers(-(2**63), 2**64 - 1) | st.text(), st.sampled_from([None, 40, 10**6]))
+def test_the_usual_reply_comes_back_as_the_body_wire_encode_writes(result, rid, limit):
+    peer = Peer(max_reply_bytes=limit)
+    peer.receive(call("echo", id=rid))
+    [submitted] = peer.dispatcher.submitted
+    submitted.done = True
+    body = peer.session.answered(submitted, Response(submitted.request, result))
+    # Whatever the result (NaN, too large, not JSON): the frame encode makes of it, nothing sent.
+    assert body == wire.encode(Response(submitted.request, result), limit)
+    assert peer.sent == [] and not peer.session.calls
+
+
+def test_answered_hands_back_no_body_for_a_notification_or_a_route_of_its_own():
+    peer = Peer()
+    peer.receive({"jsonrpc": "2.0", "method": "note"})
+    peer.receive({"in": "old"})
+    note, legacy = peer.dispatcher.submitted
+    assert peer.session.answered(note, Response(note.request, 1)) is None
+    assert peer.session.answered(legacy, Response(legacy.request, 2)) is None
+    assert peer.out() == [{"out": "old", "result": 2}]  # the legacy route sent its own
+
+
+def test_answered_sends_itself_and_decides_when_a_slot_was_awaited():
+    peer = Peer(max_inflight=1)
+    assert peer.receive(call("a", id=1)) == PAUSE
+    [first] = peer.dispatcher.submitted
+    assert peer.session.answered(first, Response(first.request, "A")) == RESUME
+    assert peer.out() == [{"jsonrpc": "2.0", "result": "A", "id": 1}]
