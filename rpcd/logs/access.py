@@ -4,9 +4,9 @@ dispatcher's journal (`rpcd.stats`) when the log flushes."""
 from __future__ import annotations
 
 import time
-from itertools import compress, repeat
+from itertools import compress
 from math import floor
-from operator import itemgetter, mul
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -144,12 +144,17 @@ class AccessLog:
     def render(self, facts: list) -> str:
         """The access lines of journaled calls (LOG_WIDTH values each, see rpcd.stats), in
         the log file's format."""
+        if not facts:
+            return ""
         # A line's columns, in its order (the latencies are the stats' only).
         columns = [facts[i::LOG_WIDTH] for i in (END, PEER, NAME, ID, RAN, ERROR)]
         names, errors = columns[2], columns[5]
         keep = None
         quiet = self.quiet
-        if quiet and not quiet.isdisjoint(names):
+        if names.count(names[0]) == len(names):  # one method (a count by identity, in C)
+            if names[0] in quiet:
+                return ""
+        elif quiet and not quiet.isdisjoint(names):
             keep = [name not in quiet for name in names]
         if any(errors):
             for i in compress(range(len(errors)), errors):
@@ -190,7 +195,7 @@ class AccessLog:
         kept text, looked up in C for the whole column (`itemgetter`); a piece not seen
         before (a new peer, method or duration) costs Python work once."""
         failed = list(compress(range(len(errors)), errors))  # the rows with an error
-        micros = list(map(floor, map(mul, ran, repeat(1e6))))  # each run time, in whole us
+        micros = [floor(seconds * 1e6) for seconds in ran]  # each run time, in whole us
         columns = list(self._heads(ends, offset))
         methods = self._methods(names, errors, failed)
         if methods.count(methods[0]) == len(methods):
@@ -220,7 +225,7 @@ class AccessLog:
         end a millisecond counted from the batch's first, an index into the texts of the
         batch's milliseconds."""
         # The first and last ends bound the batch's (the loop notes them in order); an end
-        # outside them has no text in `table` below, and the batch takes the slow way.
+        # outside them has no text in the batch's slice below, and it takes the slow way.
         low = floor((ends[0] + offset) * 1000.0) - 1  # a millisecond to spare each side:
         high = floor((ends[-1] + offset) * 1000.0) + 1  # the sums below round differently
         try:
@@ -228,10 +233,12 @@ class AccessLog:
                 raise KeyError(high - low)
             shift = offset * 1000.0 - low
             at = [floor(end * 1000.0 + shift) for end in ends]
+            if min(at) < 0:  # out of order: a list index would count from the end
+                raise KeyError(min(at))
             start = low % 1000
-            table = dict(enumerate(_MILLISECOND_HEAD[start : start + high - low + 1]))
-            fractions = _lookup(table, at)
-        except KeyError:
+            # A list, not a dict: it is made per batch (a slice), and indexed faster.
+            fractions = _lookup(_MILLISECOND_HEAD[start : start + high - low + 1], at)
+        except (KeyError, IndexError):  # IndexError: an end past the last
             ms = _milliseconds(ends, offset)
             stamps = {n: self._second_text(n) for n in {m // 1000 for m in ms}}
             return [stamps[m // 1000] for m in ms], [_MILLISECOND_HEAD[m % 1000] for m in ms]
@@ -285,7 +292,7 @@ class AccessLog:
             return f"{self.out.time_text(when)} error [rpcd.logs] bad access line: {exc!r}\n"
 
 
-def _lookup(table: dict, keys: list, uniform: bool = False) -> Any:
+def _lookup(table: Any, keys: list, uniform: bool = False) -> Any:
     """table[key] for each key, in C (KeyError if one is missing). `uniform`: the keys are
     often all one (one connection, one method), which is cheaper to see than to look up."""
     if uniform and keys[0] is keys[-1] and keys.count(keys[0]) == len(keys):
