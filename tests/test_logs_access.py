@@ -208,3 +208,40 @@ def test_calls_wait_to_be_written_in_bounded_batches(tmp_path):
     _ok(log, "m", -1)
     out.close()
     assert _lines(path)[-1].endswith(" m id=-1 1.000 ms ok")
+
+
+def test_a_dispatchers_calls_get_their_lines_and_their_figures(tmp_path):
+    import pytest
+
+    from rpcd.dispatch import Dispatcher
+    from rpcd.methods import Registry
+    from tests.conftest import CollectingSink
+
+    registry = Registry()
+    registry.add("add", lambda a, b: a + b)
+    registry.add("rpc.health", lambda: {"status": "SERVING"}, builtin=True)
+    dispatcher = Dispatcher(registry, max_workers=1, queue_size=10)
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out, quiet=frozenset({"rpc.health"}))
+    log.follow(dispatcher.stats)
+    sink = CollectingSink()
+    dispatcher.submit(Request("add", (1, 2), 1), sink)
+    dispatcher.submit(Request("add", (1,), 2), sink)  # -32602
+    dispatcher.submit(Request("rpc.health", (), 3), sink)  # quiet: counted, no line
+    sink.wait_count(3)
+    with pytest.raises(RPCError):
+        dispatcher.submit(Request("nosuch", (), 4), sink)  # refused: a line
+    dispatcher.cancel(dispatcher.submit(Request("add", (3, 4), 5), sink))  # no answer, no line
+    summary = dispatcher.stats.summary()  # read before the flush: every call counts
+    assert summary["methods"]["add"]["count"] == 3 and summary["methods"]["add"]["errors"] == 2
+    assert summary["methods"]["rpc.health"]["count"] == 1
+    assert summary["errors"] == {"-32602": 1, "-32601": 1, "-32006": 1}
+    out.close()
+    lines = [line.split("] ", 1)[1] for line in _lines(tmp_path / "a.log")]
+    assert [line.rsplit(" ", 3)[0] for line in lines] == [
+        f"{sink.peer} add id=1",
+        f"{sink.peer} add id=2",
+        f"{sink.peer} nosuch id=4",
+    ]
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["ok", "-32602", "-32601"]
+    dispatcher.stop_workers()
