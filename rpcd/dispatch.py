@@ -15,6 +15,7 @@ import inspect
 import math
 from collections import deque
 from collections.abc import Callable
+from math import floor
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -330,7 +331,7 @@ class Dispatcher:
         else:  # journaled, for its access line (rpcd.stats)
             journal = stats.journal
             peer = getattr(sink, "peer", "-")
-            journal += (request.method, None, error, perf_counter(), peer, request.id, 0.0)
+            journal += (request.method, None, error, perf_counter(), peer, request.id, 0)
             if len(journal) >= stats.due:
                 stats.fold()
         if self.on_refused is not None:
@@ -564,7 +565,7 @@ class Dispatcher:
                         ended,
                         sink.peer,
                         call.request.id,
-                        ended - started,
+                        floor((ended - started) * 1e6),  # us: one op here, none at the flush
                     )
                 if len(journal) >= stats.due:
                     stats.fold()
@@ -687,7 +688,8 @@ class Dispatcher:
             # Latency as the client sees it: from acceptance (queue wait included) to the reply.
             latency = ended - call.accepted_at
             if stats.follower is not None:
-                journal += (name, latency, error, ended, sink.peer, call.request.id, duration)
+                us = floor(duration * 1e6)
+                journal += (name, latency, error, ended, sink.peer, call.request.id, us)
             elif error is None:
                 journal += (name, latency)
             else:  # the figures journal successes only: a failure is counted now

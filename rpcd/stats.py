@@ -37,7 +37,7 @@ FOLD_AT = 256
 # latency (None: refused before it was queued, so it has no histogram: the name is the
 # client's), the error (an RPCError; None: ok; NO_ANSWER: cancelled with no answer sent),
 # and for its access line the call's end (a perf_counter reading), the peer, the request id
-# and the run time in seconds.
+# and the run time in whole microseconds.
 NAME, LATENCY, ERROR, END, PEER, ID, RAN = range(7)
 STATS_WIDTH = 2
 LOG_WIDTH = 7

@@ -178,7 +178,6 @@ class AccessLog:
             except Exception:  # odd facts: each line on its own, a bad one reported as such
                 pass
         columns[0] = _milliseconds(columns[0], offset)
-        columns[4] = [_micros(seconds) for seconds in columns[4]]
         return "".join(map(self.line, *columns))
 
     def _text_lines(
@@ -188,14 +187,13 @@ class AccessLog:
         peers: list,
         names: list,
         ids: list,
-        ran: list,
+        micros: list,
         errors: list,
     ) -> str:
         """The text lines of a batch, built column by column: each of a line's pieces is a
         kept text, looked up in C for the whole column (`itemgetter`); a piece not seen
         before (a new peer, method or duration) costs Python work once."""
         failed = list(compress(range(len(errors)), errors))  # the rows with an error
-        micros = [floor(seconds * 1e6) for seconds in ran]  # each run time, in whole us
         columns = list(self._heads(ends, offset))
         methods = self._methods(names, errors, failed)
         if methods.count(methods[0]) == len(methods):
@@ -331,14 +329,6 @@ def _millisecond(end: Any, offset: float) -> int:
         return floor((end + offset) * 1000.0)
     except Exception:
         return floor(_time() * 1000.0)
-
-
-def _micros(seconds: Any) -> Any:
-    """A run time in whole microseconds (an odd one as it is: its line reports it)."""
-    try:
-        return floor(seconds * 1e6)
-    except Exception:
-        return seconds
 
 
 def _peer_text(peer: str) -> str:
