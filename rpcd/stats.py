@@ -5,10 +5,11 @@ about an hour, so a percentile is read to within 19 % and memory never grows wit
 Only registered methods get a histogram, so client-chosen names cannot grow it either.
 
 Recording is on every call's path and reading is rare, so the dispatcher only appends each
-finished call's facts to a flat list, the *journal* (no Python call per call); the journal
-is folded into the histograms when the figures are read or when it reaches its bound, a
-batch at a time (a sort and a bisection per bucket reached, instead of work per call). The
-access log renders its lines from the same facts: each batch folded is handed to it.
+finished call's facts to a flat list, the *journal*, in line (no Python call for a call that
+succeeded); the journal is folded into the histograms when the figures are read or when it
+reaches its bound, a batch at a time (a sort and a bisection per bucket reached, instead of
+work per call). The access log renders its lines from the same facts: each batch folded is
+handed to it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable
 from itertools import compress, repeat
-from operator import is_, not_
+from operator import eq, not_
 from typing import Any
 
 from rpcd.wire import CANCELLED, RPCError
@@ -224,7 +225,7 @@ class CallStats:
         distinct = set(names)
         if len(distinct) <= _FEW_METHODS:
             for name in distinct:
-                self._histogram(name).extend(compress(latencies, map(is_, names, repeat(name))))
+                self._histogram(name).extend(compress(latencies, map(eq, names, repeat(name))))
             return
         for name, seconds in zip(names, latencies, strict=True):
             self._histogram(name).record(seconds)

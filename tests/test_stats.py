@@ -176,3 +176,13 @@ def test_a_follower_is_handed_every_call_once_in_order():
     assert summary["errors"] == {"-32602": 1, "-32601": 1, "-32006": 1}
     assert "nosuch" not in summary["methods"]
     dispatcher.stop_workers()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "".join(["a"])] + [f"m{i}" for i in range(12)])))
+def test_a_batch_of_many_methods_counts_each_once(names):
+    stats = CallStats()
+    for name in names:  # "".join(["a"]): another object equal to "a", as a reloaded module's
+        _succeeded(stats, name, 0.001)
+    counts = {name: h.count for name, h in stats.methods.items()}
+    assert counts == {name: names.count(name) for name in set(names)}
