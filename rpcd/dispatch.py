@@ -4,6 +4,9 @@ Calls arrive as decoded `Request`s with a *sink* (the connection) that receives 
 `Response` and any streamed items. Workers are started on demand up to `max_workers` and
 kept warm; the queue holds at most `queue_size` calls that no worker has taken yet, and a
 call that does not fit is refused at once with -32000, never silently dropped.
+
+Every call answered, and every request refused, leaves its facts in the journal
+(`rpcd.stats`): the stats fold them when read, the access log renders them at its flush.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import inspect
 import math
 from collections import deque
 from collections.abc import Callable
+from math import floor
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -24,10 +28,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from rpcd.methods import Method, Registry
-from rpcd.stats import CallStats
+from rpcd.stats import NO_ANSWER, CallStats
 from rpcd.wire import (
     CALL_TIMEOUT,
-    CANCELLED,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     SERVER_BUSY,
@@ -47,7 +50,10 @@ _switch = greenlet.switch
 
 
 class Sink(Protocol):
-    """Where a call's results go: the connection that asked for it."""
+    """Where a call's results go: the connection that asked for it. Its `peer` (host:port)
+    is journaled with each call it is answered (the access line names it)."""
+
+    peer: str
 
     def deliver(self, call: Call, response: Response) -> None: ...
 
@@ -180,7 +186,6 @@ class Dispatcher:
         queue_size: int = 10000,
         max_streams: int = 1000,
         call_timeout: float = 30.0,
-        on_complete: Callable[[Call, Response, float, float], None] | None = None,
         on_refused: Callable[[Request, Sink, RPCError], None] | None = None,
         workers_prestart: int = 0,
         while_draining: frozenset[str] = frozenset(),
@@ -191,7 +196,6 @@ class Dispatcher:
         self.queue_size = queue_size
         self.max_streams = max_streams  # streams open at once, each in a greenlet of its own
         self.call_timeout = call_timeout
-        self.on_complete = on_complete  # (call, response, its run time, perf_counter at its end)
         self.on_refused = on_refused  # a request refused at submit, never a Call
         # Methods still accepted once a drain starts: the health checks, so a balancer hears
         # NOT_SERVING on a connection it keeps open rather than an error.
@@ -218,6 +222,7 @@ class Dispatcher:
         # Sinks whose peer lags (unsent replies past the connection's bound) -> what waits for
         # it to read: streams (their Events) and calls not started yet (Calls).
         self._lagging: dict[Sink, list[Event | Call]] = {}
+        # The figures of the calls answered; each call's facts go in their journal, in line.
         self.stats = CallStats()
         # True while a worker runs a call that the next queued call follows on the same sink:
         # the sink may then hold its output (`hold`) until the burst ends, to write the replies
@@ -331,7 +336,15 @@ class Dispatcher:
 
     def _refuse(self, request: Request, sink: Sink, error: RPCError) -> None:
         """Count and log `error` as the answer to a request never accepted, and raise it."""
-        self.stats.refused(error.code)
+        stats = self.stats
+        if stats.follower is None:
+            stats.refused(error.code)
+        else:  # journaled, for its access line (rpcd.stats)
+            journal = stats.journal
+            peer = getattr(sink, "peer", "-")
+            journal += (request.method, None, error, perf_counter(), peer, request.id, 0)
+            if len(journal) >= stats.due:
+                stats.fold()
         if self.on_refused is not None:
             self.on_refused(request, sink, error)
         raise error
@@ -546,10 +559,27 @@ class Dispatcher:
             ended = perf_counter()
             call.done = True
             self._in_flight -= 1
-            self.stats.record(call.method.name, ended - call.accepted_at, None)
-            call.sink.deliver(call, call)
-            if self.on_complete is not None:
-                self.on_complete(call, call, ended - started, ended)
+            sink = call.sink
+            try:
+                sink.deliver(call, call)
+            finally:  # journaled once delivered: the access line comes after what that logged
+                stats = self.stats
+                journal = stats.journal
+                if stats.follower is None:  # the figures' facts only (rpcd.stats: the journal)
+                    journal.append(call.method.name)
+                    journal.append(ended - call.accepted_at)
+                else:  # and the access line's
+                    journal += (
+                        call.method.name,
+                        ended - call.accepted_at,
+                        None,
+                        ended,
+                        sink.peer,
+                        call.request.id,
+                        floor((ended - started) * 1e6),  # us: one op here, none at the flush
+                    )
+                if len(journal) >= stats.due:
+                    stats.fold()
             if self._drained is not None and not self._in_flight:
                 self._drained_now()
         else:
@@ -650,24 +680,33 @@ class Dispatcher:
     def _finish(
         self, call: Call, response: Response | None, duration: float, ended: float = 0.0
     ) -> None:
-        """Answer `call`; `ended` is the `perf_counter` reading its end made (0: read it now)."""
+        """Answer `call` (None: cancelled with no answer) and journal it; `duration` is its
+        run time, `ended` the `perf_counter` reading its end made (0: read it now)."""
         call.done = True
         self._in_flight -= 1
-        if response is None:
-            error = CANCELLED
-        else:
-            error = response.error
-            if error is not None:
-                error = error.code
         if not ended:
             ended = perf_counter()
-        # Latency as the client sees it: from acceptance (queue wait included) to the reply.
-        latency = ended - call.accepted_at
-        self.stats.record(call.method.name, latency, error)
-        if response is not None:
-            call.sink.deliver(call, response)
-            if self.on_complete is not None:
-                self.on_complete(call, response, duration, ended)
+        sink = call.sink
+        error = NO_ANSWER
+        try:
+            if response is not None:
+                error = response.error
+                sink.deliver(call, response)
+        finally:
+            stats = self.stats
+            journal = stats.journal
+            name = call.method.name
+            # Latency as the client sees it: from acceptance (queue wait included) to the reply.
+            latency = ended - call.accepted_at
+            if stats.follower is not None:
+                us = floor(duration * 1e6)
+                journal += (name, latency, error, ended, sink.peer, call.request.id, us)
+            elif error is None:
+                journal += (name, latency)
+            else:  # the figures journal successes only: a failure is counted now
+                stats.failed(name, latency, error.code)
+            if len(journal) >= stats.due:
+                stats.fold()
         if self._drained is not None and not self._in_flight:
             self._drained_now()
 

@@ -182,8 +182,7 @@ class RPCService(MultiService):
         self.reactor.addSystemEventTrigger("after", "shutdown", self.log.flush)
         if settings.access_log and self.log.logs_access:
             access = logs.AccessLog(self.log, quiet=CHECK_METHODS)  # checks: counted, no line
-            self.dispatcher.on_complete = access.access
-            self.dispatcher.on_refused = access.refused
+            access.follow(self.dispatcher.stats)  # the lines of the calls it journals
 
     def startService(self) -> None:
         self.bind()

@@ -101,6 +101,8 @@ class CollectingSink:
     """A dispatcher's sink that keeps what it is given: responses by request id, in order,
     and streamed items; `accept` says what stream() answers (False: the peer lags)."""
 
+    peer = "127.0.0.1:4242"  # what the access line names
+
     def __init__(self) -> None:
         import gevent.event
 

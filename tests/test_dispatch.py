@@ -400,18 +400,21 @@ def test_stream_refused_by_the_sink_ends_the_call(methods):
     assert sink.wait(1).error.code == -32600
 
 
-def test_on_complete_sees_every_answer(methods):
-    seen: list[tuple] = []
-    dispatcher = Dispatcher(
-        methods.registry,
-        on_complete=lambda call, response, took, ended: seen.append((call.request.id, took)),
-    )
+def test_every_answer_is_journaled_with_its_run_time(methods):
+    from rpcd.stats import ERROR, ID, LOG_WIDTH, RAN
+
+    journaled: list = []
+    dispatcher = Dispatcher(methods.registry)
+    dispatcher.stats.follow(journaled.extend)  # as the access log follows it
     sink = Sink()
     dispatcher.submit(req("echo", 1, id=1), sink)
     dispatcher.submit(req("boom", id=2), sink)
     sink.wait(2)
     sink.wait(1)
-    assert sorted(rid for rid, _ in seen) == [1, 2] and all(took >= 0 for _, took in seen)
+    dispatcher.stats.fold()
+    rows = [journaled[i : i + LOG_WIDTH] for i in range(0, len(journaled), LOG_WIDTH)]
+    assert sorted(row[ID] for row in rows) == [1, 2] and all(row[RAN] >= 0 for row in rows)
+    assert {row[ID]: row[ERROR] is None for row in rows} == {1: True, 2: False}
 
 
 # -- drain ------------------------------------------------------------------------------------

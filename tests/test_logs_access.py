@@ -1,29 +1,46 @@
-"""rpcd.logs.access: access lines in text and JSON, noted per call and echoed per flush."""
+"""rpcd.logs.access: access lines in text and JSON, rendered from the dispatcher's journal
+and echoed per flush."""
 
 from __future__ import annotations
 
+from math import floor
 from time import perf_counter
 
 import orjson
 
 from rpcd.logs import AccessLog, LogFile
-from rpcd.wire import Request, Response, RPCError
+from rpcd.stats import CallStats
+from rpcd.wire import Request, RPCError
 
 
 class _Sink:
     peer = "10.0.0.1:4242"
 
 
-class _Method:
-    def __init__(self, name: str) -> None:
-        self.name = name
+def _access(out: LogFile, quiet: frozenset[str] = frozenset()) -> AccessLog:
+    """An access log following a dispatcher's stats (`log.stats`)."""
+    log = AccessLog(out, quiet)
+    log.stats = CallStats()
+    log.follow(log.stats)
+    return log
 
 
-class _Call:
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.method = _Method(request.method)  # the registry's entry for the name
-        self.sink = _Sink()
+def _journal(stats: CallStats, facts: tuple) -> None:
+    stats.journal += facts  # as the dispatcher journals a call, in line
+    if len(stats.journal) >= stats.due:
+        stats.fold()
+
+
+def _answered(log: AccessLog, request: Request, error, seconds: float, end: float) -> None:
+    """A call answered (error None: ok) after `seconds`, at `end` (perf_counter)."""
+    us = floor(seconds * 1e6)  # the run time as the dispatcher journals it
+    facts = (request.method, seconds, error, end, _Sink.peer, request.id, us)
+    _journal(log.stats, facts)
+
+
+def _refused(log: AccessLog, request: Request, error) -> None:
+    """A request refused before it was queued."""
+    _journal(log.stats, (request.method, None, error, perf_counter(), _Sink.peer, request.id, 0))
 
 
 def test_access_lines_text_and_json(tmp_path):
@@ -36,13 +53,13 @@ def test_access_lines_text_and_json(tmp_path):
     try:
         text.start()  # observes the echo event too: it must not write the lines twice
         for out in (text, js):
-            log = AccessLog(out)
+            log = _access(out)
             ok = Request("math.add", (1, 2), 7)
-            log.access(_Call(ok), Response(ok, 3), 0.0012345, perf_counter())
+            _answered(log, ok, None, 0.0012345, perf_counter())
             odd = Request("evil\n2026 info [x] forged", (), "a b")
-            log.access(_Call(odd), Response(odd, error=RPCError(-32603, "x")), 0.5, perf_counter())
+            _answered(log, odd, RPCError(-32603, "x"), 0.5, perf_counter())
             legacy = Request("ping", (), None, legacy=True)
-            log.refused(legacy, _Sink(), RPCError(-32000, "busy"))
+            _refused(log, legacy, RPCError(-32000, "busy"))
             out.flush()
     finally:
         text.close()
@@ -68,17 +85,17 @@ def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
     from rpcd.logs import access
 
     out = LogFile(str(tmp_path / "a.log"))
-    log = AccessLog(out)
+    log = _access(out)
     for i in range(access.MAX_KEPT + 50):
         request = Request(f"m{i}", (), 1)
-        log.access(_Call(request), Response(request, None), 0.0, perf_counter())
+        _answered(log, request, None, 0.0, perf_counter())
     unknown = Request("no such\nthing", (), 2)
-    log.refused(unknown, _Sink(), RPCError(-32601, "method not found"))
+    _refused(log, unknown, RPCError(-32601, "method not found"))
     out.flush()
     kept = log._methods_kept
     assert 0 < len(kept) <= access.MAX_KEPT and "no such\nthing" not in kept
     again = Request("m3", (), 3)  # from the kept text
-    log.access(_Call(again), Response(again, None), 0.0, perf_counter())
+    _answered(log, again, None, 0.0, perf_counter())
     out.close()
     lines = (tmp_path / "a.log").read_text().splitlines()
     assert len(lines) == access.MAX_KEPT + 52
@@ -89,10 +106,10 @@ def test_method_texts_kept_are_bounded_and_never_unknown_names(tmp_path):
 
 def test_health_checks_get_no_access_line(tmp_path):
     out = LogFile(str(tmp_path / "q.log"))
-    log = AccessLog(out, quiet=frozenset({"rpc.health"}))
+    log = _access(out, quiet=frozenset({"rpc.health"}))
     check, call = Request("rpc.health", (), 1), Request("ping", (), 2)
-    log.access(_Call(check), Response(check, {"status": "SERVING"}), 0.001, perf_counter())
-    log.access(_Call(call), Response(call, "pong"), 0.001, perf_counter())
+    _answered(log, check, None, 0.001, perf_counter())
+    _answered(log, call, None, 0.001, perf_counter())
     out.flush()
     out.close()
     text = (tmp_path / "q.log").read_text()
@@ -103,12 +120,10 @@ def test_unicode_line_breaks_in_client_text_cannot_forge_a_line(tmp_path):
     # orjson leaves U+2028, U+2029 and U+0085 raw: str.splitlines() would split there.
     out = LogFile(str(tmp_path / "a.log"))
     try:
-        log = AccessLog(out)
+        log = _access(out)
         for brk in ("\u2028", "\u2029", "\u0085", "\v", "\f"):
             odd = Request(f"m{brk}2026 info [x] forged", (), f"i{brk}d")
-            log.access(
-                _Call(odd), Response(odd, error=RPCError(-32601, "x")), 0.001, perf_counter()
-            )
+            _answered(log, odd, RPCError(-32601, "x"), 0.001, perf_counter())
         out.flush()
     finally:
         out.close()
@@ -122,14 +137,14 @@ def _lines(path) -> list[str]:
 
 def _ok(log: AccessLog, method: str, rid, seconds: float = 0.001) -> None:
     request = Request(method, (), rid)
-    log.access(_Call(request), Response(request, None), seconds, perf_counter())
+    _answered(log, request, None, seconds, perf_counter())
 
 
 def test_lines_keep_the_order_of_events_around_other_log_lines(tmp_path):
     from twisted.logger import Logger
 
     out = LogFile(str(tmp_path / "a.log"))
-    log = AccessLog(out)
+    log = _access(out)
     other = Logger(namespace="rpcd.protocol", observer=out)
     _ok(log, "first", 1)
     other.info("connection closed")
@@ -160,10 +175,10 @@ def test_each_line_has_the_time_its_call_ended(tmp_path, monkeypatch):
     ):
         path = tmp_path / f"{len(ends)}-{ends[1]}.log"
         out = LogFile(str(path))
-        log = AccessLog(out)
+        log = _access(out)
         for n, end in enumerate(ends):
             request = Request("m", (), n)
-            log.access(_Call(request), Response(request, None), 0.001, end)
+            _answered(log, request, None, 0.001, end)
         out.close()
         stamps = [line.split(" ", 1)[0] for line in path.read_text().splitlines()]
         assert stamps == [out.time_text(end + offset) for end in ends]
@@ -171,7 +186,7 @@ def test_each_line_has_the_time_its_call_ended(tmp_path, monkeypatch):
 
 def test_ids_of_every_kind_in_one_batch(tmp_path):
     out = LogFile(str(tmp_path / "a.log"))
-    log = AccessLog(out)
+    log = _access(out)
     ids = [7, -3, 2**70, "x,y", None, 1.5, True, "line\u2028break"]
     for rid in ids:
         _ok(log, "m", rid)
@@ -186,7 +201,7 @@ def test_calls_wait_to_be_written_in_bounded_batches(tmp_path):
 
     path = tmp_path / "a.log"
     out = LogFile(str(path))
-    log = AccessLog(out)
+    log = _access(out)
     for n in range(access.FLUSH_CALLS - 1):
         _ok(log, "m", n)
     assert path.read_text() == ""  # waiting for the flush timer
@@ -195,3 +210,40 @@ def test_calls_wait_to_be_written_in_bounded_batches(tmp_path):
     _ok(log, "m", -1)
     out.close()
     assert _lines(path)[-1].endswith(" m id=-1 1.000 ms ok")
+
+
+def test_a_dispatchers_calls_get_their_lines_and_their_figures(tmp_path):
+    import pytest
+
+    from rpcd.dispatch import Dispatcher
+    from rpcd.methods import Registry
+    from tests.conftest import CollectingSink
+
+    registry = Registry()
+    registry.add("add", lambda a, b: a + b)
+    registry.add("rpc.health", lambda: {"status": "SERVING"}, builtin=True)
+    dispatcher = Dispatcher(registry, max_workers=1, queue_size=10)
+    out = LogFile(str(tmp_path / "a.log"))
+    log = AccessLog(out, quiet=frozenset({"rpc.health"}))
+    log.follow(dispatcher.stats)
+    sink = CollectingSink()
+    dispatcher.submit(Request("add", (1, 2), 1), sink)
+    dispatcher.submit(Request("add", (1,), 2), sink)  # -32602
+    dispatcher.submit(Request("rpc.health", (), 3), sink)  # quiet: counted, no line
+    sink.wait_count(3)
+    with pytest.raises(RPCError):
+        dispatcher.submit(Request("nosuch", (), 4), sink)  # refused: a line
+    dispatcher.cancel(dispatcher.submit(Request("add", (3, 4), 5), sink))  # no answer, no line
+    summary = dispatcher.stats.summary()  # read before the flush: every call counts
+    assert summary["methods"]["add"]["count"] == 3 and summary["methods"]["add"]["errors"] == 2
+    assert summary["methods"]["rpc.health"]["count"] == 1
+    assert summary["errors"] == {"-32602": 1, "-32601": 1, "-32006": 1}
+    out.close()
+    lines = [line.split("] ", 1)[1] for line in _lines(tmp_path / "a.log")]
+    assert [line.rsplit(" ", 3)[0] for line in lines] == [
+        f"{sink.peer} add id=1",
+        f"{sink.peer} add id=2",
+        f"{sink.peer} nosuch id=4",
+    ]
+    assert [line.rsplit(" ", 1)[1] for line in lines] == ["ok", "-32602", "-32601"]
+    dispatcher.stop_workers()

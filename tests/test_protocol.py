@@ -28,10 +28,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rpcd import auth
-from rpcd.dispatch import CANCELLED, Dispatcher
+from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
 from rpcd.protocol import ConnectionLimits, RPCFactory
-from rpcd.wire import Response
+from rpcd.wire import CANCELLED, Response
 from tests import jsonrpc_spec
 from tests.conftest import BufferingTransport, RecordingDispatcher, frame, unframe
 

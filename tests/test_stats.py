@@ -8,9 +8,16 @@ from hypothesis import strategies as st
 
 from rpcd.dispatch import Dispatcher
 from rpcd.methods import Registry
-from rpcd.stats import _BOUNDS, FOLD_AT, CallStats, LatencyHistogram
+from rpcd.stats import _BOUNDS, FOLD_AT, JOURNAL_VALUES, CallStats, LatencyHistogram
 from rpcd.wire import Request, RPCError
 from tests.conftest import CollectingSink as Sink
+
+
+def _succeeded(stats: CallStats, method: str, seconds: float) -> None:
+    """As the dispatcher journals a call that succeeded, in line."""
+    stats.journal += (method, seconds)
+    if len(stats.journal) >= stats.due:
+        stats.fold()
 
 
 def test_percentiles_within_a_bucket():
@@ -36,8 +43,8 @@ def test_extremes_stay_in_fixed_memory():
 
 def test_call_stats_counts_errors_by_code():
     stats = CallStats()
-    stats.record("add", 0.001, None)
-    stats.record("add", 0.002, -32602)
+    _succeeded(stats, "add", 0.001)
+    stats.failed("add", 0.002, -32602)
     stats.refused(-32601)
     summary = stats.summary()
     assert summary["errors"] == {"-32602": 1, "-32601": 1}
@@ -83,7 +90,7 @@ def test_latencies_land_in_their_buckets_however_they_are_folded(latencies):
     expected = [0] * len(h.buckets)
     for i, seconds in enumerate(latencies):
         h.record(seconds)
-        stats.record("m", seconds, None)
+        _succeeded(stats, "m", seconds)
         expected[_bucket_of(seconds)] += 1
         if i % 97 == 0:
             assert h.count == i + 1  # read between folds: every latency recorded counts
@@ -97,9 +104,85 @@ def test_latencies_land_in_their_buckets_however_they_are_folded(latencies):
 def test_pending_latencies_stay_bounded_and_show_in_every_figure():
     stats = CallStats()
     for _ in range(10 * FOLD_AT + 3):
-        stats.record("m", 0.001, None)
-    histogram = stats.methods["m"]
-    assert len(histogram.pending) < FOLD_AT  # folded as it filled: memory does not grow
+        _succeeded(stats, "m", 0.001)
+        assert len(stats.journal) < JOURNAL_VALUES  # folded as it fills: memory does not grow
+    histogram = stats.methods["m"]  # read: the journal folds first
+    assert len(histogram.pending) < FOLD_AT
     assert histogram.count == 10 * FOLD_AT + 3
     assert stats.summary()["methods"]["m"]["count"] == 10 * FOLD_AT + 3
     assert 0.001 <= histogram.percentile(0.5) <= 0.001 * 1.19
+
+
+def _dispatcher() -> Dispatcher:
+    registry = Registry()
+    registry.add("add", lambda a, b: a + b)
+    registry.add("other", lambda: None)
+    return Dispatcher(registry, max_workers=2, queue_size=100)
+
+
+def test_figures_read_between_folds_count_every_call_made():
+    dispatcher, sink = _dispatcher(), Sink()
+    for i in range(5):  # far fewer than the journal holds before it folds
+        dispatcher.submit(Request("add", (i, 1), i), sink)
+    dispatcher.submit(Request("other", (), "o"), sink)
+    dispatcher.submit(Request("add", (1,), "bad"), sink)
+    sink.wait_count(7)
+    assert dispatcher.stats.journal  # not folded yet: read now, the figures fold it
+    summary = dispatcher.stats.summary()
+    assert summary["methods"]["add"]["count"] == 6 and summary["methods"]["add"]["errors"] == 1
+    assert summary["methods"]["other"]["count"] == 1 and summary["errors"] == {"-32602": 1}
+    assert dispatcher.calls_total == 7
+    histogram = dispatcher.stats.methods["add"]
+    assert histogram.count == 6 and histogram.codes == {-32602: 1}
+    dispatcher.stop_workers()
+
+
+def test_the_journal_stays_bounded_when_no_one_reads_the_figures():
+    dispatcher, sink = _dispatcher(), Sink()
+    calls = 3 * JOURNAL_VALUES
+    for i in range(calls):
+        dispatcher.submit(Request("add", (i, 1), i), sink)
+        if i % 50 == 49:
+            sink.wait_count(i + 1)
+            assert len(dispatcher.stats.journal) < JOURNAL_VALUES
+    sink.wait_count(calls)
+    assert len(dispatcher.stats.journal) < JOURNAL_VALUES
+    assert dispatcher.stats.summary()["methods"]["add"]["count"] == calls
+    dispatcher.stop_workers()
+
+
+def test_a_follower_is_handed_every_call_once_in_order():
+    from rpcd.stats import ERROR, ID, LOG_WIDTH, NAME, NO_ANSWER
+
+    batches: list[list] = []
+    dispatcher, sink = _dispatcher(), Sink()
+    dispatcher.stats.follow(batches.append)
+    dispatcher.submit(Request("add", (1, 2), 1), sink)
+    sink.wait(1)
+    dispatcher.submit(Request("add", (1,), 2), sink)  # fails: -32602
+    sink.wait(2)
+    with pytest.raises(RPCError):
+        dispatcher.submit(Request("nosuch", (), 3), sink)  # refused: journaled too
+    queued = dispatcher.submit(Request("add", (3, 4), 4), sink)
+    dispatcher.cancel(queued)  # no answer is sent, but the call is counted
+    summary = dispatcher.stats.summary()  # folds: the follower gets what is left
+    facts = [value for batch in batches for value in batch]
+    rows = [facts[i : i + LOG_WIDTH] for i in range(0, len(facts), LOG_WIDTH)]
+    assert [row[ID] for row in rows] == [1, 2, 3, 4]
+    assert [row[NAME] for row in rows] == ["add", "add", "nosuch", "add"]
+    assert rows[0][ERROR] is None and rows[1][ERROR].code == -32602
+    assert rows[2][ERROR].code == -32601 and rows[3][ERROR] is NO_ANSWER
+    assert summary["methods"]["add"]["count"] == 3 and summary["methods"]["add"]["errors"] == 2
+    assert summary["errors"] == {"-32602": 1, "-32601": 1, "-32006": 1}
+    assert "nosuch" not in summary["methods"]
+    dispatcher.stop_workers()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "".join(["a"])] + [f"m{i}" for i in range(12)])))
+def test_a_batch_of_many_methods_counts_each_once(names):
+    stats = CallStats()
+    for name in names:  # "".join(["a"]): another object equal to "a", as a reloaded module's
+        _succeeded(stats, name, 0.001)
+    counts = {name: h.count for name, h in stats.methods.items()}
+    assert counts == {name: names.count(name) for name in set(names)}

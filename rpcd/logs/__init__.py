@@ -3,7 +3,7 @@ reader behind `getlog`.
 
 - `rotating`: the file on disk, rotated by size into numbered backups;
 - `observer`: the twisted.logger observer, its text and JSON formats, the stdlib bridge;
-- `access`: the per-call access line (the dispatcher's hooks);
+- `access`: the per-call access line, rendered from the dispatcher's journal;
 - `reader`: the tail reader, the filters and the follower behind `getlog`.
 """
 

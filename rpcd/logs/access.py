@@ -1,5 +1,5 @@
-"""Access lines: one log line per finished or refused call, noted on the hot path and
-formatted in batches when the log flushes."""
+"""Access lines: one log line per finished or refused call, rendered in batches from the
+dispatcher's journal (`rpcd.stats`) when the log flushes."""
 
 from __future__ import annotations
 
@@ -13,16 +13,25 @@ import orjson
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 
 from rpcd.logs.observer import LogFile
+from rpcd.stats import (
+    END,
+    ERROR,
+    ID,
+    JOURNAL_VALUES,
+    LOG_WIDTH,
+    NAME,
+    NO_ANSWER,
+    PEER,
+    RAN,
+    CallStats,
+)
 from rpcd.wire import METHOD_NOT_FOUND, log_text
 
 ACCESS_NAMESPACE = "rpcd.access"
-# What `access` notes per call, flat in one list: its end (a perf_counter reading), peer,
-# method, id, the duration in us, error (None: ok).
-FIELDS = 6
-# Calls noted before the log flushes at once (else it flushes at its interval): this bounds
-# the memory held, the lines a crash can lose, and the time one flush holds the loop up
-# (~0.3 ms for 1024 lines). Fewer, larger flushes cost less: each write, lstat and lock of
-# the file is a system call, and on a busy disk those cost more than the formatting.
+# Calls journaled before the log flushes at once (else it flushes at its interval): this
+# bounds the memory held, the lines a crash can lose, and the time one flush holds the loop
+# up (~0.3 ms for 1024 lines). Fewer, larger flushes cost less: each write, lstat and lock
+# of the file is a system call, and on a busy disk those cost more than the formatting.
 FLUSH_CALLS = 1024
 MAX_KEPT = 4096  # texts kept per peer, per method and per duration, each
 # A text line is made of texts joined: "2026-12-02T04:45:35", ".123Z info [rpcd.access] ",
@@ -31,38 +40,41 @@ MAX_KEPT = 4096  # texts kept per peer, per method and per duration, each
 _FRACTION = [f".{n:03d}" for n in range(1000)]
 _MILLISECOND_HEAD = [f".{n:03d}Z info [{ACCESS_NAMESPACE}] " for n in range(1000)] * 2
 _INT_JSON = b"0123456789,-"  # all a JSON array of ints is made of, brackets aside
+_JOURNAL = JOURNAL_VALUES // LOG_WIDTH * LOG_WIDTH  # the journal's bound, with this log
 _time = time.time
-_clock = time.perf_counter  # the dispatcher's clock: what a call's `ended` was read from
+_clock = time.perf_counter  # the dispatcher's clock: what a call's end was read from
 
 log = Logger(namespace="rpcd.logs")
 
 
 class AccessLog:
-    """The dispatcher's `on_complete` and `on_refused` hooks, writing into a `LogFile`.
+    """The access lines of the calls a dispatcher journals, written into a `LogFile`.
 
-    A call only notes its facts: six values appended to one flat list, read from the
-    objects at hand (nothing of the call is kept: not its params, not its result). Its
-    time is the dispatcher's own reading of the call's end: no clock is read per call. The
-    log file's flush turns the facts into lines a batch at a time, column by column,
-    leaving the per-line work to C: a line is five or six texts joined (the second, the
-    millisecond, the peer and method, the id, the duration and outcome), each one kept or
-    fixed and looked up for the whole column at once, the ids turned into text by one
-    `orjson` call; only the millisecond of each end is computed line by line. At most
-    FLUSH_CALLS calls wait: a flush never holds the loop up for long, and a crash loses at
-    most those lines.
+    Nothing runs per call here: the dispatcher appends each call's facts to its journal
+    (`rpcd.stats`, read from the objects at hand: nothing of the call is kept, not its
+    params, not its result), and each batch the stats fold is handed to `noted`, which
+    keeps it in the log file's facts. The log file takes the journal (`gather`) before it
+    writes anything, so the lines keep their place among the other lines. A line's time is
+    the dispatcher's own reading of the call's end: no clock is read per call. The flush
+    turns the facts into lines a batch at a time, column by column, leaving the per-line
+    work to C: a line is five or six texts joined (the second, the millisecond, the peer
+    and method, the id, the duration and outcome), each one kept or fixed and looked up for
+    the whole column at once, the ids turned into text by one `orjson` call; only the
+    millisecond of each end is computed line by line. At most about FLUSH_CALLS calls wait:
+    a flush never holds the loop up for long, and a crash loses at most those lines.
 
     Access lines reach twistd's own observer (the terminal under `twistd -n`) once per
     flush, as one event: its formatting costs ~30 us a line, more than a whole ping call.
     Calls to a method in `quiet` (the health checks) get no line: rpc.stats counts them.
+    Nor does a call cancelled with no answer sent.
     """
 
     def __init__(self, out: LogFile, quiet: frozenset[str] = frozenset()) -> None:
         self.out = out
         self.quiet = quiet
         self._facts = out.facts  # the same list: the log file takes what is in it in place
-        # `access` calls `_due` when the list reaches this length: at the first call after a
-        # flush (to start the flush timer), then when FLUSH_CALLS calls wait.
-        self._due_at = FIELDS
+        self._stats: CallStats | None = None
+        self._gathering = False  # in the log file's `gather`: it writes what is noted
         # The texts lines are made of, each table bounded (emptied when full). A name a
         # client made up (no such method: a client can send many) is never kept.
         self._peers_kept: dict[str, str] = {}  # "PEER "
@@ -72,54 +84,47 @@ class AccessLog:
         out.render = self.render
         out.on_flush = self._flushed
 
-    # -- the hot path: noting facts ---------------------------------------------------------
+    def follow(self, stats: CallStats) -> None:
+        """Write the lines of the calls journaled in `stats` (the dispatcher's) from now on."""
+        self._stats = stats
+        stats.follow(self.noted)
+        stats.due = LOG_WIDTH  # the first call journaled starts the flush timer
+        self.out.gather = self._gather
 
-    def access(self, call: Any, response: Any, duration: float, ended: float) -> None:
-        """One line per finished call: peer, method, id, duration in ms, outcome. `ended`
-        is the dispatcher's `perf_counter` reading at the call's end.
+    # -- between flushes: the journal's batches wait ----------------------------------------
 
-        The hot path: it only notes the facts, the flush formats them in a batch. The
-        duration becomes an int here, where that is cheapest (a float multiply in the
-        interpreter costs less than the same in a column). Calls run in the loop's thread,
-        so there is no thread check.
-        """
+    def noted(self, batch: list) -> None:
+        """Calls the stats folded (LOG_WIDTH values each): they wait for the flush, which
+        comes within the log's interval, or now if FLUSH_CALLS calls wait."""
         try:
             facts = self._facts
-            facts += (
-                ended,
-                call.sink.peer,
-                call.method.name,  # the registry's: one str object, its hash kept
-                call.request.id,
-                floor(duration * 1e6),
-                response.error,
-            )
-            if len(facts) >= self._due_at:
-                self._due()
+            facts += batch
+            waiting = len(facts)
+            if not self._gathering:  # else the log file is taking them already
+                if waiting >= FLUSH_CALLS * LOG_WIDTH:
+                    self.out.flush()
+                    return
+                self.out.schedule()
+            if self._stats is not None:
+                # Folded again when the calls waiting reach the bound.
+                self._stats.due = max(min(FLUSH_CALLS * LOG_WIDTH - waiting, _JOURNAL), LOG_WIDTH)
         except Exception:  # a log line must never fail a call
-            log.failure("cannot write an access line")
+            log.failure("cannot write access lines")
 
-    def refused(self, request: Any, sink: Any, error: Any) -> None:
-        """The access line of a call refused before it ran (no such method, server busy)."""
-        try:
-            facts = self._facts
-            peer = getattr(sink, "peer", "-")
-            facts += (_clock(), peer, request.method, request.id, 0, error)
-            if len(facts) >= self._due_at:
-                self._due()
-        except Exception:
-            log.failure("cannot write an access line")
-
-    def _due(self) -> None:
-        if len(self._facts) >= FLUSH_CALLS * FIELDS:
-            self.out.flush()
-        else:  # the first call since the last flush
-            self._due_at = FLUSH_CALLS * FIELDS
-            self.out.schedule()
+    def _gather(self) -> None:
+        """The log file is about to write: what the dispatcher journaled goes first."""
+        if self._stats is not None:
+            self._gathering = True
+            try:
+                self._stats.fold()
+            finally:
+                self._gathering = False
 
     def _flushed(self, text: str) -> None:
-        """After each flush: note the next call afresh, and hand this flush's access lines
-        to the other observers, as one event."""
-        self._due_at = FIELDS
+        """After each flush: hear of the next call at once, and hand this flush's access
+        lines to the other observers, as one event."""
+        if self._stats is not None:
+            self._stats.due = LOG_WIDTH
         if not text:
             return
         globalLogPublisher(
@@ -137,11 +142,27 @@ class AccessLog:
     # -- the flush: formatting a batch ------------------------------------------------------
 
     def render(self, facts: list) -> str:
-        """The access lines of noted facts (FIELDS per call), in the log file's format."""
-        columns = [facts[i::FIELDS] for i in range(FIELDS)]
+        """The access lines of journaled calls (LOG_WIDTH values each, see rpcd.stats), in
+        the log file's format."""
+        if not facts:
+            return ""
+        # A line's columns, in its order (the latencies are the stats' only).
+        columns = [facts[i::LOG_WIDTH] for i in (END, PEER, NAME, ID, RAN, ERROR)]
+        names, errors = columns[2], columns[5]
+        keep = None
         quiet = self.quiet
-        if quiet and not quiet.isdisjoint(columns[2]):
-            keep = [name not in quiet for name in columns[2]]
+        if names.count(names[0]) == len(names):  # one method (a count by identity, in C)
+            if names[0] in quiet:
+                return ""
+        elif quiet and not quiet.isdisjoint(names):
+            keep = [name not in quiet for name in names]
+        if any(errors):
+            for i in compress(range(len(errors)), errors):
+                if errors[i] is NO_ANSWER:
+                    if keep is None:
+                        keep = [True] * len(errors)
+                    keep[i] = False
+        if keep is not None:
             columns = [list(compress(column, keep)) for column in columns]
         if not columns[0]:
             return ""
@@ -202,7 +223,7 @@ class AccessLog:
         end a millisecond counted from the batch's first, an index into the texts of the
         batch's milliseconds."""
         # The first and last ends bound the batch's (the loop notes them in order); an end
-        # outside them has no text in `table` below, and the batch takes the slow way.
+        # outside them has no text in the batch's slice below, and it takes the slow way.
         low = floor((ends[0] + offset) * 1000.0) - 1  # a millisecond to spare each side:
         high = floor((ends[-1] + offset) * 1000.0) + 1  # the sums below round differently
         try:
@@ -210,10 +231,12 @@ class AccessLog:
                 raise KeyError(high - low)
             shift = offset * 1000.0 - low
             at = [floor(end * 1000.0 + shift) for end in ends]
+            if min(at) < 0:  # out of order: a list index would count from the end
+                raise KeyError(min(at))
             start = low % 1000
-            table = dict(enumerate(_MILLISECOND_HEAD[start : start + high - low + 1]))
-            fractions = _lookup(table, at)
-        except KeyError:
+            # A list, not a dict: it is made per batch (a slice), and indexed faster.
+            fractions = _lookup(_MILLISECOND_HEAD[start : start + high - low + 1], at)
+        except (KeyError, IndexError):  # IndexError: an end past the last
             ms = _milliseconds(ends, offset)
             stamps = {n: self._second_text(n) for n in {m // 1000 for m in ms}}
             return [stamps[m // 1000] for m in ms], [_MILLISECOND_HEAD[m % 1000] for m in ms]
@@ -267,7 +290,7 @@ class AccessLog:
             return f"{self.out.time_text(when)} error [rpcd.logs] bad access line: {exc!r}\n"
 
 
-def _lookup(table: dict, keys: list, uniform: bool = False) -> Any:
+def _lookup(table: Any, keys: list, uniform: bool = False) -> Any:
     """table[key] for each key, in C (KeyError if one is missing). `uniform`: the keys are
     often all one (one connection, one method), which is cheaper to see than to look up."""
     if uniform and keys[0] is keys[-1] and keys.count(keys[0]) == len(keys):

@@ -100,6 +100,9 @@ class LogFile:
         # function that makes them lines at flush time.
         self.facts: list[Any] = []
         self.render: Callable[[list], str] | None = None
+        # Puts facts noted elsewhere into `facts` (the access log: the dispatcher's journal),
+        # first thing in `add` and `flush`, so lines keep the order of events.
+        self.gather: Callable[[], None] | None = None
         # Called after each flush with the text `render` made for it ("" if none).
         self.on_flush: Callable[[str], None] | None = None
         self._timer: Any = None  # the pending flush
@@ -223,6 +226,8 @@ class LogFile:
 
     def add(self, line: str) -> None:
         """Buffer a line, from the loop's thread; flush soon."""
+        if self.gather is not None:
+            self.gather()
         buffer = self.buffer
         if self.facts:  # the facts noted so far go first: the file keeps the order of events
             buffer.append(self.facts[:])
@@ -246,6 +251,8 @@ class LogFile:
 
     def flush(self) -> None:
         """Write the buffered lines, echo the access lines, wake whoever follows the log."""
+        if self.gather is not None:
+            self.gather()
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.close()
