@@ -121,19 +121,26 @@ class BlockingMonitor:
         finally:
             stopped.release()
 
-    def sample(self, now: float) -> None:
-        """Look at the loop once (in the monitor thread, or a test's)."""
+    def _look(self) -> tuple[tuple[int, int] | None, Any]:
+        """The loop's iteration and the greenlet its thread runs (its bottom frame's id),
+        None while the thread is in the loop itself; and that thread's top frame."""
         hub = self._hub
         iteration = hub.loop.iteration
         frame = sys._current_frames().get(hub.thread_ident)
         if frame is None or frame.f_code is _IN_LOOP:
-            self._stall = None  # in the loop: waiting in its poll, or between callbacks
-            return
+            return None, frame  # in the loop: waiting in its poll, or between callbacks
         # Which greenlet runs: each has a bottom frame of its own (its run function's).
         bottom = frame
         while bottom.f_back is not None:
             bottom = bottom.f_back
-        stall = (iteration, id(bottom))
+        return (iteration, id(bottom)), frame
+
+    def sample(self, now: float) -> None:
+        """Look at the loop once (in the monitor thread, or a test's)."""
+        stall, frame = self._look()
+        if stall is None:
+            self._stall = None
+            return
         if stall != self._stall:
             self._stall, self._stalled_since, self._said = stall, now, False
             return
@@ -153,6 +160,11 @@ class BlockingMonitor:
 
     def _report(self, frame: Any) -> None:
         call = self._running_call()
+        if self._stall != self._look()[0]:
+            # The loop ran on while the call was looked for (the GIL went back to it): the
+            # call found may be another than the one whose stack was sampled. Say nothing.
+            self._said = False
+            return
         if call is None:
             # The reactor itself between two waits (a burst of I/O, not a method): not
             # what this setting is about, so not a warning.
