@@ -597,19 +597,8 @@ class RPCProtocol:
             self._held_bytes = 4 + length
             self._dispatcher.hold(self._flush)
         else:
-            # _write, in line for the usual reply (one Python call less per reply).
-            data = prefix + string
-            tcp = self._tcp
-            if tcp is not None and tcp.connected and not (self._spilled and self._spill_left(tcp)):
-                try:
-                    sent = _send(self._fd, data)
-                except OSError:  # EAGAIN, or the peer is gone: the transport's write finds out
-                    sent = 0
-                if sent == length + 4:
-                    return
-                data = data[sent:]
-            self._spilled = True
-            self.transport.write(data)
+            # (The usual reply is written by deliver in line; this is for the rest.)
+            self._write(prefix + string)
 
     def _flush(self) -> None:
         held, self._held = self._held, None
