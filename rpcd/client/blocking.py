@@ -608,7 +608,49 @@ class Client:
             deadline = None if timeout is None else time.monotonic() + timeout
             if timeout is None or (within is not None and timeout >= within):
                 # The socket's timeout ends recv's wait before our deadline: read at once.
-                handed_on = self._read(conn, slot)
+                # `_read(conn, slot)`, with the usual answer (one frame: our reply) routed
+                # here: three Python calls fewer (`_read`, `route`, `on_result`) per call.
+                buffer = conn.buffer
+                try:
+                    size = conn.sock.recv_into(buffer)
+                except OSError as exc:
+                    size = self._recv_failed(conn, exc)
+                if size == 0:
+                    self._lose(conn, "closed by the server")
+                elif size > 0:
+                    try:
+                        messages = conn.reader.feed_from(buffer, size)
+                    except BadReply as exc:
+                        self._lose(conn, str(exc))
+                        messages = None
+                    if messages:
+                        reply = messages[0]
+                        if (
+                            len(messages) == 1
+                            and type(reply) is dict
+                            and reply.get("id") == call_id
+                            and type(reply["id"]) is int
+                            and "method" not in reply
+                        ):
+                            # `route`'s handling of a reply, and `_read`'s handing on.
+                            error = (
+                                RemoteError.from_object(reply["error"])
+                                if "error" in reply
+                                else None
+                            )
+                            result = reply.get("result")
+                            lock.acquire()
+                            if conn.pending.pop(call_id, None) is slot:  # not failed meanwhile
+                                slot.result, slot.error = result, error
+                                slot.done = True
+                            if slot.done and conn.reading is slot:
+                                conn.reading = False
+                                if conn.waiting:
+                                    self._wake_next_reader(conn)
+                                handed_on = True
+                            lock.release()
+                        else:
+                            handed_on = self._hand_out(conn, messages, slot)
             if not handed_on:
                 answered = self._read_until(conn, slot, deadline)
         finally:
@@ -847,6 +889,35 @@ class Client:
                     # it concerns every call on this connection, and the server closes it.
                     self._break(conn, error)
             if owner is None or not owner.done or conn.reading is not owner:
+                return False
+            conn.reading = False
+            if conn.waiting:
+                self._wake_next_reader(conn)
+            return True
+        finally:
+            lock.release()
+
+    def _recv_failed(self, conn: _Connection, exc: OSError) -> int:
+        """`_read`'s handling of a recv that raised: -1 (no bytes), the connection lost if
+        the error is not a wait that ended (the socket's timeout)."""
+        if not isinstance(
+            exc, (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError)
+        ):
+            self._lose(conn, os_reason(exc))
+        return -1
+
+    def _hand_out(self, conn: _Connection, messages: list[Any], owner: _Slot) -> bool:
+        """`_read`'s routing of `messages` read by `owner`'s caller: True if its reply has
+        come, and the reading is passed on."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            pending = conn.pending
+            for message in messages:
+                error = route(pending, message)
+                if error is not None:
+                    self._break(conn, error)  # an error that answers no call: see `_read`
+            if not owner.done or conn.reading is not owner:
                 return False
             conn.reading = False
             if conn.waiting:
