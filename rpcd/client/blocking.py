@@ -467,8 +467,8 @@ class Client:
                             handed_on = self._hand_out(conn, messages, slot)
                     elif (
                         type(reply) is dict
-                        and reply.get("id") == call_id
-                        and type(reply["id"]) is int
+                        and type(reply_id := reply.get("id")) is int
+                        and reply_id == call_id
                         and "method" not in reply
                     ):
                         # `route`'s handling of our reply, and `_read`'s handing on.
@@ -480,7 +480,7 @@ class Client:
                         if conn.pending.pop(call_id, None) is slot:  # not failed meanwhile
                             slot.result, slot.error = result, error
                             slot.done = True
-                        if slot.done and conn.reading is slot:
+                        if conn.reading is slot and slot.done:
                             conn.reading = False
                             if conn.waiting:
                                 self._wake_next_reader(conn)
