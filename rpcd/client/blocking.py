@@ -238,11 +238,11 @@ class _Connection:
         if hasattr(select, "poll"):
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
-        # For `Client.call`'s serial path, on a socket of the standard
-        # library's (gevent's go the general way: there the idle check's poll yields to the
-        # hub, which lets the callers it woke queue their calls first, so they share a send
-        # and their replies a read). Its look before it claims the connection has a poll
-        # object of its own: one refuses a poll from a second thread while one is under way.
+        # For `Client.call`'s serial path, on a socket of the standard library's (gevent's
+        # go the general way: there the idle check's poll yields to the hub, which lets the
+        # callers it woke queue their calls first, so they share a send and their replies a
+        # read). Its look before it claims the connection has a poll object of its own: one
+        # refuses a poll from a second thread while one is under way.
         self.idle_poller: Any = None
         if hasattr(select, "poll") and isinstance(sock, _socket.socket):
             self.idle_poller = select.poll()
