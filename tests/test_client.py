@@ -195,13 +195,6 @@ class _HeldSends:
             raise self.error
         self._sock.sendall(data)
 
-    def send(self, data, flags=0):
-        # The serial path's first try, which must not wait: while sends are held it finds the
-        # send buffer full, so the frame goes by sendall (held) as a frame too large would.
-        if not self.release.is_set():
-            raise BlockingIOError
-        return self._sock.send(data, flags)
-
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
@@ -437,39 +430,3 @@ def test_a_lone_reply_over_the_frame_limit_breaks_the_connection(tmp_path):
     ScriptedPeer(tmp_path / "s", script)
     with pytest.raises(ConnectionLost, match="exceeds"):
         Small(f"unix:{tmp_path}/s", timeout=5).call("big")
-
-
-class _ShortSends:
-    """Wraps a client's socket: each send (not sendall) sends at most `most` bytes."""
-
-    def __init__(self, sock, most):
-        self._sock = sock
-        self.most = most
-        self.sendalls: list[bytes] = []
-
-    def send(self, data, flags=0):
-        return self._sock.send(bytes(data)[: self.most], flags)
-
-    def sendall(self, data):
-        self.sendalls.append(bytes(data))
-        self._sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
-@pytest.mark.parametrize("most", [0, 3])
-def test_a_frame_sent_in_part_is_finished_by_sendall(tmp_path, most):
-    def script(recv, send):
-        for _ in range(2):
-            request = recv()
-            send({"jsonrpc": "2.0", "result": request["method"], "id": request["id"]})
-
-    ScriptedPeer(tmp_path / "s", script)
-    c = Client(f"unix:{tmp_path}/s", timeout=5)
-    conn = c._connection()
-    conn.sock = short = _ShortSends(conn.sock, most)
-    assert c.call("one") == "one"
-    assert c.call("two") == "two"
-    if conn.send_now:  # the kernel bounds this socket's waits: the serial path tried send
-        assert all(len(data) > most for data in short.sendalls) and len(short.sendalls) == 2

@@ -102,9 +102,6 @@ _SLACK_FRACTION = 0.01
 _RECV_BYTES = 65536
 
 
-# A send that does not wait (None: the platform has no such flag).
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", None)
-
 # Where the kernel can bound a blocking socket's waits (SO_RCVTIMEO, SO_SNDTIMEO as a struct
 # timeval of two longs).
 _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
@@ -216,7 +213,6 @@ class _Connection:
         "tls",
         "poller",
         "idle_poller",
-        "send_now",
         "sock_timeout",
         "recv_within",
         "outbox",
@@ -238,24 +234,15 @@ class _Connection:
         if hasattr(select, "poll"):
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
-        # For `Client.call`'s serial path, on a socket of the standard library's (gevent's
-        # go the general way: there the idle check's poll yields to the hub, which lets the
-        # callers it woke queue their calls first, so they share a send and their replies a
-        # read). Its look before it claims the connection has a poll object of its own: one
-        # refuses a poll from a second thread while one is under way.
+        # For `Client._call_alone`, the serial caller's path, on a socket of the standard
+        # library's (gevent's go the general way: there the idle check's poll yields to the
+        # hub, which lets the callers it woke queue their calls first, so they share a send
+        # and their replies a read). Its look before it claims the connection has a poll
+        # object of its own: one refuses a poll from a second thread while one is under way.
         self.idle_poller: Any = None
         if hasattr(select, "poll") and isinstance(sock, _socket.socket):
             self.idle_poller = select.poll()
             self.idle_poller.register(sock, select.POLLIN)
-        # A blocking socket of the standard library's (its waits, if bounded, bounded by the
-        # kernel): the serial path tries its send with MSG_DONTWAIT under the claim's lock,
-        # which spares it a lock round trip when the frame goes out whole, as it mostly does.
-        self.send_now = (
-            _DONTWAIT is not None
-            and isinstance(sock, _socket.socket)
-            and not self.tls
-            and sock.gettimeout() is None
-        )
         # What bounds each recv and sendall (`_bound_waits`); a reader waits longer than this
         # by polling first.
         self.sock_timeout = bound
@@ -374,170 +361,20 @@ class Client:
         except TypeError:
             body = encode_call(method, params, call_id)  # dict keys that are not strings
         frame = self._pack_prefix(len(body)) + body
-        # The serial caller's path, inline (a Python call fewer per call): on an idle
-        # connection, as its only caller, one lock round trip claims both the send and the
-        # reading; it sends, reads its own reply and gives both back, with no outbox, no
-        # parking and no connection check beyond one poll. Anyone arriving meanwhile takes
-        # the general path (`_send`, `_wait`) and finds what it expects: a flusher that
-        # sends the outbox before it reads, a reader that wakes the next one when its reply
-        # is in. Not idle, or not open: the general path, below.
-        conn = self._conn
-        slot = None
-        # A first look without the lock (the look under it decides): with other calls in
-        # flight, as under many greenlets, go straight to the general path, without the poll.
-        if conn is not None and not conn.pending and conn.idle_poller is not None:
-            try:
-                # Bytes on an idle connection (the server closed it, or a late reply): the
-                # general path reads them first (`_closed_while_idle`). Not idle (another
-                # caller reads, or polls here at the same time: RuntimeError): general too.
-                idle = not (conn.idle_poller.poll(0) or (conn.tls and conn.sock.pending()))
-            except (OSError, ValueError, RuntimeError):
-                idle = False
-            if idle:
-                # Plain acquire and release, not `with`: this runs on every call, and a
-                # `with` costs a special-method lookup and a bound method for each of enter
-                # and exit.
-                lock = self._lock
-                lock.acquire()
-                if conn.pending or conn.reading or conn.flushing or conn.broken:
-                    lock.release()
-                else:
-                    # The slot the last serial call gave back, if it did (a slot made per
-                    # call costs more than the rest of this critical section): nobody else
-                    # holds it.
-                    slot = conn.spare
-                    if slot is None:
-                        slot = _Slot(call_id)
-                        slot.conn = conn
-                    else:
-                        conn.spare = None
-                        slot.id = call_id
-                        slot.done = False
-                        slot.result = slot.error = None
-                    conn.pending[call_id] = slot
-                    conn.reading = slot
-                    sent = 0
-                    if conn.send_now:
-                        # Nobody can queue a frame while we hold the lock: a frame sent whole
-                        # here needs no `flushing`, nor the look at the outbox after it.
-                        try:
-                            sent = conn.sock.send(frame, _DONTWAIT)
-                        except BlockingIOError:
-                            pass  # the send buffer is full: sendall, below, waits for room
-                        except OSError as exc:
-                            conn.reading = False
-                            lock.release()
-                            raise self._send_failed(conn, exc) from exc
-                        except BaseException:
-                            conn.reading = False
-                            lock.release()
-                            self._lose(conn, "a send was interrupted")
-                            raise
-                    if sent != len(frame):
-                        conn.flushing = True
-                    lock.release()
+        slot = self._call_alone(call_id, frame, method, timeout)
         if slot is None:
             slot = _Slot(call_id)
             self._send([slot], frame)
             self._wait_done(slot, _deadline(timeout), method, timeout)
-            if slot.error is not None:
-                raise slot.error
-            return slot.result
-        handed_on = False  # the reading passed on with our reply
-        answered = True
-        try:
-            if sent != len(frame):  # the rest of the frame, as the general path sends
-                try:
-                    conn.sock.sendall(memoryview(frame)[sent:] if sent else frame)
-                except OSError as exc:
-                    raise self._send_failed(conn, exc) from exc
-                except BaseException:
-                    self._lose(conn, "a send was interrupted")
-                    raise
-                lock.acquire()
-                queued = bool(conn.outbox)
-                if not queued:
-                    conn.flushing = False
-                lock.release()
-                if queued:  # calls that came while we sent: send them before we wait
-                    self._flush(conn, None, False)
-            within = conn.recv_within
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if timeout is None or (within is not None and timeout >= within):
-                # The socket's timeout ends recv's wait before our deadline: read at once.
-                # `_read(conn, slot)`, with the usual answer (one frame: our reply) routed
-                # here: Python calls fewer (`_read`, `route`, `on_result`) per call.
-                buffer = conn.buffer
-                try:
-                    size = conn.sock.recv_into(buffer)
-                except OSError as exc:
-                    size = self._recv_failed(conn, exc)
-                if size == 0:
-                    self._lose(conn, "closed by the server")
-                elif size > 0:
-                    # `MessageReader.feed_from`'s one whole frame, decoded here (a Python call
-                    # and a list fewer); anything else goes through it.
-                    reader = conn.reader
-                    reply = NOTHING
-                    if (
-                        reader.drained
-                        and size >= 4
-                        and reader.unpack_prefix(buffer, 0)[0] == size - 4
-                        and size - 4 <= reader.decoder.max_frame_bytes
-                    ):
-                        try:
-                            reply = orjson.loads(buffer[4:size])
-                        except orjson.JSONDecodeError:
-                            pass  # feed_from, below, says so
-                    if reply is NOTHING:
-                        try:
-                            messages = reader.feed_from(buffer, size)
-                        except BadReply as exc:
-                            self._lose(conn, str(exc))
-                            messages = None
-                        if messages:
-                            handed_on = self._hand_out(conn, messages, slot)
-                    elif (
-                        type(reply) is dict
-                        and type(reply_id := reply.get("id")) is int
-                        and reply_id == call_id
-                        and "method" not in reply
-                    ):
-                        # `route`'s handling of our reply, and `_read`'s handing on.
-                        error = (
-                            RemoteError.from_object(reply["error"]) if "error" in reply else None
-                        )
-                        result = reply.get("result")
-                        lock.acquire()
-                        if conn.pending.pop(call_id, None) is slot:  # not failed meanwhile
-                            slot.result, slot.error = result, error
-                            slot.done = True
-                        if conn.reading is slot and slot.done:
-                            conn.reading = False
-                            if conn.waiting:
-                                self._wake_next_reader(conn)
-                            handed_on = True
-                        lock.release()
-                    else:
-                        handed_on = self._hand_out(conn, [reply], slot)
-            if not handed_on:
-                answered = self._read_until(conn, slot, deadline)
-        finally:
-            if not handed_on:
-                lock.acquire()
-                if conn.reading is slot:
-                    conn.reading = False
-                    if conn.waiting:
-                        self._wake_next_reader(conn)
-                lock.release()
-        if not answered:
-            self._cancel(slot)
-            raise TimeoutError(f"no reply to {method} within {timeout:g} s")
-        error, result = slot.error, slot.result
-        conn.spare = slot  # answered, and no longer ours: the next serial call's
-        if error is not None:
-            raise error
-        return result
+        else:
+            error, result = slot.error, slot.result
+            slot.conn.spare = slot  # answered, and no longer ours: the next serial call's
+            if error is not None:
+                raise error
+            return result
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the server runs it and sends no reply."""
@@ -699,6 +536,93 @@ class Client:
                 conn.reading = False
                 self._wake_next_reader(conn)
         return conn.broken
+
+    def _call_alone(
+        self, call_id: int, frame: bytes, method: str, timeout: float | None
+    ) -> _Slot | None:
+        """Make the call `call_id` (sending `frame`) on an idle connection, as its only caller,
+        and return its answered slot; None (nothing done) if another call is in flight or the
+        connection is not open and quiet.
+
+        The serial caller's path: one lock round trip claims both the send and the reading,
+        then it sends, reads its own reply and gives both back, with no outbox, no parking
+        and no connection check beyond one poll. Anyone arriving meanwhile takes the general
+        path (`_send`, `_wait`) and finds what it expects: a flusher that sends the outbox
+        before it reads, a reader that wakes the next one when its reply is in.
+        """
+        conn = self._conn
+        # A first look without the lock (the look under it decides): with other calls in
+        # flight, as under many greenlets, go straight to the general path, without the poll.
+        if conn is None or conn.pending or conn.reading or conn.flushing or conn.broken:
+            return None
+        if conn.idle_poller is None:
+            return None
+        try:
+            # Bytes on an idle connection (the server closed it, or a late reply): the
+            # general path reads them first (`_closed_while_idle`). Not idle (another caller
+            # reads, or polls here at the same time: RuntimeError): the general path too.
+            if conn.idle_poller.poll(0) or (conn.tls and conn.sock.pending()):
+                return None
+        except (OSError, ValueError, RuntimeError):
+            return None
+        # Plain acquire and release, not `with`: this runs on every call, and a `with` costs
+        # a special-method lookup and a bound method for each of enter and exit.
+        lock = self._lock
+        lock.acquire()
+        if conn.pending or conn.reading or conn.flushing or conn.broken:
+            lock.release()
+            return None
+        # The slot the last serial call gave back, if it did (a slot made per call costs more
+        # than the rest of this critical section): nobody else holds it.
+        slot = conn.spare
+        if slot is None:
+            slot = _Slot(call_id)
+            slot.conn = conn
+        else:
+            conn.spare = None
+            slot.id = call_id
+            slot.done = False
+            slot.result = slot.error = None
+        conn.pending[call_id] = slot
+        conn.reading = slot
+        conn.flushing = True
+        lock.release()
+        handed_on = False  # the reading passed on with our reply, by _read
+        answered = True
+        try:
+            try:
+                conn.sock.sendall(frame)
+            except OSError as exc:
+                raise self._send_failed(conn, exc) from exc
+            except BaseException:
+                self._lose(conn, "a send was interrupted")
+                raise
+            lock.acquire()
+            queued = bool(conn.outbox)
+            if not queued:
+                conn.flushing = False
+            lock.release()
+            if queued:  # calls that came while we sent: send them before we wait
+                self._flush(conn, None, False)
+            within = conn.recv_within
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if timeout is None or (within is not None and timeout >= within):
+                # The socket's timeout ends recv's wait before our deadline: read at once.
+                handed_on = self._read(conn, slot)
+            if not handed_on:
+                answered = self._read_until(conn, slot, deadline)
+        finally:
+            if not handed_on:
+                lock.acquire()
+                if conn.reading is slot:
+                    conn.reading = False
+                    if conn.waiting:
+                        self._wake_next_reader(conn)
+                lock.release()
+        if not answered:
+            self._cancel(slot)
+            raise TimeoutError(f"no reply to {method} within {timeout:g} s")
+        return slot
 
     def _send(self, slots: list[_Slot], frame: bytes) -> None:
         """Send a request's frame (for the calls of `slots`, or a notification); it may ride
@@ -923,35 +847,6 @@ class Client:
                     # it concerns every call on this connection, and the server closes it.
                     self._break(conn, error)
             if owner is None or not owner.done or conn.reading is not owner:
-                return False
-            conn.reading = False
-            if conn.waiting:
-                self._wake_next_reader(conn)
-            return True
-        finally:
-            lock.release()
-
-    def _recv_failed(self, conn: _Connection, exc: OSError) -> int:
-        """`_read`'s handling of a recv that raised: -1 (no bytes), the connection lost if
-        the error is not a wait that ended (the socket's timeout)."""
-        if not isinstance(
-            exc, (BlockingIOError, ssl.SSLWantReadError, InterruptedError, TimeoutError)
-        ):
-            self._lose(conn, os_reason(exc))
-        return -1
-
-    def _hand_out(self, conn: _Connection, messages: list[Any], owner: _Slot) -> bool:
-        """`_read`'s routing of `messages` read by `owner`'s caller: True if its reply has
-        come, and the reading is passed on."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            pending = conn.pending
-            for message in messages:
-                error = route(pending, message)
-                if error is not None:
-                    self._break(conn, error)  # an error that answers no call: see `_read`
-            if not owner.done or conn.reading is not owner:
                 return False
             conn.reading = False
             if conn.waiting:

@@ -81,19 +81,16 @@ def encode_cancel(call_id: int) -> bytes:
 class MessageReader:
     """One connection's incoming side: frames (`rpcd.wire.FrameDecoder`) decoded as JSON."""
 
-    __slots__ = ("decoder", "byteorder", "unpack_prefix", "drained")
+    __slots__ = ("decoder", "byteorder", "_unpack_from", "_drained")
 
     def __init__(self, max_frame_bytes: int = MAX_REPLY_BYTES, byteorder: str = "big") -> None:
         self.decoder = wire.FrameDecoder(max_frame_bytes, byteorder)
         self.byteorder = byteorder
-        # Public for the blocking client's serial path, which decodes a lone whole frame
-        # itself: the frame prefix's unpack_from, and whether the decoder holds nothing
-        # (False: it may hold part of a frame).
-        self.unpack_prefix = wire.frame_prefix(byteorder).unpack_from
-        self.drained = True
+        self._unpack_from = wire.frame_prefix(byteorder).unpack_from
+        self._drained = True  # the decoder holds nothing (False: it may hold part of a frame)
 
     def receive(self, data: bytes) -> None:
-        self.drained = False
+        self._drained = False
         self.decoder.receive(data)
 
     def next_message(self) -> Any:
@@ -113,12 +110,12 @@ class MessageReader:
 
     def feed(self, data: bytes) -> list[Any]:
         """Buffer `data` and return every message it completes."""
-        self.drained = False
+        self._drained = False
         self.decoder.receive(data)
         messages = []
         while (message := self.next_message()) is not NOTHING:
             messages.append(message)
-        self.drained = not self.decoder.buffered()
+        self._drained = not self.decoder.buffered()
         return messages
 
     def feed_from(self, buffer: bytearray, size: int) -> list[Any]:
@@ -127,8 +124,8 @@ class MessageReader:
         A chunk that is exactly one whole frame with nothing buffered before it, as a reply to
         a serial caller is, is decoded straight from the buffer, without the decoder.
         """
-        if self.drained and size >= 4:
-            (length,) = self.unpack_prefix(buffer, 0)
+        if self._drained and size >= 4:
+            (length,) = self._unpack_from(buffer, 0)
             if length + 4 == size and length <= self.decoder.max_frame_bytes:
                 try:
                     # A bytearray slice: orjson reads it twice as fast as a memoryview's.
