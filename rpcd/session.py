@@ -19,12 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from orjson import dumps as _dumps
-
 from rpcd import auth, wire
 from rpcd.health import CHECK_METHODS
 from rpcd.wire import (
-    _FLOAT_FREE,
     CANCELLED,
     FRAME_TOO_LARGE,
     INVALID_PARAMS,
@@ -33,7 +30,6 @@ from rpcd.wire import (
     Request,
     Response,
     RPCError,
-    _non_finite,
     decode,
     encode,
 )
@@ -316,22 +312,8 @@ class Session:
                 if not response.request.notification:
                     self._send(encode(response, self._max_reply_bytes))
                 return self._slot_freed(was_full)
-            request = response.request
-            if request.notification:
+            if response.request.notification:
                 return None
-            if response.error is None:
-                # wire.encode's usual answer, in line (one Python call less per reply; a direct
-                # route is never legacy), the same steps; anything else, and whatever orjson
-                # refuses, takes encode, which answers it.
-                result = response.result
-                try:
-                    body = _dumps({"jsonrpc": "2.0", "result": result, "id": request.id})
-                except TypeError:
-                    return encode(response, self._max_reply_bytes)
-                if type(result) in _FLOAT_FREE or body.find(b"null") < 0 or not _non_finite(result):
-                    limit = self._max_reply_bytes
-                    if limit is None or len(body) <= limit:
-                        return body
             return encode(response, self._max_reply_bytes)
         route.reply(response)
         if was_full or self._held or self._read_closed:
