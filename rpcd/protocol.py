@@ -539,29 +539,15 @@ class RPCProtocol:
             # Idleness starts when the last pending call is answered, not at its request.
             self._last_frame = self.factory.clock.seconds()
         if type(out) is bytes:
-            # The usual reply, handed back to be written here: sendString's way to the socket,
-            # in line (one Python call less); a subclass's (metrics wraps sendString) is called.
-            tcp = self._tcp
-            if (
-                tcp is not None
-                and self._held is None
-                and not self._dispatcher.bursting
-                and type(self) is RPCProtocol
-                and tcp.connected
-                and not (self._spilled and self._spill_left(tcp))
-            ):
+            # The usual reply, handed back to be framed and written here: sendString's way,
+            # one Python call less; a subclass's (metrics wraps sendString) is called.
+            if self._held is None and not self._dispatcher.bursting and type(self) is RPCProtocol:
                 length = len(out)
                 try:
                     data = self._small_prefixes[length] + out
                 except IndexError:
                     data = self._pack(length) + out
-                try:
-                    sent = _send(self._fd, data)
-                except OSError:  # EAGAIN, or the peer is gone: the transport's write finds out
-                    sent = 0
-                if sent != length + 4:
-                    self._spilled = True
-                    self.transport.write(data[sent:])
+                self._write(data)
             else:
                 self.sendString(out)
         elif out is not None:
